@@ -1,0 +1,159 @@
+"""The namespace's topics (DESIGN.md) and the one partitioning rule everything relies on.
+
+A workflow's commands and events must land in the same partition number of both topics, so that the node
+owning command partition p is the only writer of event partition p. We compute that partition ourselves
+with Kafka's own default partitioner (murmur2 of the key), so a foreign producer that just sets the key
+agrees with us.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARTITIONS = 8
+
+
+class TopicMismatchError(RuntimeError):
+    """Existing topics whose partition counts disagree: partition routing would be wrong."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    namespace: str = "default"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.namespace}.commands"
+
+    @property
+    def events(self) -> str:
+        return f"{self.namespace}.events"
+
+    @property
+    def replies(self) -> str:
+        return f"{self.namespace}.replies"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.namespace}.deadletter"
+
+    def activities(self, queue: str) -> str:
+        return f"{self.namespace}.activities.{queue}"
+
+    @property
+    def node_group(self) -> str:
+        return f"{self.namespace}.nodes"
+
+    @property
+    def projector_group(self) -> str:
+        return f"{self.namespace}.projector"
+
+    def activity_group(self, queue: str) -> str:
+        return f"{self.namespace}.activities.{queue}"
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """Kafka's default partitioner for a string key (murmur2, positive, modulo P)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def admin(bootstrap: str, timeout: float = 30.0) -> KafkaAdminClient:
+    """An admin client, retried with backoff so a broker that is still starting is waited for."""
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        try:
+            return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="metamorph-admin")
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"Kafka broker at {bootstrap} is unreachable: {exc}") from exc
+            log.warning("Kafka at %s not reachable yet (%s); retrying", bootstrap, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def leave_group(bootstrap: str, group: str, instance_id: str) -> None:
+    """Remove a static member now, so its partitions move to the others without waiting for the session
+    timeout (a static member never leaves on close: that is what lets a restart reclaim partitions)."""
+    from kafka.admin import MemberToRemove
+
+    client = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="metamorph-admin")
+    try:
+        client.remove_group_members(group, [MemberToRemove(group_instance_id=instance_id)])
+    except KafkaError as exc:
+        log.info("could not remove %s from %s (already gone?): %s", instance_id, group, exc)
+    finally:
+        client.close()
+
+
+def partition_counts(client: KafkaAdminClient, names: list[str]) -> dict[str, int]:
+    existing = set(client.list_topics())
+    wanted = [n for n in names if n in existing]
+    if not wanted:
+        return {}
+    return {t["name"]: len(t["partitions"]) for t in client.describe_topics(wanted)}
+
+
+def ensure_topics(
+    bootstrap: str,
+    namespace: str = "default",
+    partitions: int | None = None,
+    queues: tuple[str, ...] = ("default",),
+    replication: int = 1,
+) -> dict[str, int]:
+    """Create the namespace's topics if missing; refuse if existing ones disagree on partitions.
+
+    ``commands`` and ``events`` must have the same count P. If they already exist, P is theirs (a node
+    started without ``--partitions``, i.e. ``partitions=None``, joins whatever the namespace has); asking
+    for a different P explicitly is refused, because re-partitioning would move workflows away from their
+    histories. New topics get ``partitions or DEFAULT_PARTITIONS``.
+    Returns the partition count of every topic of the namespace.
+    """
+    t = Topics(namespace)
+    client = admin(bootstrap)
+    try:
+        core = [t.commands, t.events]
+        counts = partition_counts(client, core)
+        asked = partitions
+        if counts:
+            found = set(counts.values())
+            if len(found) > 1 or (asked is not None and asked not in found):
+                raise TopicMismatchError(
+                    f"namespace {namespace!r}: {', '.join(f'{k} has {v}' for k, v in sorted(counts.items()))}"
+                    f" partitions, but {asked} were asked for; commands and events must both have the"
+                    " same count. Use another namespace or recreate the topics."
+                )
+        partitions = next(iter(counts.values())) if counts else (asked or DEFAULT_PARTITIONS)
+        want = {
+            t.commands: partitions,
+            t.events: partitions,
+            t.replies: partitions,
+            t.deadletter: 1,
+            **{t.activities(q): partitions for q in queues},
+        }
+        missing = [n for n in want if n not in set(client.list_topics())]
+        if missing:
+            try:
+                client.create_topics(
+                    [NewTopic(n, want[n], replication) for n in missing], timeout_ms=30000
+                )
+            except TopicAlreadyExistsError:
+                pass  # another process won the race; the describe below checks the counts
+        counts = partition_counts(client, list(want))
+        if counts.get(t.commands) != counts.get(t.events):
+            raise TopicMismatchError(
+                f"{t.commands} has {counts.get(t.commands)} partitions but {t.events} has "
+                f"{counts.get(t.events)}; they must match"
+            )
+        return counts
+    finally:
+        client.close()
