@@ -1,0 +1,202 @@
+"""The read side of the projections, as the Client and the HTTP API use it.
+
+Plain functions over a connection that points at the namespace's schema (``projections.connect`` or
+``projections.pool``), returning JSON-ready dicts: timestamps are ISO-8601 strings and payloads are the
+JSON values the projector decoded, so the HTTP API can return them as they are. Per-workflow views default
+to the workflow's current run, the one a handle that follows continue-as-new sees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from .db import FINAL_STATUSES, connect, notify_channel
+
+_SUMMARY = (
+    "id, run_id, type, status, error_type, error_message, parent_id, parent_run_id, continued_from,"
+    " created_at, updated_at, started_at, closed_at"
+)
+
+
+def _json(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+def _rows(conn: psycopg.Connection, query: str, params: Any = ()) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return [_json(row) for row in cur.execute(query, params).fetchall()]
+
+
+def _current_run(conn: psycopg.Connection, workflow_id: str) -> str | None:
+    row = conn.execute("SELECT run_id FROM workflows WHERE id = %s", (workflow_id,)).fetchone()
+    return row[0] if row else None
+
+
+def get_workflow(conn: psycopg.Connection, id: str) -> dict | None:
+    """The workflow as of its newest run (or its pending row), None if it is unknown."""
+    rows = _rows(conn, "SELECT * FROM workflows WHERE id = %s", (id,))
+    return rows[0] if rows else None
+
+
+def list_workflows(
+    conn: psycopg.Connection,
+    status: str | Iterable[str] | None = None,
+    type: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    parent_id: str | None = None,
+) -> list[dict]:
+    """Workflows newest first (by creation), without their payloads; ``status`` may be one or several."""
+    where, params = [], []
+    if status is not None:
+        where.append("status = ANY(%s)")
+        params.append([status] if isinstance(status, str) else list(status))
+    if type is not None:
+        where.append("type = %s")
+        params.append(type)
+    if parent_id is not None:
+        where.append("parent_id = %s")
+        params.append(parent_id)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    params += [max(0, int(limit)), max(0, int(offset))]
+    return _rows(
+        conn, f"SELECT {_SUMMARY} FROM workflows {clause} ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s", params
+    )
+
+
+def history(conn: psycopg.Connection, id: str, run_id: str | None = None) -> list[dict]:
+    """A run's events in order (the current run by default): ``seq``, ``type``, ``at``, ``run_id``, ``status``
+    (the run's status after the event, when the node recorded it) and the event's own fields."""
+    run_id = run_id or _current_run(conn, id)
+    if run_id is None:
+        return []
+    rows = _rows(
+        conn,
+        "SELECT seq, type, at, run_id, status, data FROM history WHERE workflow_id = %s AND run_id = %s ORDER BY seq",
+        (id, run_id),
+    )
+    return [{**row.pop("data"), **row} for row in rows]
+
+
+def exceptions(conn: psycopg.Connection, id: str, run_id: str | None = None) -> list[dict]:
+    """Failed activity attempts and the workflow's own failure, in history order.
+
+    Each has ``error_type``, ``message``, ``traceback``, ``activity`` and ``attempt`` (both None for the
+    workflow's failure), ``at``, ``seq`` and ``activity_id``.
+    """
+    run_id = run_id or _current_run(conn, id)
+    if run_id is None:
+        return []
+    return _rows(
+        conn,
+        "SELECT error_type, message, traceback, activity, attempt, at, seq, activity_id FROM exceptions"
+        " WHERE workflow_id = %s AND run_id = %s ORDER BY seq",
+        (id, run_id),
+    )
+
+
+def activities(conn: psycopg.Connection, id: str, run_id: str | None = None) -> list[dict]:
+    """One entry per activity attempt, by activity then attempt."""
+    run_id = run_id or _current_run(conn, id)
+    if run_id is None:
+        return []
+    return _rows(
+        conn,
+        "SELECT activity_id, attempt, name, queue, status, input, started_at, finished_at, result, error_type,"
+        " message, traceback, retry_at FROM activities WHERE workflow_id = %s AND run_id = %s"
+        " ORDER BY activity_id, attempt",
+        (id, run_id),
+    )
+
+
+def signals(conn: psycopg.Connection, id: str, run_id: str | None = None) -> list[dict]:
+    """Signals the run received, in order."""
+    run_id = run_id or _current_run(conn, id)
+    if run_id is None:
+        return []
+    return _rows(
+        conn,
+        "SELECT seq, name, input, command_id, at FROM signals WHERE workflow_id = %s AND run_id = %s ORDER BY seq",
+        (id, run_id),
+    )
+
+
+def timers(conn: psycopg.Connection, id: str, run_id: str | None = None) -> list[dict]:
+    """Durable timers of the run, in the order they were started."""
+    run_id = run_id or _current_run(conn, id)
+    if run_id is None:
+        return []
+    return _rows(
+        conn,
+        "SELECT timer_id, fire_at, status, started_at, fired_at FROM timers"
+        " WHERE workflow_id = %s AND run_id = %s ORDER BY timer_id",
+        (id, run_id),
+    )
+
+
+def children(conn: psycopg.Connection, id: str) -> list[dict]:
+    """Child workflows started by any run of ``id``, oldest first, with each child's current status."""
+    return _rows(
+        conn,
+        "SELECT r.child_id, r.child_run_id, r.parent_run_id, r.child_ref, r.workflow_type, r.created_at,"
+        " w.status, w.closed_at FROM relationships r LEFT JOIN workflows w ON w.id = r.child_id"
+        " WHERE r.parent_id = %s AND r.kind = 'child' ORDER BY r.created_at, r.parent_run_id, r.child_ref",
+        (id,),
+    )
+
+
+def runs(conn: psycopg.Connection, id: str) -> list[dict]:
+    """The workflow's runs in the order they started: the continue-as-new (and retry) chain."""
+    return _rows(
+        conn,
+        "SELECT run_id, run_no, type, status, input, output, error_type, error_message, continued_from,"
+        " continued_to, started_at, updated_at, closed_at FROM runs WHERE workflow_id = %s ORDER BY run_no",
+        (id,),
+    )
+
+
+def wait_for_terminal(conninfo: str, namespace: str, id: str, timeout: float | None) -> dict | None:
+    """Wait until workflow ``id`` has a final status and return it (``get_workflow``); None on timeout.
+
+    No polling: LISTEN first, check once (it may already be over), then sleep on notifications, which the
+    projector sends when a run ends. ``continued`` is not final: the wait follows continue-as-new to the run
+    that really ends. If PostgreSQL goes away meanwhile, reconnect (within the timeout) and check again.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    channel = sql.SQL("LISTEN {}").format(sql.Identifier(notify_channel(namespace)))
+    delay = 0.1
+    while True:
+        try:
+            with connect(conninfo, namespace, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(channel)
+                delay = 0.1
+                while True:
+                    workflow = get_workflow(conn, id)
+                    if workflow is not None and workflow["status"] in FINAL_STATUSES:
+                        return workflow
+                    if not _await_notification(conn, id, deadline):
+                        return None
+        except psycopg.OperationalError:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            time.sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 2, 2.0)
+
+
+def _await_notification(conn: psycopg.Connection, id: str, deadline: float | None) -> bool:
+    """Block until a notification for ``id`` arrives (True) or the deadline passes (False)."""
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        for note in conn.notifies(timeout=left, stop_after=1):
+            if note.payload == id:
+                return True
