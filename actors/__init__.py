@@ -1,0 +1,47 @@
+"""Metamorph: durable workflows as ordinary async Python.
+
+Everything a user needs is importable from here: the authoring API (``Workflow``, ``workflow``,
+``activity``, handlers), activity helpers, the ``Client`` and the errors.
+"""
+
+from . import _asyncio_compat, workflow
+from .definitions import ActivityOptions, Workflow, activity, query, signal, update
+from .errors import (
+    ActivityFailed,
+    ChildWorkflowFailed,
+    NondeterminismError,
+    NonRetryableError,
+    QueryFailed,
+    VersionNotSupported,
+    WorkflowCancelled,
+    WorkflowError,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowTerminated,
+)
+
+_asyncio_compat.install()
+
+
+def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kafka and Postgres
+    if name in ("Client", "WorkflowHandle", "WorkflowSummary"):
+        from . import client
+
+        return getattr(client, name)
+    if name in ("heartbeat", "activity_info", "ActivityInfo"):
+        from . import activities
+
+        return getattr(activities, name)
+    if name == "webhook":
+        from . import webhooks
+
+        return webhooks.webhook
+    raise AttributeError(f"module 'actors' has no attribute {name!r}")
+
+
+__all__ = [
+    "ActivityFailed", "ActivityInfo", "ActivityOptions", "ChildWorkflowFailed", "Client", "NonRetryableError",
+    "NondeterminismError", "QueryFailed", "VersionNotSupported", "Workflow", "WorkflowCancelled", "WorkflowError",
+    "WorkflowFailed", "WorkflowHandle", "WorkflowNotFound", "WorkflowSummary", "WorkflowTerminated", "activity",
+    "activity_info", "heartbeat", "query", "signal", "update", "webhook", "workflow",
+]

@@ -1,0 +1,433 @@
+"""Activity workers: consume ``<ns>.activities.<queue>``, run the function, report the outcome.
+
+Sync functions run on pykka actor threads (a pool of ``concurrency`` actors), async ones on one shared event
+loop, so I/O-bound activities need no thread each. Outcomes go back to the owning node as commands;
+retries, backoff and timeouts are the owner's decisions, not ours, so a worker can crash at any point and
+the owner simply schedules the attempt again. Offsets are committed only up to the oldest task still
+running, so a crash re-delivers exactly the tasks whose outcome was not yet sent (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from eventstore import codec, metrics, payloads
+from eventstore import events as ev
+from eventstore.log import MAX_RECORD_BYTES, producer
+from eventstore.topics import Topics, leave_group, partition_for
+
+from .definitions import ActivityDefinition, activities, check_arguments
+from .errors import NonRetryableError
+from .instance import utcnow
+
+log = logging.getLogger(__name__)
+
+#: How long the broker may hold an empty fetch. Short, because not every broker answers a held fetch
+#: as soon as data arrives; an idle node pays a few cheap polls per second for low latency.
+_FETCH_WAIT_MS = int(__import__("os").environ.get("METAMORPH_FETCH_WAIT_MS", "100"))
+
+
+@dataclass(frozen=True)
+class ActivityInfo:
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    activity_id: int
+    attempt: int
+    name: str
+    queue: str
+
+
+@dataclass
+class _Context:
+    info: ActivityInfo
+    worker: _QueueWorker
+    heartbeat_timeout: float | None
+    last_beat: float = 0.0
+
+
+_context: contextvars.ContextVar[_Context | None] = contextvars.ContextVar("metamorph_activity", default=None)
+
+
+def activity_info() -> ActivityInfo:
+    """Who is running: workflow id, activity id, attempt (1-based), name."""
+    ctx = _context.get()
+    if ctx is None:
+        raise RuntimeError("activity_info() is only available inside an activity")
+    return ctx.info
+
+
+def heartbeat(details: Any = None) -> None:
+    """Report progress; resets the heartbeat timeout. Throttled, so calling it in a tight loop is cheap."""
+    ctx = _context.get()
+    if ctx is None:
+        raise RuntimeError("heartbeat() is only available inside an activity")
+    now = time.monotonic()
+    spacing = min(1.0, (ctx.heartbeat_timeout or 4.0) / 4)
+    if now - ctx.last_beat < spacing:
+        return
+    ctx.last_beat = now
+    info = ctx.info
+    ctx.worker.send_command(
+        info.workflow_id, "HeartbeatActivity", f"{info.workflow_id}:{info.run_id}:{info.activity_id}:{info.attempt}:hb:{uuid.uuid4().hex[:8]}",
+        run_id=info.run_id, activity_id=info.activity_id, attempt=info.attempt, details=payloads.encode(details),
+    )
+    ctx.worker.producer.flush()
+
+
+class _Outcome:
+    __slots__ = ("tp", "offset", "task", "ok", "result", "error", "seconds", "sink")
+
+    def __init__(self, tp: TopicPartition | None, offset: int, task: dict, sink: Any = None) -> None:
+        self.tp, self.offset, self.task, self.sink = tp, offset, task, sink
+        self.ok = False
+        self.result: bytes = b""
+        self.error: tuple[str, str, str, bool] | None = None  # type, message, traceback, non-retryable
+        self.seconds = 0.0
+
+
+def _run_sync(definition: ActivityDefinition, task: dict, ctx: _Context, out: _Outcome) -> None:
+    token = _context.set(ctx)
+    started = time.perf_counter()
+    try:
+        args, kwargs = _arguments(definition, task)
+        _succeed(out, definition.fn(*args, **kwargs))
+    except BaseException as exc:  # every failure is reported; the owner decides what happens next
+        _fail(out, exc)
+    finally:
+        out.seconds = time.perf_counter() - started
+        _context.reset(token)
+
+
+async def _run_async(definition: ActivityDefinition, task: dict, ctx: _Context, out: _Outcome) -> None:
+    _context.set(ctx)
+    started = time.perf_counter()
+    try:
+        args, kwargs = _arguments(definition, task)
+        coro = definition.fn(*args, **kwargs)
+        timeout = task.get("timeout")
+        _succeed(out, await (asyncio.wait_for(coro, timeout) if timeout else coro))
+    except TimeoutError:
+        out.error = ("ActivityTimeout", f"attempt {task['attempt']} of {task['name']} exceeded its start-to-close timeout of {task['timeout']}s", "", False)
+    except BaseException as exc:
+        _fail(out, exc)
+    finally:
+        out.seconds = time.perf_counter() - started
+
+
+def _arguments(definition: ActivityDefinition, task: dict) -> tuple[list[Any], dict[str, Any]]:
+    args = payloads.decode(task["input"]) or []
+    kwargs = payloads.decode(task.get("kwargs") or b"{}") or {}
+    try:
+        check_arguments(definition.fn, args, kwargs)
+    except TypeError as exc:
+        raise _BadArguments(str(exc)) from None
+    return args, kwargs
+
+
+class _BadArguments(NonRetryableError):
+    """Arguments that cannot be bound never will be: retrying would only repeat the error."""
+
+
+def _succeed(out: _Outcome, value: Any) -> None:
+    try:
+        data = payloads.encode(value)
+    except payloads.PayloadError as exc:
+        out.error = ("PayloadError", str(exc), "", True)
+        return
+    if len(data) > MAX_RECORD_BYTES - 4096:
+        out.error = ("PayloadTooLarge", f"result is {len(data)} bytes; the limit is {MAX_RECORD_BYTES - 4096}", "", True)
+        return
+    out.ok, out.result = True, data
+
+
+def _fail(out: _Outcome, exc: BaseException) -> None:
+    error_type = "TypeError" if isinstance(exc, _BadArguments) else type(exc).__name__
+    out.error = (error_type, str(exc), "".join(traceback.format_exception(exc)), isinstance(exc, NonRetryableError))
+
+
+class ActivityActor(pykka.ThreadingActor):
+    """Runs sync activity functions one at a time on its own thread."""
+
+    def __init__(self, done: queue.Queue) -> None:
+        super().__init__()
+        self.done = done
+
+    def on_receive(self, message: Any) -> None:
+        definition, task, ctx, out = message
+        _run_sync(definition, task, ctx, out)
+        ctx.worker.report(out)
+        if out.tp is None:
+            ctx.worker.local_done(self.actor_ref)
+        else:
+            self.done.put((out, self.actor_ref))
+
+
+class _QueueWorker(threading.Thread):
+    """One queue: a consumer, a pool of activity actors, and offset bookkeeping."""
+
+    def __init__(self, worker: ActivityWorker, queue_name: str) -> None:
+        super().__init__(name=f"metamorph-activities-{queue_name}", daemon=True)
+        self.worker = worker
+        self.queue_name = queue_name
+        self.topics = worker.topics
+        self.producer = worker.producer
+        self.done: queue.Queue = queue.Queue()
+        self.idle: list[pykka.ActorRef] = []
+        self.in_flight = 0
+        self.pending: dict[TopicPartition, set[int]] = defaultdict(set)
+        self.seen: dict[TopicPartition, int] = {}
+        self._gauged = 0.0
+        self.started = threading.Event()
+        self.instance_id = f"{worker.name}-activities-{queue_name}"
+        self.local_in_flight = 0
+        self._local_lock = threading.Lock()
+        self.local_idle: list[pykka.ActorRef] = []
+
+    def send_command(self, workflow_id: str, kind: str, command_id: str, **body: Any) -> None:
+        envelope = ev.command(kind, workflow_id, command_id, utcnow(), **body)
+        self.producer.send(
+            self.topics.commands, key=workflow_id.encode(), value=codec.encode("metamorph.CommandEnvelope", envelope),
+            partition=partition_for(workflow_id, self.worker.partitions),
+        )
+
+    def run(self) -> None:
+        self.idle = [ActivityActor.start(self.done) for _ in range(self.worker.concurrency)]
+        self.local_idle = [ActivityActor.start(self.done) for _ in range(self.worker.concurrency)]
+        local_actors = list(self.local_idle)
+        self.started.set()
+        delay = 0.5
+        while not self.worker.stopping.is_set():
+            try:
+                self._consume()
+            except Exception:
+                log.exception("activity worker for queue %s failed; retrying in %.1fs", self.queue_name, delay)
+                metrics.dependency_errors.labels("worker", "kafka").inc()
+                self.worker.stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+        for ref in self.idle + local_actors:
+            ref.stop(block=False)
+
+    def _consume(self) -> None:
+        consumer = KafkaConsumer(
+            self.topics.activities(self.queue_name),
+            bootstrap_servers=self.worker.kafka,
+            group_id=self.topics.activity_group(self.queue_name),
+            group_instance_id=self.instance_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.worker.concurrency,
+            fetch_max_wait_ms=_FETCH_WAIT_MS,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+        )
+        self.pending.clear()
+        self.seen.clear()
+        try:
+            while not self.worker.stopping.is_set():
+                full = self.in_flight >= self.worker.concurrency
+                assigned = consumer.assignment()
+                if full:
+                    consumer.pause(*assigned)
+                elif consumer.paused():
+                    consumer.resume(*consumer.paused())
+                wait = 0 if not self.done.empty() else (50 if self.in_flight else 100)
+                for tp, records in consumer.poll(timeout_ms=wait).items():
+                    for rec in records:
+                        self._submit(tp, rec)
+                now = time.monotonic()
+                if now - self._gauged > 1.0:
+                    self._gauged = now
+                    metrics.report_lag(consumer, "worker")
+                self._drain(consumer, block=self.in_flight > 0 and full)
+        finally:
+            self._drain(consumer, block=False)
+            metrics.forget_lag(consumer, "worker")
+            consumer.close(autocommit=False)
+            if self.worker.stopping.is_set():
+                leave_group(self.worker.kafka, self.topics.activity_group(self.queue_name), self.instance_id)
+
+    def _submit(self, tp: TopicPartition, rec: Any) -> None:
+        self.seen[tp] = rec.offset
+        try:
+            task = codec.decode(rec.value, "metamorph.ActivityTask")
+        except codec.DecodeError as exc:
+            self.worker.deadletter(tp, rec, f"undecodable activity task: {exc}")
+            return
+        self.pending[tp].add(rec.offset)
+        self.in_flight += 1
+        self._execute(_Outcome(tp, rec.offset, task))
+
+    def submit_local(self, task: dict, sink: Any) -> bool:
+        """Run a task handed over by the node in this process (eager dispatch); False when saturated."""
+        definition = activities().get(task["name"])
+        sync = definition is not None and not definition.is_async
+        with self._local_lock:
+            if self.local_in_flight >= self.worker.concurrency or (sync and not self.local_idle):
+                return False
+            self.local_in_flight += 1
+            actor = self.local_idle.pop() if sync else None
+        self._execute(_Outcome(None, -1, task, sink), actor)
+        return True
+
+    def local_done(self, actor: pykka.ActorRef) -> None:
+        with self._local_lock:
+            self.local_idle.append(actor)
+
+    def _execute(self, out: _Outcome, local_actor: pykka.ActorRef | None = None) -> None:
+        task = out.task
+        definition = activities().get(task["name"])
+        if definition is None:
+            known = ", ".join(sorted(n for n, d in activities().items() if d.queue == self.queue_name)) or "none"
+            out.error = ("ActivityNotRegistered", f"no activity named {task['name']!r} on queue {self.queue_name!r} (this worker has: {known})", "", True)
+            self.report(out)
+            if out.tp is not None:
+                self.done.put((out, None))
+            return
+        info = ActivityInfo(task["workflow_id"], task["run_id"], task["workflow_type"], task["activity_id"], task["attempt"], task["name"], task["queue"])
+        ctx = _Context(info, self, task.get("heartbeat_timeout"))
+        if definition.is_async:
+            future = asyncio.run_coroutine_threadsafe(_run_async(definition, task, ctx, out), self.worker.loop)
+            future.add_done_callback(lambda _f: self._finished_async(out))
+        elif local_actor is not None:
+            local_actor.tell((definition, task, ctx, out))
+        elif self.idle:
+            self.idle.pop().tell((definition, task, ctx, out))
+        else:  # more sync tasks than actors (async ones share the count): start one more
+            ActivityActor.start(self.done).tell((definition, task, ctx, out))
+
+    def _finished_async(self, out: _Outcome) -> None:
+        self.report(out)
+        if out.tp is not None:
+            self.done.put((out, None))
+
+    def _drain(self, consumer: KafkaConsumer, block: bool) -> None:
+        finished: list[_Outcome] = []
+        try:
+            item = self.done.get(timeout=0.05) if block else self.done.get_nowait()
+        except queue.Empty:
+            item = None
+        while item is not None:
+            out, ref = item
+            if ref is not None:
+                self.idle.append(ref)
+            finished.append(out)
+            try:
+                item = self.done.get_nowait()
+            except queue.Empty:
+                item = None
+        if not finished:
+            return
+        self.producer.flush()  # outcomes were sent by the threads that finished them; make them durable
+        commits = {}
+        for out in finished:
+            self.in_flight -= 1
+            self.pending[out.tp].discard(out.offset)
+        for tp, pending in self.pending.items():
+            nxt = min(pending) if pending else self.seen.get(tp, -1) + 1
+            if nxt > 0:
+                commits[tp] = OffsetAndMetadata(nxt, "", -1)
+        try:
+            consumer.commit(commits)
+        except Exception as exc:  # rebalanced away: the next owner re-runs these tasks (at-least-once)
+            log.warning("activity offset commit failed: %s", exc)
+
+    def report(self, out: _Outcome) -> None:
+        """Send the outcome now, from the finishing thread, so the owner hears of it without delay."""
+        task = out.task
+        wid, run, aid, attempt = task["workflow_id"], task["run_id"], task["activity_id"], task["attempt"]
+        command_id = f"{wid}:{run}:{aid}:{attempt}:outcome"
+        outcome = "completed" if out.ok else "failed"
+        metrics.activity_attempts.labels(task["name"], self.queue_name, outcome).inc()
+        if attempt > 1:
+            metrics.activity_retries.labels(task["name"]).inc()
+        metrics.activity_duration.labels(task["name"], self.queue_name).observe(out.seconds)
+        send = self.send_command if out.sink is None else self._local_command(out)
+        if out.ok:
+            send(wid, "CompleteActivity", command_id, run_id=run, activity_id=aid, attempt=attempt, result=out.result)
+        else:
+            assert out.error is not None
+            error_type, message, tb, non_retryable = out.error
+            send(
+                wid, "FailActivity", command_id, run_id=run, activity_id=aid, attempt=attempt, error_type=error_type,
+                message=message[:8000], traceback=tb[:32000], non_retryable=non_retryable,
+            )
+
+    def _local_command(self, out: _Outcome) -> Any:
+        """Hand the outcome straight to the node that dispatched the task: no broker round trip."""
+
+        def send(workflow_id: str, kind: str, command_id: str, **body: Any) -> None:
+            with self._local_lock:
+                self.local_in_flight -= 1
+            out.sink(ev.flat_command(ev.command(kind, workflow_id, command_id, utcnow(), **body)))
+
+        return send
+
+
+class ActivityWorker:
+    """Activity actors for some queues of a namespace (``metamorph worker``, or inside a node)."""
+
+    def __init__(
+        self, kafka: str, namespace: str = "default", queues: tuple[str, ...] = ("default",), concurrency: int = 32,
+        name: str | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.topics = Topics(namespace)
+        self.queues = tuple(queues)
+        self.concurrency = max(1, concurrency)
+        self.stopping = threading.Event()
+        self.producer = producer(kafka)
+        self.partitions = len(self.producer.partitions_for(self.topics.commands) or [0]) or 1
+        self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self.loop.run_forever, name="metamorph-activities-loop", daemon=True)
+        self._threads: list[_QueueWorker] = []
+        self._by_queue: dict[str, _QueueWorker] = {}
+
+    def start(self) -> ActivityWorker:
+        self._loop_thread.start()
+        self._threads = [_QueueWorker(self, q) for q in self.queues]
+        self._by_queue = {t.queue_name: t for t in self._threads}
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        for t in self._threads:
+            t.join(timeout)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.producer.close(timeout=5)
+
+    def try_local(self, value: bytes, sink: Any) -> bool:
+        """Run an encoded ActivityTask here if this worker serves its queue and has room (eager dispatch)."""
+        task = codec.decode(value, "metamorph.ActivityTask")
+        worker = self._by_queue.get(task["queue"])
+        if worker is None or not worker.started.is_set():
+            return False
+        return worker.submit_local(task, sink)
+
+    def local_in_flight(self) -> int:
+        return sum(t.local_in_flight for t in self._threads)
+
+    def deadletter(self, tp: TopicPartition, rec: Any, reason: str) -> None:
+        record = {"source_topic": tp.topic, "partition": tp.partition, "offset": rec.offset, "reason": reason, "key": rec.key, "value": rec.value or b""}
+        self.producer.send(self.topics.deadletter, key=rec.key, value=codec.encode("metamorph.DeadLetter", record))
+        metrics.deadlettered.labels("worker", "undecodable").inc()
+        log.warning("dead-lettered %s[%d]@%d: %s", tp.topic, tp.partition, rec.offset, reason)

@@ -1,0 +1,842 @@
+"""The ``metamorph`` command line: run the processes, and start and steer workflows from a shell or script.
+
+Process commands: ``init``, ``node``, ``worker``, ``projector``, ``serve``, ``dev``, ``demo``.
+Client commands: ``start``, ``signal``, ``query``, ``update``, ``status``, ``result``, ``list``,
+``history``, ``exceptions``, ``cancel``, ``terminate``, ``retry`` (human output; ``--json`` for scripts).
+
+Connection options on every command: ``--kafka`` (``METAMORPH_KAFKA``, default ``127.0.0.1:9092``),
+``--postgres`` (``METAMORPH_POSTGRES``), ``--namespace`` (``METAMORPH_NAMESPACE``, default ``default``).
+
+Exit codes scripts can rely on:
+
+  0   ok
+  1   the workflow failed, was cancelled or was terminated (``result``)
+  2   usage or configuration error (bad arguments, --postgres missing, topics not initialised,
+      partition-count mismatch, an --app module that does not import)
+  3   workflow not found
+  4   timeout (``result --timeout``, a query/update nobody answered)
+  5   Kafka broker or PostgreSQL unreachable
+  6   refused: a query/update the workflow could not answer (QueryFailed), or a retry of a
+      workflow that has not failed
+  70  internal error (a bug: please report it; METAMORPH_DEBUG=1 shows the traceback)
+  130 interrupted
+
+Errors are one line on stderr (``error: ...``), never a traceback. Why the probe before Kafka calls: the
+Kafka client waits up to 30 s to bootstrap from an address nobody listens on; a TCP connect tells the
+same in milliseconds, so ``--kafka 127.0.0.1:9`` fails fast with exit status 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+DEFAULT_KAFKA = "127.0.0.1:9092"
+PROBE_TIMEOUT = 3.0
+PG_CONNECT_TIMEOUT = 5
+
+EXIT_OK, EXIT_WORKFLOW, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_REFUSED = range(7)
+EXIT_INTERNAL, EXIT_INTERRUPTED = 70, 130
+
+EPILOG = """\
+exit codes:
+  0 ok; 1 workflow failed/cancelled/terminated (result); 2 usage or configuration error;
+  3 workflow not found; 4 timeout; 5 Kafka or PostgreSQL unreachable;
+  6 refused (query/update failed, retry of a workflow that has not failed); 70 internal error
+
+environment: METAMORPH_KAFKA, METAMORPH_POSTGRES, METAMORPH_NAMESPACE (defaults for the options),
+METAMORPH_WEBHOOK_AUTH / _TOKEN / _SECRET (serve, dev), METAMORPH_DEBUG=1 (tracebacks)"""
+
+
+class CliError(Exception):
+    """An error with a known exit status and a message meant for the user."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- small helpers ---------------------------------------------------------------------------------------
+def _json_arg(text: str) -> Any:
+    """A JSON_ARG: parsed as JSON when it is JSON (``42``, ``true``, ``{"a":1}``), else the plain string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _dump(value: Any) -> str:
+    from .http import jsonable
+
+    return json.dumps(value, default=jsonable, indent=2, ensure_ascii=False)
+
+
+def _show(value: Any) -> str:
+    """Human rendering of a payload: strings as they are, anything else as compact JSON."""
+    from .http import jsonable
+
+    return value if isinstance(value, str) else json.dumps(value, default=jsonable, ensure_ascii=False)
+
+
+def _when(value: Any) -> str:
+    if value in (None, ""):
+        return "-"
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def _one_line(text: str) -> str:
+    """One line, with passwords of connection strings masked (URI and key=value forms)."""
+    from .http import redact
+
+    return redact(
+        "; ".join(line.strip() for line in str(text).splitlines() if line.strip()) or "(no message)"
+    )
+
+
+def _kafka(args: argparse.Namespace) -> str:
+    return args.kafka or DEFAULT_KAFKA
+
+
+def _postgres(args: argparse.Namespace, required: bool = True) -> str | None:
+    """The Postgres conninfo with a connect timeout, so an unreachable server fails in seconds, not minutes."""
+    if not args.postgres:
+        if required:
+            raise CliError(
+                EXIT_USAGE, "this command needs PostgreSQL: pass --postgres URI or set METAMORPH_POSTGRES"
+            )
+        return None
+    from psycopg.conninfo import conninfo_to_dict
+
+    conninfo = args.postgres
+    try:
+        if "connect_timeout" in conninfo_to_dict(conninfo):
+            return conninfo
+    except Exception as exc:
+        raise CliError(EXIT_USAGE, f"invalid --postgres connection string: {_one_line(str(exc))}") from None
+    # Appended rather than rebuilt, so a URI stays a URI (error messages redact URI passwords).
+    if "://" in conninfo:
+        return f"{conninfo}{'&' if '?' in conninfo else '?'}connect_timeout={PG_CONNECT_TIMEOUT}"
+    return f"{conninfo} connect_timeout={PG_CONNECT_TIMEOUT}"
+
+
+def probe_kafka(bootstrap: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Raise ConnectionError unless at least one bootstrap server accepts a TCP connection."""
+    errors = []
+    for server in filter(None, (s.strip() for s in bootstrap.split(","))):
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+                return
+        except ValueError:
+            raise CliError(EXIT_USAGE, f"invalid Kafka address {server!r} (expected host:port)") from None
+        except OSError as exc:
+            errors.append(exc.strerror or str(exc) or type(exc).__name__)
+    raise ConnectionError(
+        f"Kafka broker at {bootstrap} is unreachable: {', '.join(errors) or 'no address given'}"
+    )
+
+
+def require_namespace(bootstrap: str, namespace: str) -> None:
+    """Refuse to write into a namespace whose topics do not exist.
+
+    Why: a producer would make the broker auto-create ``<ns>.commands`` with the broker's default partition
+    count, silently fixing the namespace's P at that number (and without an events topic). Listing topics
+    does not create any.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from eventstore.topics import Topics
+
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "client_id": "metamorph-cli",
+        "request_timeout_ms": 5000,
+    }
+    if "bootstrap_timeout_ms" in KafkaAdminClient.DEFAULT_CONFIG:
+        options["bootstrap_timeout_ms"] = int(PROBE_TIMEOUT * 1000)
+    try:
+        admin = KafkaAdminClient(**options)
+    except KafkaError as exc:
+        raise ConnectionError(f"Kafka broker at {bootstrap} is unreachable: {exc}") from exc
+    try:
+        topics = Topics(namespace)
+        if not {topics.commands, topics.events} <= set(admin.list_topics()):
+            raise CliError(
+                EXIT_USAGE,
+                f"namespace {namespace!r} has no topics on {bootstrap}; run `metamorph init` first",
+            )
+    finally:
+        admin.close()
+
+
+def _client(args: argparse.Namespace, kafka: bool = False, postgres: bool = True) -> Any:
+    """A Client for the options; ``kafka=True`` probes the broker first (the command will write to it).
+
+    Every client command but ``start`` reads the projections (even ``signal`` checks that the workflow
+    exists), so PostgreSQL is required unless ``postgres=False``.
+    """
+    from .client import Client
+
+    conninfo = _postgres(args, required=postgres)
+    if kafka:
+        probe_kafka(_kafka(args))
+        require_namespace(_kafka(args), args.namespace)
+    return Client(kafka=_kafka(args), postgres=conninfo, namespace=args.namespace)
+
+
+def _emit(args: argparse.Namespace, data: Any, human: str | Callable[[], str]) -> None:
+    print(_dump(data) if args.json else (human() if callable(human) else human), flush=True)
+
+
+def _logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # kafka-python's own event-loop timing warnings say nothing a user can act on
+    logging.getLogger("kafka.net.selector").setLevel(max(logging.ERROR, logging.getLogger().level))
+
+
+# -- process commands ------------------------------------------------------------------------------------
+def _cmd_init(args: argparse.Namespace) -> int:
+    from eventstore.topics import ensure_topics
+
+    kafka = _kafka(args)
+    probe_kafka(kafka)
+    counts = ensure_topics(kafka, args.namespace, args.partitions, tuple(_split(args.queues) or ("default",)))
+    print(f"Kafka {kafka}, namespace {args.namespace!r}: topics ready")
+    for topic, partitions in sorted(counts.items()):
+        print(f"  {topic:<48} {partitions} partition(s)")
+    postgres = _postgres(args, required=False)
+    if postgres is None:
+        print("PostgreSQL: not configured (--postgres / METAMORPH_POSTGRES); projections not set up")
+        return EXIT_OK
+    from projections.db import schema_name
+    from projections.migrate import available, migrate
+
+    applied = migrate(postgres, args.namespace)
+    latest = max(available(), default=0)
+    done = f"applied migration(s) {', '.join(map(str, applied))}" if applied else "already up to date"
+    print(f"PostgreSQL schema {schema_name(args.namespace)}: {done} (version {latest})")
+    return EXIT_OK
+
+
+def _prepare(args: argparse.Namespace, queues: tuple[str, ...], partitions: int | None = None) -> str:
+    """What node, worker and projector do first: probe Kafka, ensure topics (and migrations if configured)."""
+    from eventstore.topics import ensure_topics
+
+    kafka = _kafka(args)
+    probe_kafka(kafka)
+    ensure_topics(kafka, args.namespace, partitions, queues)
+    postgres = _postgres(args, required=False)
+    if postgres:
+        from projections.migrate import migrate
+
+        migrate(postgres, args.namespace)
+    if getattr(args, "metrics_port", 0):
+        from eventstore import metrics
+
+        metrics.serve(args.metrics_port)
+    return kafka
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from . import dev
+    from .node import Node
+
+    _logging(args.log_level)
+    dev.import_apps(args.app)
+    queues = dev.app_queues(_split(args.queues))
+    kafka = _prepare(args, queues, args.partitions)
+    stop = dev.shutdown_event()
+    node = Node(
+        kafka,
+        args.namespace,
+        data_dir=args.data_dir,
+        max_live_workflows=args.max_live_workflows,
+        queues=queues,
+        activity_concurrency=args.activity_concurrency,
+        partitions=args.partitions,
+        name=args.name,
+    )
+    node.start()
+    try:
+        for _ in range(120):
+            if stop.is_set() or node.wait_ready(0.5):
+                break
+        print(
+            f"node {node.name} running (namespace {args.namespace!r}, partitions {node.owned_partitions}, "
+            f"queues {', '.join(queues)}); Ctrl-C to stop",
+            flush=True,
+        )
+        dev.wait(stop)
+    finally:
+        node.stop()
+    print("node stopped", flush=True)
+    return EXIT_OK
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from . import dev
+    from .activities import ActivityWorker
+
+    _logging(args.log_level)
+    dev.import_apps(args.app)
+    queues = dev.app_queues(_split(args.queues))
+    kafka = _prepare(args, queues)
+    stop = dev.shutdown_event()
+    worker = ActivityWorker(kafka, args.namespace, queues, args.activity_concurrency, name=args.name).start()
+    try:
+        print(
+            f"activity worker running (namespace {args.namespace!r}, queues {', '.join(queues)}); Ctrl-C to stop",
+            flush=True,
+        )
+        dev.wait(stop)
+    finally:
+        worker.stop()
+    print("worker stopped", flush=True)
+    return EXIT_OK
+
+
+def _cmd_projector(args: argparse.Namespace) -> int:
+    import threading
+
+    from projections.projector import Projector
+
+    from . import dev
+
+    _logging(args.log_level)
+    postgres = _postgres(args)
+    kafka = _prepare(args, ("default",))
+    stop = dev.shutdown_event()
+    thread = threading.Thread(
+        target=Projector(kafka, postgres, args.namespace).run,
+        args=(stop,),
+        name="metamorph-projector",
+        daemon=True,
+    )
+    thread.start()
+    print(f"projector running (namespace {args.namespace!r}); Ctrl-C to stop", flush=True)
+    reason = dev.wait(stop, lambda: None if thread.is_alive() else "the projector stopped")
+    stop.set()
+    thread.join(15)
+    if reason:
+        raise CliError(EXIT_INTERNAL, reason)
+    print("projector stopped", flush=True)
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from eventstore import metrics
+
+    from . import dev, http
+
+    _logging(args.log_level)
+    dev.import_apps(args.app or [])
+    probe_kafka(_kafka(args))
+    require_namespace(_kafka(args), args.namespace)  # else the first start would auto-create a wrong topic
+    client = _client(args, postgres=False)
+    try:
+        app = http.create_app(client, webhook_auth=args.webhook_auth)
+    except ValueError as exc:
+        raise CliError(EXIT_USAGE, str(exc)) from None
+    sock = http.bind(args.host, args.port)
+    try:
+        if args.metrics_port:
+            metrics.serve(args.metrics_port)
+        host, port = sock.getsockname()[:2]
+        print(
+            f"Metamorph HTTP API on http://{host}:{port} (namespace {args.namespace!r}); Ctrl-C to stop",
+            flush=True,
+        )
+        dev.shutdown_event(announce=False)  # uvicorn handles signals while it runs, then re-raises them here
+        http.server(app, sock, log_level=args.log_level).run(sockets=[sock])
+    finally:
+        sock.close()
+        client.close()
+    return EXIT_OK
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from . import dev
+
+    _logging(args.log_level)
+    return dev.run_dev(
+        args.app,
+        kafka=args.kafka,
+        postgres=args.postgres,
+        namespace=args.namespace,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        partitions=args.partitions,
+        data_dir=args.data_dir,
+        queues=_split(args.queues),
+    )
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bench.__main__ import main as bench_main
+
+    return bench_main(list(args.bench_args)) or EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    for var, value in (("METAMORPH_KAFKA", args.kafka), ("METAMORPH_POSTGRES", args.postgres)):
+        if value:
+            os.environ[var] = value
+    from . import demo
+
+    return demo.main() or EXIT_OK
+
+
+# -- client commands -------------------------------------------------------------------------------------
+def _cmd_start(args: argparse.Namespace) -> int:
+    with _client(args, kafka=True, postgres=False) as client:
+        handle = client.start(args.type, *map(_json_arg, args.args), id=args.id)
+        _emit(args, {"id": handle.id, "type": args.type}, handle.id)
+    return EXIT_OK
+
+
+def _cmd_signal(args: argparse.Namespace) -> int:
+    with _client(args, kafka=True) as client:
+        client.get(args.id).signal(args.name, *map(_json_arg, args.args))
+        _emit(args, {"id": args.id, "signal": args.name}, f"signal {args.name} sent to {args.id}")
+    return EXIT_OK
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    with _client(args, kafka=True) as client:
+        handle = client.get(args.id)
+        fn = handle.query if args.command == "query" else handle.update
+        result = fn(args.name, *map(_json_arg, args.args), timeout=args.timeout)
+        _emit(args, {"id": args.id, "result": result}, lambda: _show(result))
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        row = client.get(args.id).describe()
+    _emit(args, row, lambda: _describe(row))
+    return EXIT_OK
+
+
+def _describe(row: dict) -> str:
+    lines = [
+        ("id", row["id"]),
+        ("type", row.get("type")),
+        ("status", row.get("status")),
+        ("created", _when(row.get("created_at"))),
+        ("updated", _when(row.get("updated_at"))),
+    ]
+    if row.get("parent_id"):
+        lines.append(("parent", row["parent_id"]))
+    if row.get("status") == "completed":
+        lines.append(("output", _show(row.get("output"))))
+    if row.get("error_type") or row.get("error_message"):
+        lines.append(("error", f"{row.get('error_type') or 'Error'}: {row.get('error_message') or ''}"))
+    return "\n".join(f"{k + ':':<9}{v}" for k, v in lines)
+
+
+def _cmd_result(args: argparse.Namespace) -> int:
+    from .errors import WorkflowCancelled, WorkflowFailed, WorkflowTerminated
+
+    with _client(args) as client:
+        try:
+            output = client.get(args.id).result(timeout=args.timeout)
+        except (WorkflowFailed, WorkflowCancelled, WorkflowTerminated) as exc:
+            if args.json:
+                status = {WorkflowFailed: "failed", WorkflowCancelled: "cancelled"}.get(
+                    type(exc), "terminated"
+                )
+                detail = (
+                    {"error_type": exc.error_type, "message": exc.message}
+                    if isinstance(exc, WorkflowFailed)
+                    else {}
+                )
+                print(_dump({"id": args.id, "status": status, **detail}), flush=True)
+            raise
+    _emit(args, {"id": args.id, "status": "completed", "output": output}, lambda: _show(output))
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    with _client(args) as client:
+        rows = [asdict(s) for s in client.list(status=args.status, type=args.type, limit=args.limit)]
+    table = [[r["id"], r["type"], r["status"], _when(r["created_at"]), _when(r["updated_at"])] for r in rows]
+    _emit(
+        args,
+        rows,
+        lambda: _table(table, ["ID", "TYPE", "STATUS", "CREATED", "UPDATED"]) if rows else "no workflows",
+    )
+    return EXIT_OK
+
+
+_NOT_DETAILS = {"seq", "type", "at", "run_id", "workflow_id", "status", "event_id", "command_id", "epoch"}
+
+
+def _details(event: dict, width: int = 70) -> str:
+    parts = [
+        f"{k}={_show(v)}" for k, v in event.items() if k not in _NOT_DETAILS and v not in (None, "", [], {})
+    ]
+    text = " ".join(parts)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        events = client.get(args.id).history()
+    table = [[str(e.get("seq")), _when(e.get("at")), e.get("type", "?"), _details(e)] for e in events]
+    _emit(
+        args, events, lambda: _table(table, ["SEQ", "AT", "TYPE", "DETAILS"]) if events else "no events yet"
+    )
+    return EXIT_OK
+
+
+def _cmd_exceptions(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        entries = client.get(args.id).exceptions()
+
+    def human() -> str:
+        if not entries:
+            return "no exceptions"
+        blocks = []
+        for e in entries:
+            where = f"activity {e['activity']} attempt {e['attempt']}" if e.get("activity") else "workflow"
+            head = f"{_when(e.get('at'))}  {where}: {e.get('error_type')}: {e.get('message')}"
+            trace = "\n".join("    " + line for line in (e.get("traceback") or "").rstrip().splitlines())
+            blocks.append(head + ("\n" + trace if trace else ""))
+        return "\n".join(blocks)
+
+    _emit(args, entries, human)
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args, kafka=True) as client:
+        client.get(args.id).cancel()
+    _emit(args, {"id": args.id, "requested": "cancel"}, f"cancellation of {args.id} requested")
+    return EXIT_OK
+
+
+def _cmd_terminate(args: argparse.Namespace) -> int:
+    with _client(args, kafka=True) as client:
+        client.get(args.id).terminate(args.reason)
+    _emit(args, {"id": args.id, "requested": "terminate"}, f"termination of {args.id} requested")
+    return EXIT_OK
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    from eventstore.log import PayloadTooLargeError
+
+    with _client(args, kafka=True) as client:
+        try:
+            client.get(args.id).retry()
+        except ValueError as exc:
+            if isinstance(exc, PayloadTooLargeError):
+                raise
+            raise CliError(EXIT_REFUSED, str(exc)) from None
+    _emit(args, {"id": args.id, "requested": "retry"}, f"retry of {args.id} requested")
+    return EXIT_OK
+
+
+# -- parsing ---------------------------------------------------------------------------------------------
+def _split(values: list[str] | None) -> list[str] | None:
+    """``--queues a,b --queues c`` → ``[a, b, c]``."""
+    if not values:
+        return None
+    return [q.strip() for v in values for q in v.split(",") if q.strip()]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    # Connection options are accepted before or after the command. Their defaults are SUPPRESSed and filled
+    # in by _connection_defaults: with real defaults, argparse would let the subcommand's default overwrite
+    # a value given before the command.
+    conn = argparse.ArgumentParser(add_help=False)
+    group = conn.add_argument_group("connection")
+    group.add_argument(
+        "--kafka",
+        metavar="HOST:PORT",
+        default=argparse.SUPPRESS,
+        help=f"Kafka bootstrap servers (METAMORPH_KAFKA; default {DEFAULT_KAFKA})",
+    )
+    group.add_argument(
+        "--postgres",
+        metavar="URI",
+        default=argparse.SUPPRESS,
+        help="PostgreSQL connection string (METAMORPH_POSTGRES)",
+    )
+    group.add_argument(
+        "--namespace",
+        metavar="NS",
+        default=argparse.SUPPRESS,
+        help="topic prefix and schema (METAMORPH_NAMESPACE; default 'default')",
+    )
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+    proc = argparse.ArgumentParser(add_help=False)
+    proc.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+    parser = argparse.ArgumentParser(
+        prog="metamorph",
+        description="Metamorph: durable workflows on Kafka and PostgreSQL.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[conn],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        name: str, fn: Callable[[argparse.Namespace], int], text: str, *parents: Any
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            parents=[conn, *parents],
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=fn)
+        return p
+
+    def apps(p: argparse.ArgumentParser, required: bool) -> None:
+        p.add_argument(
+            "--app",
+            action="append",
+            required=required,
+            metavar="MODULE",
+            help="module defining workflows/activities (repeatable; imported from the current directory)",
+        )
+
+    def queues(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--queues",
+            action="append",
+            metavar="A,B",
+            help="activity queues to serve (default: every queue the apps use, plus 'default')",
+        )
+
+    def partitions(p: argparse.ArgumentParser, text: str) -> None:
+        p.add_argument("--partitions", type=_positive_int, metavar="P", help=text)
+
+    def metrics_port(p: argparse.ArgumentParser, default: int = 0) -> None:
+        p.add_argument(
+            "--metrics-port",
+            type=_port,
+            default=default,
+            metavar="N",
+            help=f"serve Prometheus /metrics on this port (0 = off; default {default})",
+        )
+
+    p = command(
+        "init", _cmd_init, "create the namespace's topics and apply the PostgreSQL migrations (idempotent)"
+    )
+    partitions(p, "partitions of new topics (default 8); existing topics must already have this count")
+    queues(p)
+
+    p = command("node", _cmd_node, "run workflow (and activity) actors for the --app modules", proc)
+    apps(p, True)
+    queues(p)
+    p.add_argument("--activity-concurrency", type=_positive_int, default=32, metavar="N")
+    p.add_argument("--max-live-workflows", type=_positive_int, default=1000, metavar="N")
+    p.add_argument(
+        "--data-dir", default=".metamorph", metavar="DIR", help="local state stores (default .metamorph)"
+    )
+    partitions(p, "partitions when creating the topics (default: the existing count, else 8)")
+    metrics_port(p)
+    p.add_argument(
+        "--name",
+        help="node identity in the consumer group (default: host name + a hash of --data-dir, stable across restarts)",
+    )
+
+    p = command("worker", _cmd_worker, "run activity actors only", proc)
+    apps(p, True)
+    queues(p)
+    p.add_argument("--activity-concurrency", type=_positive_int, default=32, metavar="N")
+    p.add_argument(
+        "--name",
+        help="worker identity in the consumer groups; give each worker a stable one so a restart reclaims its "
+        "partitions at once (default: host name + process id)",
+    )
+    metrics_port(p)
+
+    p = command("projector", _cmd_projector, "build the PostgreSQL projections from the event log", proc)
+    metrics_port(p)
+
+    p = command(
+        "serve", _cmd_serve, "serve the HTTP API (and the @webhook routes of the --app modules)", proc
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_port, default=8080)
+    apps(p, False)
+    p.add_argument(
+        "--webhook-auth",
+        choices=["none", "token", "signature"],
+        help="webhook authentication (METAMORPH_WEBHOOK_AUTH; secrets only via the environment)",
+    )
+    metrics_port(p)
+
+    p = command(
+        "dev",
+        _cmd_dev,
+        "embedded broker and PostgreSQL (unless configured) + node + projector + HTTP API",
+        proc,
+    )
+    apps(p, True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_port, default=8080)
+    queues(p)
+    partitions(p, "partitions when creating the topics (default 8)")
+    p.add_argument("--data-dir", default=".metamorph/dev", metavar="DIR")
+    metrics_port(p, 9464)
+
+    command("demo", _cmd_demo, "run the tutorial order workflow end to end on an embedded stack")
+
+    p = command("bench", _cmd_bench, "run the benchmark workloads (W1-W7) on an embedded stack; see bench/RESULTS.md")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="...", help="options of `python -m bench`")
+
+    p = command("start", _cmd_start, "start a workflow; prints its id", out)
+    p.add_argument("type", metavar="TYPE", help="workflow type name")
+    p.add_argument("args", nargs="*", metavar="JSON_ARGS", help="arguments, each JSON or else a plain string")
+    p.add_argument("--id", help="workflow id (default: a new UUID); an existing id is not started twice")
+
+    for name, text in (("signal", "send a signal"), ("query", "ask a query"), ("update", "run an update")):
+        p = command(name, _cmd_signal if name == "signal" else _cmd_query, text, out)
+        p.add_argument("id", metavar="ID")
+        p.add_argument("name", metavar="NAME")
+        p.add_argument("args", nargs="*", metavar="JSON_ARGS")
+        if name != "signal":
+            p.add_argument(
+                "--timeout", type=float, default=10.0, metavar="S", help="seconds to wait (default 10)"
+            )
+
+    command("status", _cmd_status, "show a workflow's status", out).add_argument("id", metavar="ID")
+    p = command("result", _cmd_result, "wait for the end and print the output (exit 1 if it failed)", out)
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (exit 4)")
+    p = command("list", _cmd_list, "list workflows, newest first", out)
+    p.add_argument("--status")
+    p.add_argument("--type")
+    p.add_argument("--limit", type=_positive_int, default=100)
+    command("history", _cmd_history, "the current run's events", out).add_argument("id", metavar="ID")
+    command(
+        "exceptions", _cmd_exceptions, "failed activity attempts and the workflow's failure", out
+    ).add_argument("id", metavar="ID")
+    command("cancel", _cmd_cancel, "request cancellation", out).add_argument("id", metavar="ID")
+    p = command("terminate", _cmd_terminate, "terminate at once (no cleanup code runs)", out)
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--reason")
+    command("retry", _cmd_retry, "reset a failed workflow", out).add_argument("id", metavar="ID")
+    return parser
+
+
+def _connection_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the connection options not given on the command line from METAMORPH_* (then the defaults)."""
+    env = os.environ
+    if not hasattr(args, "kafka"):
+        args.kafka = env.get("METAMORPH_KAFKA") or None  # None: `dev` starts its own broker
+    if not hasattr(args, "postgres"):
+        args.postgres = env.get("METAMORPH_POSTGRES") or None
+    if not hasattr(args, "namespace"):
+        args.namespace = env.get("METAMORPH_NAMESPACE") or "default"
+    return args
+
+
+# -- errors ----------------------------------------------------------------------------------------------
+def _classify(exc: BaseException) -> tuple[int, str]:
+    """Map an exception to (exit status, one-line message)."""
+    import psycopg
+    from kafka.errors import KafkaError
+
+    from eventstore.topics import TopicMismatchError
+
+    from .dev import AppImportError
+    from .errors import QueryFailed, WorkflowCancelled, WorkflowFailed, WorkflowNotFound, WorkflowTerminated
+
+    if isinstance(exc, CliError):
+        return exc.code, str(exc)
+    if isinstance(exc, WorkflowNotFound):
+        return EXIT_NOT_FOUND, str(exc)
+    if isinstance(exc, WorkflowFailed | WorkflowCancelled | WorkflowTerminated):
+        return EXIT_WORKFLOW, str(exc)
+    if isinstance(exc, QueryFailed):
+        return EXIT_REFUSED, f"refused: {exc}"
+    if isinstance(exc, TopicMismatchError | AppImportError):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, ConnectionError):
+        return EXIT_UNREACHABLE, str(exc)
+    if isinstance(exc, KafkaError):
+        return EXIT_UNREACHABLE, f"Kafka error: {exc}"
+    if isinstance(exc, psycopg.OperationalError):
+        return EXIT_UNREACHABLE, f"PostgreSQL is unreachable: {exc}"
+    if isinstance(exc, TimeoutError):
+        return EXIT_TIMEOUT, str(exc) or "timed out"
+    if isinstance(exc, RuntimeError | ValueError | OSError):
+        return EXIT_USAGE, str(exc)
+    return EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``metamorph`` command; returns the exit status (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and not {"-h", "--help"} & set(argv[1:2]):
+        from bench.__main__ import main as bench_main  # its own options, passed through untouched
+
+        return int(bench_main(argv[1:]) or EXIT_OK)
+    try:
+        args = _connection_defaults(_parser().parse_args(argv))
+    except SystemExit as exc:  # --help (0) or a usage error (2): argparse already printed why
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if os.environ.get("METAMORPH_DEBUG"):
+            raise
+        code, message = _classify(exc)
+        print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,441 @@
+"""The client: start and steer workflows through Kafka, read their state from the Postgres projections.
+
+Writes go to ``<ns>.commands`` and return once the broker has them (acks=all), which is what "started" has
+to mean for a durable engine. Reads come from the projections; ``result()`` waits on LISTEN/NOTIFY, not a
+polling loop. Queries and updates travel as commands and are answered on ``<ns>.replies``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from eventstore import codec, payloads
+from eventstore import events as ev
+from eventstore.log import check_size, producer
+from eventstore.topics import Topics, partition_for
+
+from .definitions import workflow_type_name
+from .errors import QueryFailed, WorkflowCancelled, WorkflowFailed, WorkflowNotFound, WorkflowTerminated
+from .instance import utcnow
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("completed", "failed", "cancelled", "terminated")
+#: How long result() waits for a workflow id to appear in the projections before calling it unknown.
+_NOT_FOUND_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class WorkflowSummary:
+    id: str
+    type: str
+    status: str
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class Client:
+    """``Client(kafka=None, postgres=None, namespace=None)``; None falls back to METAMORPH_* variables."""
+
+    def __init__(self, kafka: str | None = None, postgres: str | None = None, namespace: str | None = None) -> None:
+        self.kafka = kafka or os.environ.get("METAMORPH_KAFKA") or "127.0.0.1:9092"
+        self.postgres = postgres or os.environ.get("METAMORPH_POSTGRES")
+        self.namespace = namespace or os.environ.get("METAMORPH_NAMESPACE") or "default"
+        self.topics = Topics(self.namespace)
+        self._producer: Any = None
+        self._partitions: int | None = None
+        self._pg_pool: Any = None
+        self._replies: _Replies | None = None
+        self._terminal_listener: _Terminals | None = None
+        self._lock = threading.Lock()
+
+    # -- plumbing ----------------------------------------------------------------------------------------
+    def _kafka(self) -> Any:
+        with self._lock:
+            if self._producer is None:
+                try:
+                    self._producer = producer(self.kafka, linger_ms=0, bootstrap_timeout_ms=5_000, max_block_ms=5_000)
+                except KafkaError as exc:
+                    raise ConnectionError(f"Kafka broker at {self.kafka} is unreachable: {exc}") from exc
+                try:
+                    parts = self._producer.partitions_for(self.topics.commands)
+                except KafkaError:
+                    parts = None
+                if not parts:
+                    raise RuntimeError(
+                        f"namespace {self.namespace!r} has no topics on {self.kafka}; run `metamorph init` first"
+                    )
+                self._partitions = len(parts)
+            return self._producer
+
+    def _send(self, kind: str, workflow_id: str, command_id: str | None = None, **body: Any) -> None:
+        kafka_producer = self._kafka()
+        envelope = ev.command(kind, workflow_id, command_id or str(uuid.uuid4()), utcnow(), **body)
+        value = check_size(f"{kind} command for {workflow_id}", codec.encode("metamorph.CommandEnvelope", envelope))
+        future = kafka_producer.send(
+            self.topics.commands, key=workflow_id.encode(), value=value, partition=partition_for(workflow_id, self._partitions or 1)
+        )
+        try:
+            # Wait for this record's acknowledgement only (acks=all): concurrent callers share the
+            # producer's batches instead of each flushing everyone's records.
+            future.get(timeout=30)
+        except KafkaError as exc:
+            raise ConnectionError(f"Kafka did not accept the {kind} command: {exc}") from exc
+
+    def _pool(self) -> Any:
+        """A small connection pool, so concurrent callers (threads, the HTTP API) read in parallel."""
+        with self._lock:
+            if self._pg_pool is None:
+                if not self.postgres:
+                    raise RuntimeError("this call reads the projections: pass postgres= or set METAMORPH_POSTGRES")
+                from projections.db import pool
+
+                self._pg_pool = pool(self.postgres, self.namespace, min_size=1, max_size=8,
+                                     connect_kwargs={"connect_timeout": 5}, timeout=5)
+            return self._pg_pool
+
+    def _with_conn(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(conn, ...)`` on a pooled connection; one retry covers a PostgreSQL restart."""
+        from psycopg_pool import PoolTimeout
+
+        for attempt in (1, 2):
+            try:
+                with self._pool().connection() as conn:
+                    return fn(conn, *args, **kwargs)
+            except PoolTimeout as exc:
+                raise ConnectionError(f"PostgreSQL at {_redact(self.postgres or '')} is unreachable: {exc}") from exc
+            except Exception as exc:
+                if attempt == 2 or not _is_connection_error(exc):
+                    if _is_connection_error(exc):
+                        raise ConnectionError(f"PostgreSQL at {_redact(self.postgres or '')} is unreachable: {exc}") from exc
+                    raise
+        return None  # pragma: no cover - the loop always returns or raises
+
+    def _read(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
+        from projections import read
+
+        return self._with_conn(getattr(read, fn_name), *args, **kwargs)
+
+    def _request(self, kind: str, workflow_id: str, name: str, args: tuple, timeout: float) -> Any:
+        self._check_exists(workflow_id)
+        with self._lock:
+            if self._replies is None:
+                self._replies = _Replies(self.kafka, self.topics)
+        request_id = str(uuid.uuid4())
+        waiter = self._replies.expect(request_id)
+        self._send(kind, workflow_id, request_id=request_id, name=name, input=payloads.encode(list(args)))
+        reply = self._replies.wait(request_id, waiter, timeout)
+        if reply is None:
+            raise TimeoutError(f"no answer to {kind} {name!r} of {workflow_id} within {timeout}s")
+        if not reply["ok"]:
+            if reply.get("error_type") == "WorkflowNotRunning":
+                raise QueryFailed("WorkflowNotRunning", reply.get("message") or "")
+            raise QueryFailed(reply.get("error_type") or "Error", reply.get("message") or "")
+        return payloads.decode(reply["result"])
+
+    def _terminals(self) -> _Terminals:
+        with self._lock:
+            if self._terminal_listener is None:
+                if not self.postgres:
+                    raise RuntimeError("result() reads the projections: pass postgres= or set METAMORPH_POSTGRES")
+                self._terminal_listener = _Terminals(self.postgres, self.namespace)
+            return self._terminal_listener
+
+    def _check_exists(self, workflow_id: str) -> None:
+        """Refuse commands to unknown ids when the projections can tell; a Kafka-only client just sends."""
+        if self.postgres:
+            self._require(workflow_id)
+
+    def _require(self, workflow_id: str) -> dict:
+        row = self._read("get_workflow", workflow_id)
+        if row is None:
+            raise WorkflowNotFound(workflow_id)
+        return row
+
+    # -- the API -----------------------------------------------------------------------------------------
+    def start(self, wf: type | str, *args: Any, id: str | None = None) -> WorkflowHandle:  # noqa: A002 - API name
+        """Start a workflow; returns once the start command is durably in Kafka."""
+        type_name = workflow_type_name(wf)
+        workflow_id = id or str(uuid.uuid4())
+        data = payloads.encode(list(args))
+        self._send("StartWorkflow", workflow_id, f"start:{workflow_id}", workflow_type=type_name, input=data)
+        if self.postgres:
+            from projections.migrate import record_pending
+
+            try:
+                self._with_conn(record_pending, workflow_id, type_name, list(args))
+            except Exception:  # the projector writes the row anyway; this only makes `pending` visible sooner
+                log.warning("could not record %s as pending", workflow_id, exc_info=True)
+        return WorkflowHandle(self, workflow_id)
+
+    def get(self, id: str) -> WorkflowHandle:  # noqa: A002
+        return WorkflowHandle(self, id)
+
+    def list(self, status: str | None = None, type: str | None = None, limit: int = 100) -> list[WorkflowSummary]:  # noqa: A002
+        rows = self._read("list_workflows", status=status, type=type, limit=limit)
+        return [WorkflowSummary(r["id"], r["type"], r["status"], r.get("created_at"), r.get("updated_at")) for r in rows]
+
+    def close(self) -> None:
+        if self._replies is not None:
+            self._replies.close()
+        if self._terminal_listener is not None:
+            self._terminal_listener.close()
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+            self._producer = None
+        if self._pg_pool is not None:
+            self._pg_pool.close()
+            self._pg_pool = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WorkflowHandle:
+    """A workflow by id; follows continue-as-new to the newest run."""
+
+    def __init__(self, client: Client, workflow_id: str) -> None:
+        self._client = client
+        self.id = workflow_id
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.id!r})"
+
+    def describe(self) -> dict:
+        return self._client._require(self.id)
+
+    def status(self) -> str:
+        return self.describe()["status"]
+
+    def running(self) -> bool:
+        return self.status() not in TERMINAL + ("continued",)
+
+    def completed(self) -> bool:
+        return self.status() == "completed"
+
+    def failed(self) -> bool:
+        return self.status() == "failed"
+
+    def output(self) -> Any:
+        row = self.describe()
+        return row.get("output") if row["status"] == "completed" else None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the end (any run of the continue-as-new chain) and return the output or raise.
+
+        Waits on the projector's NOTIFY through the client's one shared LISTEN connection, so a thousand
+        waiting handles cost a thousand events, not a thousand connections.
+        """
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        terminals = self._client._terminals()
+        while True:
+            wake = terminals.expect(self.id)
+            try:
+                try:
+                    row = self.describe()
+                except WorkflowNotFound:
+                    # Started by another client, the projector may not have it yet: give it a moment.
+                    if time.monotonic() - started > _NOT_FOUND_GRACE or (deadline is not None and time.monotonic() > deadline):
+                        raise
+                    wake.wait(0.05)
+                    continue
+                status = row["status"]
+                if status in TERMINAL:
+                    return _outcome(self.id, row)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"workflow {self.id} is still {status} after {timeout}s")
+                wake.wait(5.0 if remaining is None else min(remaining, 5.0))
+            finally:
+                terminals.forget(self.id, wake)
+
+    def signal(self, name: str, *args: Any) -> None:
+        self._client._check_exists(self.id)
+        self._client._send("SignalWorkflow", self.id, name=name, input=payloads.encode(list(args)))
+
+    def query(self, name: str, *args: Any, timeout: float = 10) -> Any:
+        return self._client._request("QueryWorkflow", self.id, name, args, timeout)
+
+    def update(self, name: str, *args: Any, timeout: float = 10) -> Any:
+        return self._client._request("UpdateWorkflow", self.id, name, args, timeout)
+
+    def cancel(self) -> None:
+        self._client._check_exists(self.id)
+        self._client._send("CancelWorkflow", self.id, reason=None)
+
+    def terminate(self, reason: str | None = None) -> None:
+        self._client._check_exists(self.id)
+        self._client._send("TerminateWorkflow", self.id, reason=reason)
+
+    def retry(self) -> None:
+        """Reset a failed workflow: a new run replays history up to the failure and goes on from there."""
+        row = self._client._require(self.id)
+        if row["status"] != "failed":
+            raise ValueError(f"only a failed workflow can be retried; {self.id} is {row['status']}")
+        self._client._send("RetryWorkflow", self.id)
+
+    def history(self) -> list[dict]:
+        self._client._require(self.id)
+        return self._client._read("history", self.id)
+
+    def exceptions(self) -> list[dict]:
+        self._client._require(self.id)
+        return self._client._read("exceptions", self.id)
+
+
+def _outcome(workflow_id: str, row: dict) -> Any:
+    status = row["status"]
+    if status == "completed":
+        return row.get("output")
+    if status == "failed":
+        raise WorkflowFailed(workflow_id, row.get("error_type") or "Error", row.get("error_message") or "", row.get("error_traceback") or "")
+    if status == "cancelled":
+        raise WorkflowCancelled(workflow_id)
+    raise WorkflowTerminated(workflow_id, row.get("error_message"))
+
+
+def _redact(conninfo: str) -> str:
+    """Hide passwords in both URI and key=value connection strings before they reach an error message."""
+    import re
+
+    conninfo = re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", conninfo)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", conninfo, flags=re.IGNORECASE)
+
+
+def _is_connection_error(exc: Exception) -> bool:
+    import psycopg
+
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+class _Replies:
+    """Listens on every ``<ns>.replies`` partition from the moment it starts; hands replies to waiters."""
+
+    def __init__(self, kafka: str, topics: Topics) -> None:
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=kafka, enable_auto_commit=False, fetch_max_wait_ms=50, allow_auto_create_topics=False
+        )
+        parts = self._consumer.partitions_for_topic(topics.replies) or {0}
+        tps = [TopicPartition(topics.replies, p) for p in sorted(parts)]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_end(*tps)
+        for tp in tps:
+            self._consumer.position(tp)  # resolve "end" now, before any request is sent
+        self._waiters: dict[str, tuple[threading.Event, list]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metamorph-replies", daemon=True)
+        self._thread.start()
+
+    def expect(self, request_id: str) -> tuple[threading.Event, list]:
+        waiter = (threading.Event(), [])
+        with self._lock:
+            self._waiters[request_id] = waiter
+        return waiter
+
+    def wait(self, request_id: str, waiter: tuple[threading.Event, list], timeout: float) -> dict | None:
+        try:
+            return waiter[1][0] if waiter[0].wait(timeout) else None
+        finally:
+            with self._lock:
+                self._waiters.pop(request_id, None)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = self._consumer.poll(timeout_ms=100)
+            except Exception:
+                time.sleep(0.2)
+                continue
+            for records in batch.values():
+                for rec in records:
+                    try:
+                        reply = codec.decode(rec.value, "metamorph.Reply")
+                    except codec.DecodeError:
+                        continue
+                    with self._lock:
+                        waiter = self._waiters.get(reply["request_id"])
+                    if waiter is not None and not waiter[0].is_set():
+                        waiter[1].append(reply)
+                        waiter[0].set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._consumer.close()
+
+
+class _Terminals:
+    """One LISTEN connection per client; wakes every waiter of a workflow id when its run ends.
+
+    A waiter re-reads the projection after waking, so a missed or spurious notification (reconnects, a
+    continued run) costs at most one extra read, never a wrong answer.
+    """
+
+    def __init__(self, postgres: str, namespace: str) -> None:
+        self._postgres, self._namespace = postgres, namespace
+        self._waiters: dict[str, set[threading.Event]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listening = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metamorph-terminals", daemon=True)
+        self._thread.start()
+        self._listening.wait(5)
+
+    def expect(self, workflow_id: str) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._waiters.setdefault(workflow_id, set()).add(event)
+        return event
+
+    def forget(self, workflow_id: str, event: threading.Event) -> None:
+        with self._lock:
+            waiters = self._waiters.get(workflow_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[workflow_id]
+
+    def _wake(self, workflow_id: str | None) -> None:
+        with self._lock:
+            events = [e for ws in self._waiters.values() for e in ws] if workflow_id is None else list(self._waiters.get(workflow_id, ()))
+        for e in events:
+            e.set()
+
+    def _run(self) -> None:
+        from psycopg import sql
+
+        from projections.db import connect, notify_channel
+
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                with connect(self._postgres, self._namespace, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(notify_channel(self._namespace))))
+                    self._listening.set()
+                    self._wake(None)  # anything that ended while we were not listening
+                    delay = 0.1
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self._wake(note.payload)
+            except Exception:
+                self._stop.wait(delay)
+                delay = min(delay * 2, 2.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)

@@ -1,0 +1,122 @@
+"""What an event obliges the owner to send once it is durable: activity tasks, child starts, signals,
+parent notifications, replies.
+
+The messages are a pure function of the event and its run's history, which is what makes the owner's
+crash window safe: events are appended first, messages sent second, the store checkpoint written third.
+A crash in between leaves events after the checkpoint, and restore sends their messages again (every
+receiver is idempotent, and message ids are derived from the event, so duplicates collapse).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from eventstore import codec
+from eventstore import events as ev
+from eventstore.topics import Topics
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    key: str
+    value: bytes
+
+
+def _command(topics: Topics, kind: str, target: str, command_id: str, at: datetime, **body: object) -> Message:
+    envelope = ev.command(kind, target, command_id, at, **body)
+    return Message(topics.commands, target, codec.encode("metamorph.CommandEnvelope", envelope))
+
+
+def task_message(topics: Topics, workflow_id: str, workflow_type: str, scheduled: dict, attempt: int, at: datetime) -> Message:
+    task = {
+        "workflow_id": workflow_id, "run_id": scheduled["run_id"], "workflow_type": workflow_type,
+        "activity_id": scheduled["activity_id"], "attempt": attempt, "name": scheduled["name"],
+        "queue": scheduled["queue"], "input": scheduled["input"], "kwargs": scheduled.get("kwargs") or b"{}",
+        "timeout": scheduled["timeout"], "heartbeat_timeout": scheduled["heartbeat_timeout"], "scheduled_at": at,
+    }
+    return Message(topics.activities(scheduled["queue"]), workflow_id, codec.encode("metamorph.ActivityTask", task))
+
+
+def reply_message(topics: Topics, request_id: str, ok: bool, result: bytes = b"", error_type: str | None = None,
+                  message: str | None = None) -> Message:
+    reply = {"request_id": request_id, "ok": ok, "result": result, "error_type": error_type, "message": message}
+    return Message(topics.replies, request_id, codec.encode("metamorph.Reply", reply))
+
+
+def messages_for(
+    topics: Topics, workflow_id: str, event: dict, started: dict | None, scheduled: Callable[[int], dict | None]
+) -> list[Message]:
+    """Messages owed for ``event``; ``started`` is its run's WorkflowStarted, ``scheduled`` finds an
+    ActivityScheduled by activity id."""
+    kind = event["type"]
+    run = event.get("run_id") or ""
+    at = event["at"]
+    wf_type = (started or {}).get("workflow_type", "")
+    if kind == "ActivityScheduled":
+        return [task_message(topics, workflow_id, wf_type, event, 1, at)]
+    if kind == "ActivityRetried":
+        original = scheduled(event["activity_id"])
+        return [task_message(topics, workflow_id, wf_type, original, event["attempt"], at)] if original else []
+    if kind == "ChildStarted":
+        return [_command(
+            topics, "StartWorkflow", event["child_id"], f"{workflow_id}:{run}:{event['seq']}:start", at,
+            workflow_type=event["workflow_type"], input=event["input"], parent_id=workflow_id, parent_run_id=run,
+            parent_ref=event["child_ref"],
+        )]
+    if kind == "ExternalSignalSent":
+        return [_command(
+            topics, "SignalWorkflow", event["target_id"], f"{workflow_id}:{run}:{event['seq']}:signal", at,
+            name=event["name"], input=event["input"],
+        )]
+    if kind == "UpdateCompleted":
+        ok = not event.get("error_type")
+        return [reply_message(topics, event["request_id"], ok, event["result"] if ok else b"", event.get("error_type"), event.get("message"))]
+    parent = (started or {}).get("parent_id")
+    if kind == "WorkflowContinued":
+        return [_command(
+            topics, "StartWorkflow", workflow_id, f"{workflow_id}:{event['new_run_id']}:continue", at,
+            workflow_type=wf_type, input=event["input"], run_id=event["new_run_id"], continued_from=run,
+            parent_id=parent, parent_run_id=(started or {}).get("parent_run_id"), parent_ref=(started or {}).get("parent_ref"),
+        )]
+    if parent and kind in ("WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled", "WorkflowTerminated"):
+        body: dict[str, object] = {"run_id": (started or {}).get("parent_run_id") or "", "child_ref": started.get("parent_ref") or 0}  # type: ignore[union-attr]
+        if kind == "WorkflowCompleted":
+            body.update(ok=True, result=event["result"])
+        else:
+            error_type = event.get("error_type") or kind.removeprefix("Workflow")
+            body.update(ok=False, result=b"", error_type=error_type,
+                        message=event.get("message") or event.get("reason") or f"child workflow {workflow_id} {kind.removeprefix('Workflow').lower()}")
+        return [_command(topics, "ResolveChild", parent, f"{workflow_id}:{run}:resolve", at, **body)]
+    return []
+
+
+def messages_for_history(topics: Topics, workflow_id: str, history: list[dict], events: list[dict]) -> list[Message]:
+    """Messages owed for ``events`` of a workflow whose current-run history is ``history``."""
+    runs_started = {e["run_id"]: e for e in history if e["type"] == "WorkflowStarted"}
+    for e in events:
+        if e["type"] == "WorkflowStarted":
+            runs_started[e["run_id"]] = e
+    by_activity = {e["activity_id"]: e for e in history if e["type"] == "ActivityScheduled"}
+    by_activity.update({e["activity_id"]: e for e in events if e["type"] == "ActivityScheduled"})
+    out: list[Message] = []
+    for e in events:
+        if not e.get("copied"):  # history carried into a reset run owes nothing that was not owed before
+            out.extend(messages_for(topics, workflow_id, e, runs_started.get(e.get("run_id")), by_activity.get))
+        if e["type"] in ("WorkflowCancelled", "WorkflowTerminated"):
+            out.extend(_close_children(topics, workflow_id, history, e))
+    return out
+
+
+def _close_children(topics: Topics, workflow_id: str, history: list[dict], closed: dict) -> list[Message]:
+    """A cancelled parent cancels its open children (they may clean up); a terminated one terminates them."""
+    resolved = {e["child_ref"] for e in history if e["type"] in ("ChildCompleted", "ChildFailed")}
+    kind = "CancelWorkflow" if closed["type"] == "WorkflowCancelled" else "TerminateWorkflow"
+    reason = f"parent {workflow_id} was {closed['type'].removeprefix('Workflow').lower()}"
+    return [
+        _command(topics, kind, e["child_id"], f"{workflow_id}:{closed.get('run_id')}:{e['seq']}:close", closed["at"], reason=reason)
+        for e in history
+        if e["type"] == "ChildStarted" and e["child_ref"] not in resolved and e.get("run_id") == closed.get("run_id")
+    ]

@@ -1,0 +1,714 @@
+"""The HTTP API: the Client's operations as JSON over HTTP, for dashboards, scripts and other languages.
+
+Why Starlette and not a hand-rolled server: routing, body handling and the ASGI contract are solved
+problems, and uvicorn serves it. The Client is synchronous (Kafka producer, psycopg), so every call into it
+runs in Starlette's thread pool and never blocks the event loop.
+
+Errors are always JSON ``{"error": <type>, "message": <text>}``: 400 bad body or parameters, 404 unknown
+workflow or route, 409 a query/update the workflow refused (or a retry of a workflow that has not failed),
+413 payload too large, 503 Kafka or PostgreSQL unreachable, 504 no answer in time. ``/openapi.json``
+describes every route; it is written by hand so that it states what the API promises rather than what a
+framework happens to infer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, is_dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from eventstore import metrics
+from eventstore.log import PayloadTooLargeError
+
+from . import webhooks
+from .errors import QueryFailed, WorkflowNotFound
+
+if TYPE_CHECKING:
+    from .client import Client
+
+MAX_PAGE = 1000
+
+
+class JSON(JSONResponse):
+    """JSON that also renders what projection rows hold (datetimes, decimals, UUIDs, dataclasses)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, default=jsonable, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def jsonable(value: Any) -> Any:
+    """``json.dumps`` fallback shared with the CLI's ``--json`` output."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return str(value)
+
+
+def redact(text: str) -> str:
+    """Mask passwords of connection strings (URI and key=value forms) in a message meant for a user."""
+    text = re.sub(r"(://[^:@/\s]+):[^@/\s]*@", r"\1:***@", text)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text)
+
+
+class BadRequest(ValueError):
+    """A body or parameter the API cannot use; answered with 400."""
+
+
+def _error(status: int, error: str, message: str) -> Response:
+    return JSON({"error": error, "message": message}, status_code=status)
+
+
+# -- request helpers -------------------------------------------------------------------------------------
+async def _body(request: Request) -> dict:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _args(body: dict) -> list[Any]:
+    args = body.get("args", [])
+    if not isinstance(args, list):
+        raise BadRequest('"args" must be a JSON array')
+    return args
+
+
+def _timeout(body: dict, default: float = 10.0) -> float:
+    value = body.get("timeout", default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise BadRequest('"timeout" must be a positive number of seconds')
+    return float(value)
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, not {raw!r}") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}")
+    return value
+
+
+# -- endpoints -------------------------------------------------------------------------------------------
+class _Api:
+    """The endpoints, bound to one Client."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return run_in_threadpool(fn, *args, **kwargs)
+
+    async def healthz(self, request: Request) -> Response:
+        return JSON({"status": "ok", "namespace": self.client.namespace})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSON(openapi_document())
+
+    async def list_workflows(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
+        offset = _int_param(request, "offset", 0, 0, 2**31 - 1)
+        q = request.query_params
+        rows = await self._call(
+            self.client._read,
+            "list_workflows",
+            status=q.get("status") or None,
+            type=q.get("type") or None,
+            limit=limit,
+            offset=offset,
+            parent_id=q.get("parent_id") or None,
+        )
+        more = len(rows) == limit
+        return JSON(
+            {
+                "workflows": rows,
+                "limit": limit,
+                "offset": offset,
+                "next_offset": offset + limit if more else None,
+            }
+        )
+
+    async def start(self, request: Request) -> Response:
+        body = await _body(request)
+        wf_type = body.get("type")
+        if not isinstance(wf_type, str) or not wf_type:
+            raise BadRequest('"type" (the workflow type name) is required')
+        workflow_id = body.get("id")
+        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
+            raise BadRequest('"id" must be a non-empty string')
+        handle = await self._call(self.client.start, wf_type, *_args(body), id=workflow_id)
+        return JSON({"id": handle.id}, status_code=201, headers={"Location": f"/workflows/{handle.id}"})
+
+    async def get_workflow(self, request: Request) -> Response:
+        workflow_id = request.path_params["id"]
+        return JSON(await self._call(self._details, workflow_id))
+
+    def _details(self, workflow_id: str) -> dict:
+        row = dict(self.client.get(workflow_id).describe())
+        for part in ("history", "activities", "exceptions", "children", "runs", "signals"):
+            row[part] = self.client._read(part, workflow_id)
+        return row
+
+    async def history(self, request: Request) -> Response:
+        handle = self.client.get(request.path_params["id"])
+        return JSON({"id": handle.id, "events": await self._call(handle.history)})
+
+    async def signal(self, request: Request) -> Response:
+        body = await _body(request)
+        handle, name = self.client.get(request.path_params["id"]), request.path_params["name"]
+        await self._call(handle.signal, name, *_args(body))
+        return JSON({"id": handle.id, "signal": name}, status_code=202)
+
+    async def query(self, request: Request) -> Response:
+        return await self._ask(request, "query")
+
+    async def update(self, request: Request) -> Response:
+        return await self._ask(request, "update")
+
+    async def _ask(self, request: Request, kind: str) -> Response:
+        body = await _body(request)
+        handle = self.client.get(request.path_params["id"])
+        fn = handle.query if kind == "query" else handle.update
+        result = await self._call(fn, request.path_params["name"], *_args(body), timeout=_timeout(body))
+        return JSON({"id": handle.id, "result": result})
+
+    async def cancel(self, request: Request) -> Response:
+        handle = self.client.get(request.path_params["id"])
+        await self._call(handle.cancel)
+        return JSON({"id": handle.id, "requested": "cancel"}, status_code=202)
+
+    async def terminate(self, request: Request) -> Response:
+        body = await _body(request)
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise BadRequest('"reason" must be a string')
+        handle = self.client.get(request.path_params["id"])
+        await self._call(handle.terminate, reason)
+        return JSON({"id": handle.id, "requested": "terminate"}, status_code=202)
+
+    async def retry(self, request: Request) -> Response:
+        handle = self.client.get(request.path_params["id"])
+        try:
+            await self._call(handle.retry)
+        except ValueError as exc:  # not failed: a state conflict, not a bad request
+            if isinstance(exc, PayloadTooLargeError):
+                raise
+            return _error(409, "NotRetryable", str(exc))
+        return JSON({"id": handle.id, "requested": "retry"}, status_code=202)
+
+
+# -- errors and metrics ----------------------------------------------------------------------------------
+def _handlers() -> dict[Any, Callable[[Request, Exception], Any]]:
+    def handler(status: int, error: str | None = None) -> Callable[[Request, Exception], Response]:
+        def handle(request: Request, exc: Exception) -> Response:
+            name = error or getattr(exc, "error_type", None) or type(exc).__name__
+            message = getattr(exc, "message", None) or str(exc)
+            return _error(status, name, redact(message))
+
+        return handle
+
+    def http_exception(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        name = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        detail = exc.detail if exc.status_code != 404 else f"no route {request.method} {request.url.path}"
+        return _error(exc.status_code, name, detail)
+
+    import psycopg
+    from kafka.errors import KafkaError
+
+    return {
+        HTTPException: http_exception,
+        BadRequest: handler(400, "BadRequest"),
+        WorkflowNotFound: handler(404, "WorkflowNotFound"),
+        QueryFailed: handler(409),
+        PayloadTooLargeError: handler(413, "PayloadTooLarge"),
+        ConnectionError: handler(503, "Unavailable"),
+        KafkaError: handler(503, "Unavailable"),
+        psycopg.OperationalError: handler(503, "Unavailable"),
+        RuntimeError: handler(
+            503, "Unavailable"
+        ),  # not configured: no Postgres, no topics (run `metamorph init`)
+        TimeoutError: handler(504, "Timeout"),
+        Exception: handler(500, "InternalError"),
+    }
+
+
+class _CountRequests:
+    """ASGI middleware: count every request by route template (low cardinality) and status."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def tap(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tap)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            metrics.http_requests.labels(route, str(status)).inc()
+
+
+# -- the app ---------------------------------------------------------------------------------------------
+async def _ui(request: Request) -> Response:
+    """The dashboard: one static page over this same JSON API (no build step, nothing to install)."""
+    from starlette.responses import HTMLResponse
+
+    return HTMLResponse(_UI_PAGE.read_text())
+
+
+_UI_PAGE = Path(__file__).with_name("ui.html")
+
+
+def create_app(
+    client: Client,
+    *,
+    webhook_auth: str | None = None,
+    webhook_token: str | None = None,
+    webhook_secret: str | None = None,
+) -> Starlette:
+    """The HTTP API (and the webhook routes) over ``client``.
+
+    ``webhook_*`` override ``METAMORPH_WEBHOOK_AUTH`` / ``_TOKEN`` / ``_SECRET``; see :mod:`actors.webhooks`.
+    """
+    api = _Api(client)
+    wid = "/workflows/{id}"
+    routes = [
+        Route("/", _ui, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/openapi.json", api.openapi, methods=["GET"]),
+        Route("/workflows", api.list_workflows, methods=["GET"]),
+        Route("/workflows", api.start, methods=["POST"]),
+        Route(wid, api.get_workflow, methods=["GET"]),
+        Route(wid + "/history", api.history, methods=["GET"]),
+        Route(wid + "/signal/{name}", api.signal, methods=["POST"]),
+        Route(wid + "/query/{name}", api.query, methods=["POST"]),
+        Route(wid + "/update/{name}", api.update, methods=["POST"]),
+        Route(wid + "/cancel", api.cancel, methods=["POST"]),
+        Route(wid + "/terminate", api.terminate, methods=["POST"]),
+        Route(wid + "/retry", api.retry, methods=["POST"]),
+        *webhooks.routes(client, webhooks.WebhookAuth.configure(webhook_auth, webhook_token, webhook_secret)),
+    ]
+    return Starlette(routes=routes, exception_handlers=_handlers(), middleware=[Middleware(_CountRequests)])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket up front, so a busy port is a clear error and port 0 picks a free one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def server(app: Starlette, sock: socket.socket, log_level: str = "warning") -> Any:
+    """A uvicorn server for ``app`` on an already bound socket; ``.run(sockets=[sock])`` serves it."""
+    import uvicorn
+
+    host, port = sock.getsockname()[:2]
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off"))
+
+
+def serve(client: Client, host: str = "127.0.0.1", port: int = 8080, **webhook_options: Any) -> None:
+    """Serve the API with uvicorn until SIGINT/SIGTERM (uvicorn handles the signals in the main thread)."""
+    sock = bind(host, port)
+    try:
+        server(create_app(client, **webhook_options), sock, log_level="info").run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------------------
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    return {str(c): {"$ref": f"#/components/responses/E{c}"} for c in codes}
+
+
+def _path_param(name: str, description: str) -> dict:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+def _query_param(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _body_schema(schema: dict, required: bool = False) -> dict:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(
+    op_id: str,
+    summary: str,
+    responses: dict,
+    params: list | None = None,
+    body: dict | None = None,
+    tags: list | None = None,
+) -> dict:
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": summary,
+        "tags": tags or ["workflows"],
+        "responses": responses,
+    }
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = body
+    return op
+
+
+def openapi_document() -> dict:
+    """The hand-written OpenAPI 3.1 description of every route of :func:`create_app`."""
+    wid = _path_param("id", "Workflow id")
+    name = _path_param("name", "Handler (method) name")
+    accepted = _json(_ref("Accepted"), "Accepted: the command is durably in Kafka")
+    call_body = _body_schema(_ref("CallRequest"))
+    call_ok = _json(_ref("CallResult"), "The handler's return value")
+    any_args = {"oneOf": [{"type": "object"}, {"type": "array"}]}
+    paths = {
+        "/": {"get": _op("ui", "The dashboard (HTML)", {"200": {"description": "The dashboard page", "content": {"text/html": {"schema": {"type": "string"}}}}}, tags=["ops"])},
+        "/healthz": {"get": _op("healthz", "Liveness", {"200": _json(_ref("Health"), "Up")}, tags=["ops"])},
+        "/openapi.json": {
+            "get": _op(
+                "openapi", "This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")}, tags=["ops"]
+            )
+        },
+        "/workflows": {
+            "get": _op(
+                "listWorkflows",
+                "List workflows, newest first, one page at a time",
+                {"200": _json(_ref("WorkflowPage"), "A page of workflows"), **_errors(400, 503)},
+                params=[
+                    _query_param("status", _ref("Status"), "Only this status"),
+                    _query_param("type", {"type": "string"}, "Only this workflow type"),
+                    _query_param("parent_id", {"type": "string"}, "Only children of this workflow"),
+                    _query_param(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100},
+                        "Page size",
+                    ),
+                    _query_param("offset", {"type": "integer", "minimum": 0, "default": 0}, "Rows to skip"),
+                ],
+            ),
+            "post": _op(
+                "startWorkflow",
+                "Start a workflow (an existing id is not started twice)",
+                {"201": _json(_ref("Started"), "Start command accepted"), **_errors(400, 413, 503)},
+                body=_body_schema(_ref("StartRequest"), required=True),
+            ),
+        },
+        "/workflows/{id}": {
+            "get": _op(
+                "getWorkflow",
+                "A workflow with its history, activities, exceptions, children, runs and signals",
+                {"200": _json(_ref("WorkflowDetails"), "The workflow"), **_errors(404, 503)},
+                params=[wid],
+            )
+        },
+        "/workflows/{id}/history": {
+            "get": _op(
+                "getHistory",
+                "The current run's events in order",
+                {"200": _json(_ref("History"), "The events"), **_errors(404, 503)},
+                params=[wid],
+            )
+        },
+        "/workflows/{id}/signal/{name}": {
+            "post": _op(
+                "signalWorkflow",
+                "Send a signal",
+                {"202": accepted, **_errors(400, 404, 413, 503)},
+                [wid, name],
+                call_body,
+            )
+        },
+        "/workflows/{id}/query/{name}": {
+            "post": _op(
+                "queryWorkflow",
+                "Ask a query",
+                {"200": call_ok, **_errors(400, 404, 409, 503, 504)},
+                [wid, name],
+                call_body,
+            )
+        },
+        "/workflows/{id}/update/{name}": {
+            "post": _op(
+                "updateWorkflow",
+                "Run an update",
+                {"200": call_ok, **_errors(400, 404, 409, 503, 504)},
+                [wid, name],
+                call_body,
+            )
+        },
+        "/workflows/{id}/cancel": {
+            "post": _op(
+                "cancelWorkflow", "Request cancellation", {"202": accepted, **_errors(404, 503)}, [wid]
+            )
+        },
+        "/workflows/{id}/terminate": {
+            "post": _op(
+                "terminateWorkflow",
+                "Terminate at once (no cleanup code runs)",
+                {"202": accepted, **_errors(400, 404, 503)},
+                [wid],
+                _body_schema({"type": "object", "properties": {"reason": {"type": "string"}}}),
+            )
+        },
+        "/workflows/{id}/retry": {
+            "post": _op(
+                "retryWorkflow", "Reset a failed workflow", {"202": accepted, **_errors(404, 409, 503)}, [wid]
+            )
+        },
+        "/webhooks/start/{workflow_type}": {
+            "post": _op(
+                "webhookStart",
+                "Start a @webhook workflow; a JSON object maps to execute()'s parameters by name, an array is positional",
+                {"201": _json(_ref("Started"), "Start command accepted"), **_errors(400, 401, 404, 503)},
+                [
+                    _path_param("workflow_type", "Registered workflow type name"),
+                    _query_param("id", {"type": "string"}, "Workflow id (default: a new UUID)"),
+                ],
+                _body_schema(any_args),
+                tags=["webhooks"],
+            )
+        },
+        "/webhooks/signal/{workflow_type}/{id}/{signal}": {
+            "post": _op(
+                "webhookSignal",
+                "Send a @webhook signal; the body maps to the handler's parameters",
+                {"202": accepted, **_errors(400, 401, 404, 503)},
+                [
+                    _path_param("workflow_type", "Workflow type name"),
+                    wid,
+                    _path_param("signal", "Signal name"),
+                ],
+                _body_schema(any_args),
+                tags=["webhooks"],
+            )
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Metamorph",
+            "version": "0.1.0",
+            "description": "Start, steer and inspect durable workflows. Errors are {error, message} objects.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(),
+            "responses": {f"E{c}": _json(_ref("Error"), text) for c, text in _ERROR_TEXT.items()},
+            "securitySchemes": {
+                "webhookToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "METAMORPH_WEBHOOK_AUTH=token",
+                },
+                "webhookHeaderToken": {"type": "apiKey", "in": "header", "name": "X-Metamorph-Token"},
+                "webhookSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Signature",
+                    "description": "Hex HMAC-SHA256 of the raw body (optional sha256= prefix); METAMORPH_WEBHOOK_AUTH=signature",
+                },
+            },
+        },
+    }
+
+
+_ERROR_TEXT = {
+    400: "Bad body or parameter",
+    401: "Missing or invalid webhook credentials",
+    404: "Unknown workflow (or route)",
+    409: "Refused by the workflow, or not in a state that allows it",
+    413: "Payload too large",
+    503: "Kafka or PostgreSQL unreachable (or not initialised)",
+    504: "No answer in time",
+}
+
+
+def _schemas() -> dict:
+    stamp = {"type": ["string", "null"], "format": "date-time"}
+    event = {
+        "type": "object",
+        "required": ["seq", "type", "at"],
+        "properties": {"seq": {"type": "integer"}, "type": {"type": "string"}, "at": stamp},
+    }
+    rows = {"type": "array", "items": {"type": "object"}}
+    workflow = {
+        "type": "object",
+        "required": ["id", "type", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "run_id": {"type": ["string", "null"]},
+            "type": {"type": "string"},
+            "status": _ref("Status"),
+            "input": {},
+            "output": {},
+            "error_type": {"type": ["string", "null"]},
+            "error_message": {"type": ["string", "null"]},
+            "error_traceback": {"type": ["string", "null"]},
+            "parent_id": {"type": ["string", "null"]},
+            "created_at": stamp,
+            "updated_at": stamp,
+        },
+    }
+    return {
+        "Status": {
+            "type": "string",
+            "enum": [
+                "pending",
+                "running",
+                "waiting",
+                "blocked",
+                "completed",
+                "failed",
+                "continued",
+                "cancelled",
+                "terminated",
+            ],
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error", "message"],
+            "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "Health": {
+            "type": "object",
+            "properties": {"status": {"const": "ok"}, "namespace": {"type": "string"}},
+        },
+        "Workflow": workflow,
+        "WorkflowPage": {
+            "type": "object",
+            "required": ["workflows", "limit", "offset", "next_offset"],
+            "properties": {
+                "workflows": {"type": "array", "items": _ref("Workflow")},
+                "limit": {"type": "integer"},
+                "offset": {"type": "integer"},
+                "next_offset": {"type": ["integer", "null"]},
+            },
+        },
+        "WorkflowDetails": {
+            "allOf": [
+                _ref("Workflow"),
+                {
+                    "type": "object",
+                    "properties": {
+                        "history": {"type": "array", "items": _ref("Event")},
+                        "activities": rows,
+                        "exceptions": rows,
+                        "children": rows,
+                        "runs": rows,
+                        "signals": rows,
+                    },
+                },
+            ]
+        },
+        "Event": event,
+        "History": {
+            "type": "object",
+            "properties": {"id": {"type": "string"}, "events": {"type": "array", "items": _ref("Event")}},
+        },
+        "StartRequest": {
+            "type": "object",
+            "required": ["type"],
+            "properties": {
+                "type": {"type": "string", "description": "Workflow type name"},
+                "args": {"type": "array", "default": []},
+                "id": {"type": "string", "description": "Workflow id (default: a new UUID)"},
+            },
+        },
+        "Started": {
+            "type": "object",
+            "required": ["id"],
+            "properties": {"id": {"type": "string"}, "type": {"type": "string"}},
+        },
+        "CallRequest": {
+            "type": "object",
+            "properties": {
+                "args": {"type": "array", "default": []},
+                "timeout": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "default": 10,
+                    "description": "Seconds (queries and updates)",
+                },
+            },
+        },
+        "CallResult": {
+            "type": "object",
+            "required": ["id", "result"],
+            "properties": {"id": {"type": "string"}, "result": {}},
+        },
+        "Accepted": {
+            "type": "object",
+            "required": ["id"],
+            "properties": {
+                "id": {"type": "string"},
+                "signal": {"type": "string"},
+                "requested": {"type": "string"},
+            },
+        },
+    }

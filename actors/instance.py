@@ -1,0 +1,431 @@
+"""One workflow id's state machine: commands in, history events (and replies) out.
+
+This is the logic a workflow actor runs, kept free of pykka and Kafka so it can be tested by feeding it
+commands. Every handler is idempotent — a re-delivered command (same command id, a result for an attempt
+already settled, a timer already fired) produces nothing — because delivery is at-least-once.
+Retries, backoff and timeouts are decided here, by the owner, as events and timers, so they survive any
+crash of any process.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from eventstore import payloads
+
+from .definitions import check_arguments, handler_for, workflow_class
+from .replay import TERMINAL, WorkflowRun
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    """Now, truncated to the millisecond that Avro keeps, so live runs and replays see the same time."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+@dataclass
+class Reply:
+    request_id: str
+    ok: bool
+    result: bytes = b""
+    error_type: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What handling a batch of commands produced for one workflow id."""
+
+    events: list[dict] = field(default_factory=list)  # engine events, in order, of possibly several runs
+    replies: list[Reply] = field(default_factory=list)
+    heartbeats: list[tuple[int, int, datetime]] = field(default_factory=list)  # (activity_id, attempt, at)
+    rejected: list[tuple[dict, str]] = field(default_factory=list)  # commands with no workflow to apply to
+
+
+class WorkflowInstance:
+    """The current run of one workflow id, rebuilt from history, advanced by commands."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        self.run: WorkflowRun | None = None
+        self.history: list[dict] = []  # the current run's events (the run holds the same list when live)
+        self.run_id: str | None = None
+        self.workflow_type: str | None = None
+        self.terminal: str | None = None
+        self.parent: dict[str, Any] = {}
+        self._attempts: dict[int, int] = {}  # activity_id -> current attempt
+        self._awaiting_retry: set[int] = set()
+        self._scheduled: dict[int, dict] = {}  # activity_id -> ActivityScheduled event
+        self._open_timers: set[int] = set()
+        self._blocked_recorded = False
+
+    # -- rebuilding ----------------------------------------------------------------------------------
+    def load(self, history: list[dict]) -> list[dict]:
+        """Replay a run's history; returns decisions the code makes beyond it (a crash cut the batch)."""
+        self.history = list(history)
+        self._reset_bookkeeping()
+        for event in self.history:
+            self._track(event)
+        if not self.history:
+            return []
+        start = self.history[0]
+        self.run_id = start.get("run_id") or self.run_id
+        self.workflow_type = start.get("workflow_type")
+        self.parent = {k: start.get(k) for k in ("parent_id", "parent_run_id", "parent_ref")}
+        terminal = next((e["type"] for e in reversed(self.history) if e["type"] in TERMINAL), None)
+        self.terminal = terminal
+        try:
+            cls = workflow_class(self.workflow_type or "")
+        except LookupError:
+            self.run = None
+            return []
+        if terminal is not None:
+            # Read-only: rebuilt so queries see the final state; an ended run decides nothing more.
+            run = WorkflowRun(cls, self.workflow_id, self.run_id or "", self.parent.get("parent_id"))
+            run.replay(self.history)
+            self.run = None if run.blocked else run
+            return []
+        self.run = WorkflowRun(cls, self.workflow_id, self.run_id or "", self.parent.get("parent_id"))
+        self.run.replay(self.history)
+        self.history = self.run.history
+        new = self._collect()
+        if self.run.blocked is None and self._blocked_recorded:
+            new = [self._system("WorkflowUnblocked", {}), *new]
+            self._blocked_recorded = False
+        return self._with_status(new)
+
+    def _reset_bookkeeping(self) -> None:
+        self._attempts.clear()
+        self._awaiting_retry.clear()
+        self._scheduled.clear()
+        self._open_timers.clear()
+        self._blocked_recorded = False
+
+    def _track(self, event: dict) -> None:
+        """Keep the owner's view of attempts and timers in step with history (live and on replay)."""
+        kind = event["type"]
+        if kind == "ActivityScheduled":
+            self._attempts[event["seq"]] = 1
+            self._scheduled[event["seq"]] = event
+        elif kind == "ActivityAttemptFailed":
+            self._awaiting_retry.add(event["activity_id"])
+        elif kind == "ActivityRetried":
+            self._awaiting_retry.discard(event["activity_id"])
+            self._attempts[event["activity_id"]] = event["attempt"]
+        elif kind in ("ActivityCompleted", "ActivityFailed"):
+            self._attempts.pop(event["activity_id"], None)
+            self._awaiting_retry.discard(event["activity_id"])
+        elif kind == "TimerStarted":
+            self._open_timers.add(event["seq"])
+        elif kind == "TimerFired":
+            self._open_timers.discard(event["timer_id"])
+        elif kind == "WorkflowBlocked":
+            self._blocked_recorded = True
+        elif kind == "WorkflowUnblocked":
+            self._blocked_recorded = False
+        if kind in TERMINAL:
+            self.terminal = kind
+
+    # -- handling ------------------------------------------------------------------------------------
+    def handle(self, commands: list[dict], now: datetime | None = None) -> Outcome:
+        """Apply commands in order; returns the events to append and the replies to send."""
+        out = Outcome()
+        for command in commands:
+            at = now or utcnow()
+            before = len(out.events)
+            try:
+                getattr(self, f"_cmd_{command['type']}")(command, at, out)
+            except Exception as exc:  # a bug or bad input in one command must not lose the batch
+                log.exception("command %s for %s failed", command["type"], self.workflow_id)
+                if self.run_id is not None and self.terminal is None:
+                    out.events.append(self._system("CommandRejected", _rejection(command, exc)))
+                else:
+                    out.rejected.append((command, f"{type(exc).__name__}: {exc}"))
+            if len(out.events) > before and self.run is not None:
+                out.events[-1]["status"] = self.status
+        return out
+
+    @property
+    def status(self) -> str:
+        if self.terminal:
+            return _TERMINAL_STATUS[self.terminal]
+        if self.run is None:
+            return "blocked" if self._blocked_recorded else "pending"
+        return self.run.status
+
+    def _with_status(self, events: list[dict]) -> list[dict]:
+        if events:
+            events[-1]["status"] = self.status
+        return events
+
+    def _input(self, kind: str, body: dict, at: datetime, out: Outcome) -> None:
+        """Record an input event and let the code run; collects the decisions it makes."""
+        assert self.run is not None
+        event = {"type": kind, "seq": self.run.next_seq(), "at": at, "run_id": self.run_id, **body}
+        self._track(event)
+        self.run.apply(event)
+        out.events.append(event)
+        out.events.extend(self._collect())
+
+    def _system(self, kind: str, body: dict, at: datetime | None = None) -> dict:
+        """An event outside the code's view (retries, rejections): recorded, never replayed into code."""
+        seq = (self.history[-1]["seq"] if self.history else 0) + 1
+        event = {"type": kind, "seq": seq, "at": at or utcnow(), "run_id": self.run_id, **body}
+        self.history.append(event)
+        if self.run is not None and self.run.history is not self.history:
+            self.run.history.append(event)
+        if self.run is not None:
+            self.run._cursor = len(self.run.history)
+        self._track(event)
+        return event
+
+    def _collect(self) -> list[dict]:
+        """Take the run's new decisions; record a block once when replay found a mismatch."""
+        assert self.run is not None
+        new, self.run.new_events = self.run.new_events, []
+        for event in new:
+            event["run_id"] = self.run_id
+            self._track(event)
+        if self.run.blocked is not None and not self._blocked_recorded:
+            new.append(self._system("WorkflowBlocked", {"error_type": "NondeterminismError", "message": str(self.run.blocked)}))
+        return new
+
+    def _live(self) -> bool:
+        return self.run is not None and self.terminal is None
+
+    def _cmd_StartWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        continuing = cmd.get("continued_from") and cmd.get("continued_from") == self.run_id and self.terminal == "WorkflowContinued"
+        if self.run_id is not None and not continuing:
+            return  # an existing id: a duplicate start runs nothing twice
+        self.run_id = cmd.get("run_id") or str(uuid.uuid4())
+        self.workflow_type = cmd["workflow_type"]
+        self.parent = {k: cmd.get(k) for k in ("parent_id", "parent_run_id", "parent_ref")}
+        self.terminal = None
+        self.history = []
+        self._reset_bookkeeping()
+        started = {
+            "type": "WorkflowStarted", "seq": 1, "at": at, "run_id": self.run_id, "workflow_type": cmd["workflow_type"],
+            "input": cmd["input"], "command_id": cmd["command_id"], **self.parent,
+            "continued_from": cmd.get("continued_from"),
+        }
+        try:
+            cls = workflow_class(cmd["workflow_type"])
+            args = payloads.decode(cmd["input"]) or []
+            if not isinstance(args, list):
+                raise TypeError(f"workflow arguments must be a JSON list, got {type(args).__name__}")
+            check_arguments(cls.execute, [None, *args])
+        except (LookupError, TypeError, ValueError) as exc:
+            self.run = None
+            self.history = [started]
+            error = "UnknownWorkflowType" if isinstance(exc, LookupError) else type(exc).__name__
+            failed = {"type": "WorkflowFailed", "seq": 2, "at": at, "run_id": self.run_id, "error_type": error,
+                      "message": str(exc), "traceback": "", "status": "failed"}
+            self.history.append(failed)
+            self.terminal = "WorkflowFailed"
+            out.events.extend([started, failed])
+            return
+        self.run = WorkflowRun(cls, self.workflow_id, self.run_id, self.parent.get("parent_id"))
+        self.history = self.run.history
+        self._input("WorkflowStarted", {k: v for k, v in started.items() if k not in ("type", "seq", "at")}, at, out)
+
+    def _check_handler(self, kind: str, name: str, input_: bytes) -> str:
+        assert self.run is not None
+        method = handler_for(self.run.cls, kind, name)
+        if method is None:
+            raise LookupError(f"workflow type {self.workflow_type} has no {kind} named {name!r}")
+        args = payloads.decode(input_) or []
+        check_arguments(getattr(self.run.cls, method), [None, *args])
+        return method
+
+    def _cmd_SignalWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        if not self._live():
+            out.rejected.append((cmd, self._not_running()))
+            return
+        if self.run.has_applied(cmd["command_id"]):  # type: ignore[union-attr]
+            return
+        self._check_handler("signal", cmd["name"], cmd["input"])
+        self._input("SignalReceived", {"name": cmd["name"], "input": cmd["input"], "command_id": cmd["command_id"]}, at, out)
+
+    def _not_running(self) -> str:
+        if self.run_id is None:
+            return f"no workflow with id {self.workflow_id!r}"
+        return f"workflow {self.workflow_id} is {self.status}"
+
+    def _cmd_QueryWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        if self.run is None:
+            out.replies.append(Reply(cmd["request_id"], False, error_type="WorkflowNotRunning", message=self._not_running()))
+            return
+        try:
+            result = self.run.query(cmd["name"], payloads.decode(cmd["input"]) or [])
+            out.replies.append(Reply(cmd["request_id"], True, payloads.encode(result)))
+        except Exception as exc:
+            out.replies.append(Reply(cmd["request_id"], False, error_type=type(exc).__name__, message=str(exc)))
+
+    def _cmd_UpdateWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        if not self._live():
+            out.replies.append(Reply(cmd["request_id"], False, error_type="WorkflowNotRunning", message=self._not_running()))
+            return
+        done = next((e for e in self.history if e["type"] == "UpdateCompleted" and e["request_id"] == cmd["request_id"]), None)
+        if done is not None:  # a re-delivered update: answer again, apply nothing
+            out.replies.append(_update_reply(done))
+            return
+        if any(e["type"] == "UpdateAccepted" and e["request_id"] == cmd["request_id"] for e in self.history):
+            return
+        try:
+            self._check_handler("update", cmd["name"], cmd["input"])
+        except (LookupError, TypeError) as exc:
+            out.replies.append(Reply(cmd["request_id"], False, error_type=type(exc).__name__, message=str(exc)))
+            return
+        self._input("UpdateAccepted", {"request_id": cmd["request_id"], "name": cmd["name"], "input": cmd["input"]}, at, out)
+
+    def _cmd_CancelWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        if not self._live() or self.run.cancel_requested:  # type: ignore[union-attr]
+            return
+        self._input("CancelRequested", {"reason": cmd.get("reason")}, at, out)
+
+    def _cmd_TerminateWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        if self.run_id is None or self.terminal is not None:
+            return
+        event = self._system("WorkflowTerminated", {"reason": cmd.get("reason")}, at)
+        self.run = None
+        out.events.append(event)
+
+    def _current_attempt(self, cmd: dict) -> bool:
+        """True if a result/failure/timeout is for the attempt in flight (not stale, not settled)."""
+        aid = cmd["activity_id"]
+        return (
+            self._live() and cmd.get("run_id") == self.run_id and aid in self._attempts
+            and aid not in self._awaiting_retry and self._attempts[aid] == cmd["attempt"]
+        )
+
+    def _cmd_CompleteActivity(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        if not self._current_attempt(cmd):
+            return
+        body = {"activity_id": cmd["activity_id"], "attempt": cmd["attempt"], "result": cmd["result"]}
+        self._input("ActivityCompleted", body, at, out)
+
+    def _cmd_FailActivity(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        if not self._current_attempt(cmd):
+            return
+        aid, attempt = cmd["activity_id"], cmd["attempt"]
+        scheduled = self._scheduled[aid]
+        error = {"error_type": cmd["error_type"], "message": cmd["message"], "traceback": cmd.get("traceback", "")}
+        final = (
+            cmd.get("non_retryable")
+            or cmd["error_type"] in scheduled["non_retryable"]
+            or (scheduled["tries"] and attempt >= scheduled["tries"])
+        )
+        if final:
+            self._input("ActivityFailed", {"activity_id": aid, "attempt": attempt, **error}, at, out)
+            return
+        backoff = scheduled["backoff"] or [1.0]
+        delay = backoff[min(attempt - 1, len(backoff) - 1)]
+        retry_at = ms(at + timedelta(seconds=delay))
+        out.events.append(self._system("ActivityAttemptFailed", {"activity_id": aid, "attempt": attempt, **error, "retry_at": retry_at}, at))
+
+    def _cmd_HeartbeatActivity(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        if self._current_attempt(cmd):
+            out.heartbeats.append((cmd["activity_id"], cmd["attempt"], at))
+
+    def _cmd_ResolveChild(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        if not self._live() or cmd.get("run_id") != self.run_id or ("child", cmd["child_ref"]) not in self.run._pending:  # type: ignore[union-attr]
+            return
+        if cmd["ok"]:
+            self._input("ChildCompleted", {"child_ref": cmd["child_ref"], "result": cmd["result"]}, at, out)
+        else:
+            body = {"child_ref": cmd["child_ref"], "error_type": cmd.get("error_type") or "Error", "message": cmd.get("message") or ""}
+            self._input("ChildFailed", body, at, out)
+
+    def _cmd_FireTimer(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        kind = cmd.get("kind", "timer")
+        if not self._live() or cmd.get("run_id") != self.run_id:
+            return
+        if kind == "timer":
+            if cmd["timer_id"] in self._open_timers:
+                self._input("TimerFired", {"timer_id": cmd["timer_id"]}, at, out)
+        elif kind == "retry":
+            aid = cmd["timer_id"]
+            if aid in self._awaiting_retry and self._attempts.get(aid) == cmd["attempt"] - 1:
+                out.events.append(self._system("ActivityRetried", {"activity_id": aid, "attempt": cmd["attempt"]}, at))
+        elif kind in ("timeout", "heartbeat"):
+            probe = {"activity_id": cmd["timer_id"], "attempt": cmd["attempt"], "run_id": self.run_id}
+            if self._current_attempt(probe):
+                scheduled = self._scheduled[cmd["timer_id"]]
+                what = (
+                    f"start-to-close timeout of {scheduled['timeout']}s" if kind == "timeout"
+                    else f"heartbeat timeout of {scheduled['heartbeat_timeout']}s"
+                )
+                failure = {
+                    **probe, "error_type": "ActivityTimeout", "traceback": "",
+                    "message": f"attempt {cmd['attempt']} of {scheduled['name']} exceeded its {what}",
+                }
+                self._cmd_FailActivity(failure, at, out)
+
+    def _cmd_RetryWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        """Reset a failed run: a new run replays the history up to the failing input, then goes on."""
+        if self.terminal != "WorkflowFailed" or self.run_id is None or len(self.history) < 2:
+            out.rejected.append((cmd, f"only a failed workflow can be retried; {self.workflow_id} is {self.status}"))
+            return
+        try:
+            workflow_class(self.workflow_type or "")
+        except LookupError as exc:
+            out.rejected.append((cmd, str(exc)))
+            return
+        keep = _good_prefix(self.history)
+        old_run = self.run_id
+        self.run_id = str(uuid.uuid4())
+        copied = []
+        for event in keep:
+            event = {**event, "run_id": self.run_id, "status": None, "copied": True}
+            if event["type"] == "WorkflowStarted":
+                event.update(continued_from=old_run, command_id=cmd["command_id"])
+            copied.append(event)
+        self.terminal = None
+        new = self.load(copied)
+        self.history = self.run.history if self.run is not None else copied
+        out.events.extend(copied)
+        out.events.extend(new)
+        for aid in self._attempts:
+            if aid not in self._awaiting_retry:
+                # Attempts in flight at the cut are dispatched again under the new run.
+                out.events.append(self._system("ActivityRetried", {"activity_id": aid, "attempt": self._attempts[aid]}, at))
+
+
+def _good_prefix(history: list[dict]) -> list[dict]:
+    """History up to (not including) the failure, with unfinished activities back at their first attempt."""
+    events = [e for e in history if e["type"] != "WorkflowFailed"]
+    failures = [i for i, e in enumerate(events) if e["type"] in ("ActivityFailed", "ChildFailed")]
+    if failures:
+        events = events[: failures[-1]]
+    completed = {e["activity_id"] for e in events if e["type"] == "ActivityCompleted"}
+    return [
+        e for e in events
+        if e["type"] not in ("WorkflowBlocked", "WorkflowUnblocked", "CommandRejected")
+        and not (e["type"] in ("ActivityAttemptFailed", "ActivityRetried") and e["activity_id"] not in completed)
+    ]
+
+
+def _update_reply(done: dict) -> Reply:
+    if done.get("error_type"):
+        return Reply(done["request_id"], False, error_type=done["error_type"], message=done.get("message"))
+    return Reply(done["request_id"], True, done["result"])
+
+
+def _rejection(command: dict, exc: Exception) -> dict:
+    return {"command": command["type"], "error_type": type(exc).__name__, "message": str(exc), "traceback": ""}
+
+
+_TERMINAL_STATUS = {
+    "WorkflowCompleted": "completed", "WorkflowFailed": "failed", "WorkflowContinued": "continued",
+    "WorkflowCancelled": "cancelled", "WorkflowTerminated": "terminated",
+}

@@ -1,0 +1,554 @@
+"""A node: owns command partitions, hosts workflow actors, appends their events, fires their timers.
+
+The life of a command batch (DESIGN.md): poll a batch from the owned ``commands`` partitions, hand each
+workflow's commands to its actor, append all resulting events with one flush, then send the messages those
+events oblige (activity tasks, child starts, replies) with one flush, then write the partition stores'
+checkpoints, then commit the command offsets once. A crash anywhere re-delivers commands, and every handler
+is idempotent, so each step happens effectively once.
+
+Kafka decides ownership: the consumer group assigns partitions, and a rebalance is the failover. On
+assignment the node restores the partition's store from the event log tail, writes an ownership marker
+(epoch = group generation) and only then processes commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import queue
+import socket
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pykka
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from eventstore import codec, metrics
+from eventstore import events as ev
+from eventstore.log import TYPE_HEADER, EventLog, producer
+from eventstore.store import PartitionStore
+from eventstore.topics import Topics, ensure_topics, leave_group, partition_for
+
+from .actor import Result, WorkflowActor
+from .dispatch import Message, messages_for_history, task_message
+from .instance import utcnow
+
+log = logging.getLogger(__name__)
+
+#: How long the broker may hold an empty fetch. Short, because not every broker answers a held fetch
+#: as soon as data arrives; an idle node pays a few cheap polls per second for low latency.
+_FETCH_WAIT_MS = int(__import__("os").environ.get("METAMORPH_FETCH_WAIT_MS", "100"))
+
+
+@dataclass
+class _Owned:
+    store: PartitionStore
+    epoch: int
+
+
+class Node:
+    """Runs workflow actors for the partitions Kafka assigns to it (and, by default, activity workers)."""
+
+    def __init__(
+        self,
+        kafka: str,
+        namespace: str = "default",
+        data_dir: str | Path = ".metamorph",
+        max_live_workflows: int = 1000,
+        queues: tuple[str, ...] = ("default",),
+        activity_concurrency: int = 32,
+        run_activities: bool = True,
+        partitions: int | None = None,
+        name: str | None = None,
+        idle_seconds: float = 60.0,
+        max_poll_records: int = 500,
+    ) -> None:
+        self.kafka = kafka
+        self.topics = Topics(namespace)
+        self.namespace = namespace
+        # The node's identity is its data directory: restarting with the same directory is the same node
+        # (same static group membership, so it reclaims its partitions at once, with warm stores).
+        base = Path(data_dir).resolve()
+        self.name = name or f"{socket.gethostname()}-{hashlib.sha1(str(base).encode()).hexdigest()[:8]}"
+        self.data_dir = base / namespace / self.name
+        self.max_live = max_live_workflows
+        self.queues = tuple(queues)
+        self.activity_concurrency = activity_concurrency
+        self.run_activities = run_activities
+        self.requested_partitions = partitions
+        self.idle_seconds = idle_seconds
+        self.max_poll_records = max_poll_records
+        self._owned: dict[int, _Owned] = {}
+        self._live: OrderedDict[str, tuple[pykka.ActorRef, int]] = OrderedDict()  # in order of last use
+        self._used: dict[str, float] = {}
+        # Outcomes of activities this node ran itself (eager dispatch), handed over without the broker.
+        self._local_outcomes: queue.SimpleQueue[dict] = queue.SimpleQueue()
+        self._activity_prefix = f"{namespace}.activities."
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._worker: Any = None
+        self._log: EventLog | None = None
+        self._consumer: KafkaConsumer | None = None
+        self.error: BaseException | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> Node:
+        threading.stack_size(512 * 1024)  # many actor threads; workflow code does not need deep stacks
+        counts = ensure_topics(self.kafka, self.namespace, self.requested_partitions, self.queues)
+        self.partitions = counts[self.topics.commands]
+        self._log = EventLog(self.kafka, self.topics, self.partitions, producer(self.kafka))
+        if self.run_activities:
+            from .activities import ActivityWorker
+
+            self._worker = ActivityWorker(self.kafka, self.namespace, self.queues, self.activity_concurrency, name=self.name).start()
+        self._thread = threading.Thread(target=self._run, name=f"metamorph-node-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        """True once the node owns partitions (or the group settled with none for it)."""
+        return self._ready.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._worker is not None:
+            self._worker.stop()
+        for ref, _ in list(self._live.values()):
+            ref.stop(block=False)
+        self._live.clear()
+        self._used.clear()
+        metrics.live_workflows.set(0)
+        if self._log is not None:
+            self._log.close()
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def owned_partitions(self) -> list[int]:
+        return sorted(self._owned)
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self._consume()
+                return
+            except Exception as exc:  # broker gone, commit fenced...: give up ownership, back off, rejoin
+                log.exception("node loop failed; rejoining in %.1fs", delay)
+                metrics.dependency_errors.labels("node", "kafka").inc()
+                metrics.dependency_up.labels("node", "kafka").set(0)
+                self.error = exc
+                self._release(list(self._owned))
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _consume(self) -> None:
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.kafka,
+            group_id=self.topics.node_group,
+            group_instance_id=self.name,
+            client_id=f"metamorph-node-{self.name}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_poll_records,
+            fetch_max_wait_ms=_FETCH_WAIT_MS,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+            max_poll_interval_ms=300_000,
+        )
+        self._consumer = consumer
+        consumer.subscribe([self.topics.commands], listener=_Listener(self, consumer))
+        try:
+            while not self._stop.is_set():
+                batch = consumer.poll(timeout_ms=self._poll_timeout_ms())
+                metrics.dependency_up.labels("node", "kafka").set(1)
+                if batch:
+                    self._handle_records(consumer, batch)
+                self._local_results()
+                self._fire_timers()
+                self._passivate_idle()
+                self._gauges(consumer)
+                if self._owned or consumer._coordinator.generation_if_stable() is not None:
+                    self._ready.set()
+        finally:
+            self._release(list(self._owned))
+            metrics.forget_lag(consumer, "node")
+            consumer.close(autocommit=False)
+            if self._stop.is_set():
+                leave_group(self.kafka, self.topics.node_group, self.name)
+
+    def _gauges(self, consumer: KafkaConsumer) -> None:
+        """Lag and timer gauges, sampled about once a second (cheap: highwater comes with fetches)."""
+        now = time.monotonic()
+        if now - getattr(self, "_gauged", 0.0) < 1.0:
+            return
+        self._gauged = now
+        metrics.report_lag(consumer, "node")
+        for partition, owned in self._owned.items():
+            metrics.timers_pending.labels(str(partition)).set(owned.store.timer_count())
+        if now - getattr(self, "_counted_open", float("-inf")) >= 5.0:
+            self._counted_open = now  # a COUNT over the partition's workflows: every 5 s is enough
+            passivated = 0
+            for partition, owned in self._owned.items():
+                live = [wid for wid, (_ref, p) in self._live.items() if p == partition]
+                passivated += owned.store.open_count(exclude=live)
+            metrics.passivated_workflows.set(passivated)
+
+    def _poll_timeout_ms(self) -> int:
+        if not self._local_outcomes.empty():
+            return 0
+        if self._worker is not None and self._worker.local_in_flight():
+            return 1  # an activity of ours is running: look for its outcome often
+        nxt = [o.store.next_timer_ms() for o in self._owned.values()]
+        due = [n for n in nxt if n is not None]
+        if not due:
+            return 200
+        wait = min(due) - int(time.time() * 1000)
+        return max(0, min(200, wait))
+
+    # -- ownership ---------------------------------------------------------------------------------------
+    def _own(self, partition: int, generation: int) -> None:
+        assert self._log is not None
+        started = time.perf_counter()
+        store = PartitionStore(self.data_dir / f"partition-{partition}.sqlite", partition)
+        tail = store.restore(self._log.read(partition, store.checkpoint, on_error=self._deadletter_event(partition)))
+        epoch = max(generation, store.fence.epoch + 1)
+        now = utcnow()
+        marker = ev.ownership_marker(partition, epoch, self.name, now)
+        offset = self._log.append(partition, [ev.to_envelope(marker, "", epoch, self.name)])[0]
+        # A previous owner may have written between our read and our marker: those events precede the
+        # marker, so they are history; read them before going on.
+        tail += store.restore(self._log.read(partition, store.checkpoint, offset, on_error=self._deadletter_event(partition)))
+        marker["epoch"], marker["workflow_id"] = epoch, ""
+        store.apply([(offset, marker)])
+        store.reset_heartbeats(now)
+        self._owned[partition] = _Owned(store, epoch)
+        metrics.restored_records.labels(str(partition)).inc(store.restored_records)
+        self._redispatch(store, tail)
+        blocked = store.blocked()
+        if blocked:  # new code may have been deployed: try each blocked workflow again
+            self._process({partition: OrderedDict((wid, []) for wid in blocked)})
+        metrics.restore_seconds.labels(str(partition)).observe(time.perf_counter() - started)
+        metrics.owned_partitions.set(len(self._owned))
+        log.info("node %s owns partition %d (epoch %d), restored %d records", self.name, partition, epoch, len(tail))
+
+    def _redispatch(self, store: PartitionStore, tail: list[dict]) -> None:
+        """Send again what a crash may have lost; every receiver deduplicates.
+
+        Messages owed by events after the checkpoint may never have left, and any attempt in flight may
+        have been running inside the previous owner (eager dispatch), so every unsettled attempt is
+        dispatched again: activities are at-least-once, their results are recorded once.
+        """
+        by_wf: dict[str, list[dict]] = defaultdict(list)
+        for e in tail:
+            if e["type"] not in ("OwnershipMarker", "ActivityScheduled", "ActivityRetried"):
+                by_wf[e["workflow_id"]].append(e)
+        histories: dict[str, list[dict]] = {}
+        messages: list[Message] = []
+        for wid, events in by_wf.items():
+            histories[wid] = store.history(wid)
+            messages.extend(messages_for_history(self.topics, wid, histories[wid], events))
+        now = utcnow()
+        for wid, run, activity_id, attempt in store.in_flight():
+            history = histories.get(wid) or histories.setdefault(wid, store.history(wid))
+            started = next((e for e in history if e["type"] == "WorkflowStarted" and e["run_id"] == run), None)
+            scheduled = next((e for e in history if e["type"] == "ActivityScheduled" and e["activity_id"] == activity_id and e["run_id"] == run), None)
+            if started is not None and scheduled is not None:
+                messages.append(task_message(self.topics, wid, started["workflow_type"], scheduled, attempt, now))
+        self._send(messages)
+
+    def _release(self, partitions: list[int]) -> None:
+        for partition in partitions:
+            owned = self._owned.pop(partition, None)
+            for wid, (ref, p) in list(self._live.items()):
+                if p == partition:
+                    ref.stop(block=False)
+                    del self._live[wid]
+                    self._used.pop(wid, None)
+            if owned is not None:
+                owned.store.close()
+            with contextlib.suppress(KeyError):
+                metrics.timers_pending.remove(str(partition))
+        metrics.owned_partitions.set(len(self._owned))
+        metrics.live_workflows.set(len(self._live))
+        if not self._owned:
+            metrics.passivated_workflows.set(0)
+
+    # -- processing --------------------------------------------------------------------------------------
+    def _handle_records(self, consumer: KafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
+        started = time.perf_counter()
+        groups: dict[int, OrderedDict[str, list[dict]]] = {}
+        commits: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp, records in batch.items():
+            if tp.partition not in self._owned:
+                continue  # revoked during this poll; the new owner re-reads these
+            per_wf: OrderedDict[str, list[dict]] = OrderedDict()
+            for rec in records:
+                try:
+                    command = ev.flat_command(codec.decode(rec.value, "metamorph.CommandEnvelope"))
+                except codec.DecodeError as exc:
+                    self._deadletter(tp.topic, tp.partition, rec.offset, f"undecodable command: {exc}", rec.key, rec.value, "undecodable")
+                    continue
+                per_wf.setdefault(command["workflow_id"], []).append(command)
+            groups[tp.partition] = per_wf
+            commits[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+            metrics.commands_consumed.labels(str(tp.partition)).inc(len(records))
+        self._process(groups)
+        try:
+            consumer.commit(commits)
+        except CommitFailedError:
+            log.warning("offset commit refused (partitions moved); the new owner will re-read and deduplicate")
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _process(
+        self,
+        groups: dict[int, OrderedDict[str, list[dict]]],
+        fired: dict[int, list[tuple[str, str, str, int]]] | None = None,
+    ) -> None:
+        """Run commands through actors, then append, send, checkpoint — in that order."""
+        fired = fired or {}
+        asks: list[tuple[int, str, Any]] = []
+        for partition, per_wf in groups.items():
+            for wid, commands in per_wf.items():
+                ref, loaded = self._actor(wid, partition)
+                if loaded is not None:
+                    asks.append((partition, wid, loaded))
+                if commands:
+                    asks.append((partition, wid, ref.ask(("handle", commands), block=False)))
+        events: dict[int, list[dict]] = defaultdict(list)
+        messages: list[Message] = []
+        heartbeats: dict[int, list[tuple[str, str, int, int, datetime]]] = defaultdict(list)
+        for partition, wid, future in asks:
+            result: Result = future.get()
+            for e in result.events:
+                e["workflow_id"] = wid
+                e["epoch"] = self._owned[partition].epoch
+                e["node"] = self.name
+                _count(e, result.workflow_type or "?", result.started_at)
+            events[partition].extend(result.events)
+            messages.extend(result.messages)
+            for aid, attempt, at in result.heartbeats:
+                heartbeats[partition].append((wid, result.run_id or "", aid, attempt, at))
+            for command, reason in result.rejected:
+                metrics.rejected_commands.labels(command["type"]).inc()
+                self._deadletter_command(command, reason)
+            if result.replayed_events:
+                metrics.replay_seconds.observe(result.replay_seconds)
+                metrics.replayed_events.inc(result.replayed_events)
+        # Durable first, then act on it, then move the checkpoint: a crash before the checkpoint leaves
+        # these events in the log tail, and restore sends their messages again.
+        offsets = self._append(events)
+        self._send(messages)
+        for partition in set(events) | set(fired) | set(heartbeats):
+            owned = self._owned.get(partition)
+            if owned is None:
+                continue
+            records = list(zip(offsets.get(partition, []), events.get(partition, []), strict=True))
+            owned.store.apply(records, fired.get(partition, ()))
+            owned.store.heartbeat(heartbeats.get(partition, ()))
+            metrics.events_appended.labels(str(partition)).inc(len(records))
+        self._evict()
+
+    def _append(self, events: dict[int, list[dict]]) -> dict[int, list[int]]:
+        assert self._log is not None
+        encoded: dict[int, list[bytes]] = {}
+        for p, es in events.items():
+            for e in es:
+                # Kept on the event so the partition store files the same bytes instead of encoding again.
+                e["_encoded"] = ev.encode_event(e, e["workflow_id"], e["epoch"], self.name)
+            if es:
+                encoded[p] = [e["_encoded"] for e in es]
+        if not encoded:
+            return {}
+        keys = {p: [e["workflow_id"] for e in events[p]] for p in encoded}
+        headers = {p: [[(TYPE_HEADER, e["type"].encode())] for e in events[p]] for p in encoded}
+        return self._log.append_many(encoded, keys, headers)
+
+    def _send(self, messages: list[Message]) -> None:
+        if not messages or self._log is None:
+            return
+        kafka_producer = self._log.kafka_producer
+        sent = 0
+        for m in messages:
+            if self._worker is not None and m.topic.startswith(self._activity_prefix) and self._worker.try_local(m.value, self._local_outcomes.put):
+                continue  # eager dispatch: our own worker serves this queue and has room
+            kafka_producer.send(m.topic, key=m.key.encode(), value=m.value, partition=self._partition(m))
+            sent += 1
+        if sent:
+            kafka_producer.flush()
+
+    def _partition(self, m: Message) -> int | None:
+        from eventstore.topics import partition_for
+
+        if m.topic in (self.topics.commands, self.topics.replies) or m.topic.startswith(f"{self.namespace}.activities."):
+            return partition_for(m.key, self.partitions)
+        return None
+
+    # -- actors ------------------------------------------------------------------------------------------
+    def _actor(self, wid: str, partition: int) -> tuple[pykka.ActorRef, Any]:
+        self._used[wid] = time.monotonic()
+        entry = self._live.get(wid)
+        if entry is not None:
+            self._live.move_to_end(wid)
+            return entry[0], None
+        history = self._owned[partition].store.history(wid)
+        ref = WorkflowActor.start(wid, self.topics)
+        self._live[wid] = (ref, partition)
+        metrics.live_workflows.set(len(self._live))
+        return ref, (ref.ask(("load", history), block=False) if history else None)
+
+    def _evict(self) -> None:
+        while len(self._live) > self.max_live:
+            wid, (ref, _p) = self._live.popitem(last=False)
+            self._used.pop(wid, None)
+            ref.stop(block=False)
+            metrics.passivations.labels("lru").inc()
+        metrics.live_workflows.set(len(self._live))
+
+    def _passivate_idle(self) -> None:
+        """Stop actors idle for ``idle_seconds``; ``_live`` is in use order, so only its head is looked at."""
+        if self.idle_seconds <= 0:
+            return
+        horizon = time.monotonic() - self.idle_seconds
+        while self._live:
+            wid = next(iter(self._live))
+            if self._used.get(wid, 0.0) > horizon:
+                break
+            ref, _partition = self._live.pop(wid)
+            self._used.pop(wid, None)
+            ref.stop(block=False)
+            metrics.passivations.labels("idle").inc()
+        metrics.live_workflows.set(len(self._live))
+
+    def _local_results(self) -> None:
+        """Process outcomes of eagerly dispatched activities like commands (they are idempotent the same way)."""
+        if self._local_outcomes.empty():
+            return
+        groups: dict[int, OrderedDict[str, list[dict]]] = {}
+        elsewhere: list[dict] = []
+        while not self._local_outcomes.empty():
+            command = self._local_outcomes.get_nowait()
+            partition = partition_for(command["workflow_id"], self.partitions)
+            if partition in self._owned:
+                groups.setdefault(partition, OrderedDict()).setdefault(command["workflow_id"], []).append(command)
+                metrics.commands_consumed.labels(str(partition)).inc()
+            else:
+                elsewhere.append(command)  # the partition moved while the activity ran: tell the new owner
+        if elsewhere:
+            self._send([_as_message(self.topics, c) for c in elsewhere])
+        if groups:
+            self._process(groups)
+
+    # -- timers ------------------------------------------------------------------------------------------
+    def _fire_timers(self) -> None:
+        now_ms = int(time.time() * 1000)
+        groups: dict[int, OrderedDict[str, list[dict]]] = {}
+        fired: dict[int, list[tuple[str, str, str, int]]] = {}
+        at = utcnow()
+        for partition, owned in self._owned.items():
+            due = owned.store.due_timers(now_ms)
+            if not due:
+                continue
+            per_wf: OrderedDict[str, list[dict]] = OrderedDict()
+            for wid, run, kind, timer_id, attempt, fire_at in due:
+                metrics.timer_lateness.observe(max(0, now_ms - fire_at) / 1000)
+                per_wf.setdefault(wid, []).append({
+                    "type": "FireTimer", "command_id": f"timer:{run}:{kind}:{timer_id}:{attempt}", "workflow_id": wid,
+                    "at": at, "run_id": run, "timer_id": timer_id, "kind": kind, "attempt": attempt,
+                })
+                metrics.timers_fired.labels(kind).inc()
+            groups[partition] = per_wf
+            fired[partition] = [(wid, run, kind, timer_id) for wid, run, kind, timer_id, _, _ in due]
+        if groups:
+            self._process(groups, fired)
+
+    # -- bad input -----------------------------------------------------------------------------------------
+    def _deadletter(self, topic: str, partition: int, offset: int, reason: str, key: bytes | None, value: bytes, label: str) -> None:
+        assert self._log is not None
+        record = {"source_topic": topic, "partition": partition, "offset": offset, "reason": reason, "key": key, "value": value or b""}
+        self._log.kafka_producer.send(self.topics.deadletter, key=key, value=codec.encode("metamorph.DeadLetter", record))
+        metrics.deadlettered.labels("node", label).inc()
+        log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
+
+    def _deadletter_command(self, command: dict, reason: str) -> None:
+        body = {k: v for k, v in command.items() if k not in ("type", "command_id", "workflow_id", "at")}
+        try:
+            envelope = ev.command(command["type"], command["workflow_id"], command["command_id"], command.get("at") or datetime.now(UTC), **body)
+            value = codec.encode("metamorph.CommandEnvelope", envelope)
+        except Exception:
+            value = b""
+        self._deadletter(self.topics.commands, -1, -1, f"{command['type']} rejected: {reason}", command["workflow_id"].encode(), value, "rejected")
+
+    def _deadletter_event(self, partition: int) -> Any:
+        def report(offset: int, exc: Exception, value: bytes) -> None:
+            self._deadletter(self.topics.events, partition, offset, f"undecodable event: {exc}", None, value, "undecodable")
+
+        return report
+
+
+def _as_message(topics: Topics, command: dict) -> Message:
+    body = {k: v for k, v in command.items() if k not in ("type", "command_id", "workflow_id", "at")}
+    envelope = ev.command(command["type"], command["workflow_id"], command["command_id"], command["at"], **body)
+    return Message(topics.commands, command["workflow_id"], codec.encode("metamorph.CommandEnvelope", envelope))
+
+
+def _count(e: dict, workflow_type: str, started_at: Any = None) -> None:
+    kind = e["type"]
+    if kind == "WorkflowStarted":
+        metrics.workflows_started.labels(workflow_type).inc()
+    elif kind in ("WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled", "WorkflowTerminated", "WorkflowContinued"):
+        metrics.workflows_closed.labels(workflow_type, kind.removeprefix("Workflow").lower()).inc()
+        if kind == "WorkflowCompleted" and started_at is not None:
+            seconds = _seconds(e.get("at")) - _seconds(started_at)
+            metrics.workflow_duration.labels(workflow_type).observe(max(0.0, seconds))
+    elif kind == "WorkflowBlocked":
+        metrics.nondeterminism.labels(workflow_type).inc()
+
+
+def _seconds(at: Any) -> float:
+    """An event time (datetime, or epoch milliseconds) as epoch seconds; now if missing."""
+    if isinstance(at, datetime):
+        return at.timestamp()
+    if isinstance(at, int | float):
+        return at / 1000
+    return time.time()
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, node: Node, consumer: KafkaConsumer) -> None:
+        self.node = node
+        self.consumer = consumer
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.node._release([tp.partition for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        generation = self.consumer._coordinator.group_metadata().generation_id
+        for tp in sorted(assigned, key=lambda t: t.partition):
+            if tp.partition not in self.node._owned:
+                try:
+                    self.node._own(tp.partition, generation)
+                except KafkaError:
+                    log.exception("restore of partition %d failed", tp.partition)
+                    raise
+        self.node._ready.set()
+
+    def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
+        self.node._release([tp.partition for tp in lost])

@@ -1,0 +1,664 @@
+"""The deterministic driver of workflow code.
+
+A run's ``execute`` coroutine is driven by this small loop of our own: no asyncio loop, no threads, no
+clock. Awaiting a workflow call yields a :class:`WFuture`; issuing it records a *decision* (an event such
+as ActivityScheduled) or, when the run is being replayed, checks it against the decision history recorded
+at that point. *Inputs* (an activity result, a fired timer, a signal...) are applied one at a time and the
+code runs to quiescence after each, which is exactly how it ran live, so replay reproduces the same
+decisions in the same order. A decision that differs from history raises :class:`NondeterminismError`.
+
+The driver knows events as plain dicts ``{"type", "seq", "at", **body}`` and knows nothing of Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random as _random
+import threading
+import traceback as _traceback
+import uuid as _uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from eventstore import payloads
+
+from .definitions import (
+    ActivityOptions,
+    activity_definition,
+    activity_name,
+    check_arguments,
+    handler_for,
+    seconds,
+)
+from .errors import ActivityFailed, ChildWorkflowFailed, NondeterminismError, VersionNotSupported
+
+#: Events the code produces, matched one by one on replay.
+DECISIONS = frozenset(
+    {
+        "ActivityScheduled", "TimerStarted", "ChildStarted", "ExternalSignalSent", "SideEffectRecorded",
+        "VersionMarker", "UpdateCompleted", "WorkflowCompleted", "WorkflowFailed", "WorkflowContinued",
+        "WorkflowCancelled",
+    }
+)
+#: Events that feed the code; after each the code runs until it blocks.
+INPUTS = frozenset(
+    {
+        "WorkflowStarted", "ActivityCompleted", "ActivityFailed", "TimerFired", "SignalReceived",
+        "UpdateAccepted", "ChildCompleted", "ChildFailed", "CancelRequested",
+    }
+)
+TERMINAL = frozenset({"WorkflowCompleted", "WorkflowFailed", "WorkflowContinued", "WorkflowCancelled", "WorkflowTerminated"})
+DEFAULT_VERSION = -1
+
+_current = threading.local()
+
+
+def current_run() -> WorkflowRun:
+    run = getattr(_current, "run", None)
+    if run is None:
+        raise RuntimeError("this call is only allowed inside workflow code (Workflow.execute and its handlers)")
+    return run
+
+
+def in_workflow() -> bool:
+    return getattr(_current, "run", None) is not None
+
+
+class _Blocked(BaseException):
+    """Thrown into workflow code after a nondeterminism is found; BaseException so user code can't swallow it."""
+
+
+class _ContinueAsNew(BaseException):
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        super().__init__("continue-as-new")
+        self.args_ = args
+
+
+class WFuture:
+    """A deterministic future: resolved only by the driver, awaited only by workflow code."""
+
+    __slots__ = ("_done", "_result", "_exc", "_callbacks", "__weakref__")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._result: Any = None
+        self._exc: BaseException | None = None
+        self._callbacks: list[Callable[[WFuture], None]] = []
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Any) -> None:
+        if not self._done:
+            self._done, self._result = True, value
+            self._fire()
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self._done:
+            self._done, self._exc = True, exc
+            self._fire()
+
+    def _fire(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            cb(self)
+
+    def add_done_callback(self, cb: Callable[[WFuture], None]) -> None:
+        if self._done:
+            cb(self)
+        else:
+            self._callbacks.append(cb)
+
+    def remove_done_callback(self, cb: Callable[[WFuture], None]) -> None:
+        if cb in self._callbacks:
+            self._callbacks.remove(cb)
+
+    def result(self) -> Any:
+        if self._exc is not None:
+            raise self._exc
+        return self._result
+
+    def exception(self) -> BaseException | None:
+        return self._exc
+
+    def __await__(self) -> Any:
+        if not self._done:
+            yield self
+        return self.result()
+
+
+class _Task:
+    """A coroutine stepped by the driver; its own future settles with the coroutine's outcome."""
+
+    __slots__ = ("run", "coro", "future", "waiting_on", "_wake")
+
+    def __init__(self, run: WorkflowRun, coro: Any) -> None:
+        self.run = run
+        self.coro = coro
+        self.future = WFuture()
+        self.waiting_on: WFuture | None = None
+        self._wake = lambda fut: run._ready.append((self, None))
+
+    def step(self, exc: BaseException | None) -> None:
+        self.waiting_on = None
+        try:
+            yielded = self.coro.throw(exc) if exc is not None else self.coro.send(None)
+        except StopIteration as stop:
+            self.future.set_result(stop.value)
+            return
+        except _Blocked:
+            return
+        except BaseException as error:  # the task's outcome, whatever it is, belongs to its awaiter
+            self.future.set_exception(error)
+            return
+        if isinstance(yielded, WFuture):
+            self.waiting_on = yielded
+            yielded.add_done_callback(self._wake)
+        else:
+            bad = TypeError(
+                f"workflow code awaited {yielded!r}; only workflow.* calls (and asyncio.sleep/gather) may be "
+                "awaited inside a workflow, because anything else cannot be replayed"
+            )
+            self.run._ready.append((self, bad))
+
+    def interrupt(self, exc: BaseException) -> None:
+        """Throw ``exc`` in at the task's current await point (cancellation)."""
+        if self.future.done():
+            return
+        if self.waiting_on is not None:
+            self.waiting_on.remove_done_callback(self._wake)
+            self.waiting_on = None
+        self.run._ready.append((self, exc))
+
+
+def _to_future(run: WorkflowRun, item: Any) -> WFuture:
+    if isinstance(item, WFuture):
+        return item
+    if asyncio.iscoroutine(item):
+        return run.spawn(item).future
+    if hasattr(item, "__await__"):
+        return run.spawn(_await(item)).future
+    raise TypeError(f"workflow.all() takes awaitables, got {item!r}")
+
+
+async def _await(item: Any) -> Any:
+    return await item
+
+
+class ChildHandle:
+    """A started child workflow: await its result or signal it."""
+
+    def __init__(self, run: WorkflowRun, child_id: str, result: WFuture) -> None:
+        self._run = run
+        self.id = child_id
+        self._result = result
+
+    def result(self) -> WFuture:
+        return self._result
+
+    def signal(self, name: str, *args: Any) -> WFuture:
+        return self._run.signal_external(self.id, name, args)
+
+    def __repr__(self) -> str:
+        return f"ChildHandle({self.id!r})"
+
+
+class WorkflowRun:
+    """One run of one workflow, fed history events, producing decision events.
+
+    ``apply(event)`` for every recorded event (replay) and then for every new input (live). New decisions
+    accumulate in ``new_events`` for the owner to append; ``status`` says what the run is blocked on.
+    """
+
+    def __init__(self, cls: type, workflow_id: str, run_id: str, parent_id: str | None = None) -> None:
+        self.cls = cls
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self.parent_id = parent_id
+        self.history: list[dict] = []
+        self.new_events: list[dict] = []
+        self.instance: Any = None
+        self.started_at: datetime | None = None
+        self.now: datetime = datetime.now(UTC)
+        self.finished: str | None = None  # terminal event type once the run has ended
+        self.blocked: NondeterminismError | None = None
+        self.cancel_requested = False
+        self._cursor = 0  # index into history of the next recorded event not yet consumed
+        self._replaying = False
+        self._ready: deque[tuple[_Task, BaseException | None]] = deque()
+        self._main: _Task | None = None
+        self._pending: dict[tuple[str, int], WFuture] = {}  # ("activity"|"timer"|"child", ref) -> future
+        self._pending_names: dict[int, str] = {}
+        self._children: dict[int, str] = {}
+        self._conditions: list[tuple[Callable[[], bool], WFuture]] = []
+        self._updates: dict[str, WFuture] = {}
+        self._applied_commands: set[str] = set()
+        self._rng: _random.Random | None = None
+
+    # -- feeding -----------------------------------------------------------------------------------
+    def replay(self, history: Iterable[dict]) -> None:
+        """Rebuild the run from its recorded history (a passivated or restored actor)."""
+        self.history = list(history)
+        self._replaying = True
+        try:
+            while self._cursor < len(self.history) and not self.blocked:
+                event = self.history[self._cursor]
+                kind = event["type"]
+                if kind in DECISIONS:
+                    self._nondeterminism(f"history has {_describe(event)} at seq {event['seq']}, but the code did not issue it")
+                    break
+                self._cursor += 1
+                self._absorb(event)
+        finally:
+            self._replaying = False
+
+    def apply(self, event: dict) -> None:
+        """Record a new input event (live) and run the code until it blocks again."""
+        self.history.append(event)
+        self._cursor = len(self.history)
+        self._absorb(event)
+
+    def next_seq(self) -> int:
+        return (self.history[-1]["seq"] if self.history else 0) + 1
+
+    def _absorb(self, event: dict) -> None:
+        kind = event["type"]
+        if event.get("command_id"):
+            self._applied_commands.add(event["command_id"])
+        if kind == "WorkflowTerminated":
+            self.finished = kind
+            return
+        if kind not in INPUTS or self.blocked or self.finished:
+            return
+        self.now = event["at"]
+        try:
+            getattr(self, f"_on_{kind}")(event)
+            self._run_until_quiescent()
+        except _Blocked:
+            pass
+
+    def has_applied(self, command_id: str) -> bool:
+        return command_id in self._applied_commands
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def _on_WorkflowStarted(self, event: dict) -> None:
+        self.started_at = event["at"]
+        self.parent_id = event.get("parent_id")
+        args = payloads.decode(event["input"]) or []
+        with self._active():
+            try:
+                self.instance = self.cls()
+                coro = self.instance.execute(*args)
+            except Exception as exc:  # bad arguments or a broken __init__ fail the run with the reason
+                failed = WFuture()
+                failed.set_exception(exc)
+                self._finish(failed)
+                return
+        self._main = self.spawn(coro)
+
+    def _resolve(self, key: tuple[str, int], value: Any = None, exc: BaseException | None = None) -> None:
+        fut = self._pending.pop(key, None)
+        if fut is None:
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+    def _on_ActivityCompleted(self, event: dict) -> None:
+        self._resolve(("activity", event["activity_id"]), payloads.decode(event["result"]))
+
+    def _on_ActivityFailed(self, event: dict) -> None:
+        name = self._pending_names.get(event["activity_id"], "?")
+        error = ActivityFailed(name, event["attempt"], event["error_type"], event["message"], event.get("traceback", ""))
+        self._resolve(("activity", event["activity_id"]), exc=error)
+
+    def _on_TimerFired(self, event: dict) -> None:
+        self._resolve(("timer", event["timer_id"]), None)
+
+    def _on_ChildCompleted(self, event: dict) -> None:
+        self._resolve(("child", event["child_ref"]), payloads.decode(event["result"]))
+
+    def _on_ChildFailed(self, event: dict) -> None:
+        child_id = self._children.get(event["child_ref"], "?")
+        self._resolve(("child", event["child_ref"]), exc=ChildWorkflowFailed(child_id, event["error_type"], event["message"]))
+
+    def _on_SignalReceived(self, event: dict) -> None:
+        method = handler_for(self.cls, "signal", event["name"])
+        if method is None:  # the node rejects unknown signals before recording them; stay safe on replay
+            return
+        self._call_handler(getattr(self.instance, method), payloads.decode(event["input"]) or [])
+
+    def _on_UpdateAccepted(self, event: dict) -> None:
+        method = handler_for(self.cls, "update", event["name"])
+        fut = WFuture()
+        self._updates[event["request_id"]] = fut
+        request_id = event["request_id"]
+        fut.add_done_callback(lambda f: self._update_done(request_id, f))
+        if method is None:
+            fut.set_exception(LookupError(f"no update handler named {event['name']!r}"))
+            return
+        outcome = self._call_handler(getattr(self.instance, method), payloads.decode(event["input"]) or [])
+        if isinstance(outcome, WFuture):
+            outcome.add_done_callback(lambda f: fut.set_exception(f.exception()) if f.exception() else fut.set_result(f.result()))
+        elif isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
+
+    def _update_done(self, request_id: str, fut: WFuture) -> None:
+        exc = fut.exception()
+        body: dict[str, Any] = {"request_id": request_id, "result": b"", "error_type": None, "message": None}
+        if exc is None:
+            body["result"] = payloads.encode(fut.result())
+        else:
+            body["error_type"], body["message"] = type(exc).__name__, str(exc)
+        self._decide("UpdateCompleted", body, match=("request_id",))
+
+    def _on_CancelRequested(self, event: dict) -> None:
+        self.cancel_requested = True
+        if self._main is not None:
+            self._main.interrupt(asyncio.CancelledError(event.get("reason") or "cancelled"))
+
+    def _call_handler(self, fn: Callable[..., Any], args: list[Any]) -> Any:
+        """Run a signal/update handler inside the workflow context; async handlers become tasks."""
+        with self._active():
+            try:
+                result = fn(*args)
+            except Exception as exc:
+                return exc
+        if asyncio.iscoroutine(result):
+            return self.spawn(result).future
+        return result
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def spawn(self, coro: Any) -> _Task:
+        task = _Task(self, coro)
+        self._ready.append((task, None))
+        return task
+
+    def _active(self) -> _Active:
+        return _Active(self)
+
+    def _run_until_quiescent(self) -> None:
+        with self._active():
+            while not self.blocked:
+                while self._ready and not self.blocked:
+                    task, exc = self._ready.popleft()
+                    task.step(exc)
+                if self.blocked or not self._check_conditions():
+                    break
+            if not self.blocked and self.finished is None and self._main is not None and self._main.future.done():
+                try:
+                    self._finish(self._main.future)
+                except _Blocked:
+                    pass
+
+    def _check_conditions(self) -> bool:
+        """Resolve every satisfied wait(); True if any did (their tasks then need to run)."""
+        progressed = False
+        for cond, fut in list(self._conditions):
+            if fut.done():
+                self._conditions.remove((cond, fut))
+                continue
+            try:
+                ok = bool(cond())
+            except Exception as exc:  # a broken condition fails its waiter, like any other error
+                self._conditions.remove((cond, fut))
+                fut.set_exception(exc)
+                progressed = True
+                continue
+            if ok:
+                self._conditions.remove((cond, fut))
+                fut.set_result(True)
+                progressed = True
+        return progressed
+
+    def _finish(self, main: WFuture) -> None:
+        exc = main.exception()
+        if isinstance(exc, _ContinueAsNew):
+            new_run = str(self.uuid4())
+            self._decide("WorkflowContinued", {"new_run_id": new_run, "input": payloads.encode(list(exc.args_))})
+        elif self.cancel_requested and (exc is None or isinstance(exc, asyncio.CancelledError)):
+            self._decide("WorkflowCancelled", {"reason": None})
+        elif exc is None:
+            try:
+                result = payloads.encode(main.result())
+            except Exception as error:
+                self._decide("WorkflowFailed", _error_body(error))
+            else:
+                self._decide("WorkflowCompleted", {"result": result})
+        else:
+            if isinstance(exc, VersionNotSupported):
+                # The code refuses this history outright: record the failure after all of it rather than
+                # calling the unmatched remainder nondeterminism.
+                self._cursor = len(self.history)
+            self._decide("WorkflowFailed", _error_body(exc))
+
+    # -- decisions ---------------------------------------------------------------------------------
+    def _decide(self, kind: str, body: dict, match: tuple[str, ...] = ()) -> dict:
+        """Record a decision, or on replay check it against the recorded one and return that."""
+        if self.blocked:
+            raise _Blocked()
+        if self._cursor < len(self.history):
+            recorded = self.history[self._cursor]
+            if recorded["type"] != kind or any(recorded.get(k) != body.get(k) for k in match):
+                self._nondeterminism(
+                    f"at seq {recorded['seq']} history has {_describe(recorded)} but the code issued "
+                    f"{_describe({'type': kind, **body})}"
+                )
+                raise _Blocked()
+            self._cursor += 1
+            if kind in TERMINAL:
+                self.finished = kind
+            return recorded
+        event = {"type": kind, "seq": self.next_seq(), "at": self.now, **body}
+        self.history.append(event)
+        self._cursor = len(self.history)
+        self.new_events.append(event)
+        if kind in TERMINAL:
+            self.finished = kind
+        return event
+
+    def _nondeterminism(self, message: str) -> None:
+        if self.blocked is None:
+            self.blocked = NondeterminismError(f"workflow {self.workflow_id} ({self.cls.__name__}): {message}")
+
+    def schedule_activity(self, ref: Callable[..., Any] | str, args: tuple, kwargs: dict, options: ActivityOptions | None) -> WFuture:
+        name = activity_name(ref)
+        definition = activity_definition(ref)
+        queue = getattr(self.cls, "queue", None) or "default"
+        if definition is not None:
+            definition = definition.with_options(options)
+            check_arguments(definition.fn, args, kwargs)
+            if definition.queue != "default" or not getattr(self.cls, "queue", None):
+                queue = definition.queue
+            tries, backoff = definition.tries, definition.backoff
+            timeout, hb, non_retryable = definition.timeout, definition.heartbeat_timeout, definition.non_retryable
+        else:
+            o = options or ActivityOptions()
+            queue = o.queue or queue
+            tries = o.tries or 0
+            backoff = tuple(o.backoff or (1, 2, 5, 10, 15, 30, 60, 120))
+            timeout, hb = seconds(o.timeout), seconds(o.heartbeat_timeout)
+            non_retryable = tuple(c if isinstance(c, str) else c.__name__ for c in (o.non_retryable or ()))
+        body = {
+            "activity_id": 0, "name": name, "queue": queue, "input": payloads.encode(list(args)),
+            "kwargs": payloads.encode(kwargs), "tries": tries, "backoff": [float(b) for b in backoff],
+            "timeout": timeout, "heartbeat_timeout": hb, "non_retryable": list(non_retryable),
+        }
+        body["activity_id"] = self._peek_seq()
+        event = self._decide("ActivityScheduled", body, match=("name",))
+        fut = WFuture()
+        self._pending[("activity", event["seq"])] = fut
+        self._pending_names[event["seq"]] = name
+        return fut
+
+    def start_timer(self, duration: float | timedelta) -> WFuture:
+        secs = seconds(duration) or 0.0
+        fut = WFuture()
+        if secs <= 0:
+            fut.set_result(None)
+            return fut
+        fire_at = int((self.now.timestamp() + secs) * 1000)
+        event = self._decide("TimerStarted", {"timer_id": self._peek_seq(), "fire_at": fire_at})
+        self._pending[("timer", event["seq"])] = fut
+        return fut
+
+    def _peek_seq(self) -> int:
+        return self.history[self._cursor]["seq"] if self._cursor < len(self.history) else self.next_seq()
+
+    def wait(self, condition: Callable[[], bool], timeout: float | timedelta | None) -> WFuture:
+        fut = WFuture()
+        if condition():
+            fut.set_result(True)
+            return fut
+        self._conditions.append((condition, fut))
+        if timeout is not None:
+            timer = self.start_timer(timeout)
+            timer.add_done_callback(lambda _t: fut.set_result(False))
+        return fut
+
+    def start_child(self, ref: type | str, args: tuple, child_id: str | None) -> ChildHandle:
+        from .definitions import workflow_class, workflow_type_name
+
+        type_name = workflow_type_name(ref)
+        if not isinstance(ref, str):
+            check_arguments(workflow_class(ref).execute, (None, *args))
+        seq = self._peek_seq()
+        child_id = child_id or f"{self.workflow_id}/child-{seq}"
+        event = self._decide(
+            "ChildStarted",
+            {"child_ref": seq, "child_id": child_id, "workflow_type": type_name, "input": payloads.encode(list(args))},
+            match=("workflow_type",),
+        )
+        fut = WFuture()
+        self._pending[("child", event["seq"])] = fut
+        self._children[event["seq"]] = event["child_id"]
+        return ChildHandle(self, event["child_id"], fut)
+
+    def signal_external(self, target_id: str, name: str, args: tuple) -> WFuture:
+        self._decide("ExternalSignalSent", {"target_id": target_id, "name": name, "input": payloads.encode(list(args))}, match=("target_id", "name"))
+        fut = WFuture()
+        fut.set_result(None)
+        return fut
+
+    def side_effect(self, fn: Callable[[], Any]) -> WFuture:
+        fut = WFuture()
+        if self._cursor < len(self.history):
+            event = self._decide("SideEffectRecorded", {"result": b""})
+        else:
+            value = fn()
+            event = self._decide("SideEffectRecorded", {"result": payloads.encode(value)})
+        fut.set_result(payloads.decode(event["result"]))
+        return fut
+
+    def get_version(self, change_id: str, min_supported: int, max_supported: int) -> int:
+        if self._cursor < len(self.history):
+            recorded = self.history[self._cursor]
+            if recorded["type"] == "VersionMarker" and recorded["change_id"] == change_id:
+                self._cursor += 1
+                version = recorded["version"]
+            else:
+                version = DEFAULT_VERSION  # history from before this call existed
+        else:
+            version = max_supported
+            self._decide("VersionMarker", {"change_id": change_id, "version": version})
+        if not min_supported <= version <= max_supported:
+            raise VersionNotSupported(change_id, version, min_supported, max_supported)
+        return version
+
+    def all(self, items: Iterable[Any], return_exceptions: bool = False) -> WFuture:
+        futures = [_to_future(self, item) for item in items]
+        result = WFuture()
+        if not futures:
+            result.set_result([])
+            return result
+        remaining = [len(futures)]
+
+        def settled(_f: WFuture) -> None:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+            if not return_exceptions:
+                for f in futures:
+                    if f.exception() is not None:
+                        result.set_exception(f.exception())  # type: ignore[arg-type]
+                        return
+            result.set_result([f.exception() if f.exception() is not None else f.result() for f in futures])
+
+        for f in futures:
+            f.add_done_callback(settled)
+        return result
+
+    def rng(self) -> _random.Random:
+        if self._rng is None:
+            seed = int.from_bytes(hashlib.sha256(self.run_id.encode()).digest()[:8], "big")
+            self._rng = _random.Random(seed)
+        return self._rng
+
+    def uuid4(self) -> _uuid.UUID:
+        return _uuid.UUID(int=self.rng().getrandbits(128), version=4)
+
+    # -- queries and status --------------------------------------------------------------------------
+    def query(self, name: str, args: list[Any]) -> Any:
+        method = handler_for(self.cls, "query", name)
+        if method is None:
+            raise LookupError(f"workflow type {self.cls.name} has no query named {name!r}")
+        fn = getattr(self.instance, method)
+        check_arguments(fn, args)
+        with self._active():
+            result = fn(*args)
+        if asyncio.iscoroutine(result):
+            result.close()
+            raise TypeError(f"query {name!r} is async; queries must be plain def and must not await")
+        return result
+
+    @property
+    def status(self) -> str:
+        if self.finished:
+            return {
+                "WorkflowCompleted": "completed", "WorkflowFailed": "failed", "WorkflowContinued": "continued",
+                "WorkflowCancelled": "cancelled", "WorkflowTerminated": "terminated",
+            }[self.finished]
+        if self.blocked:
+            return "blocked"
+        if any(kind in ("activity", "child") for kind, _ in self._pending):
+            return "running"
+        return "waiting"
+
+    def pending_activities(self) -> list[int]:
+        return [ref for kind, ref in self._pending if kind == "activity"]
+
+
+class _Active:
+    """Makes ``run`` the current run of this thread while workflow code executes."""
+
+    __slots__ = ("run", "previous")
+
+    def __init__(self, run: WorkflowRun) -> None:
+        self.run = run
+
+    def __enter__(self) -> None:
+        self.previous = getattr(_current, "run", None)
+        _current.run = self.run
+
+    def __exit__(self, *exc: object) -> None:
+        _current.run = self.previous
+
+
+def _describe(event: dict) -> str:
+    kind = event["type"]
+    detail = event.get("name") or event.get("change_id") or event.get("target_id") or event.get("workflow_type") or ""
+    return f"{kind}({detail})" if detail else kind
+
+
+def _error_body(exc: BaseException) -> dict:
+    return {"error_type": type(exc).__name__, "message": str(exc), "traceback": "".join(_traceback.format_exception(exc))}
+
+
+def raise_continue_as_new(args: tuple[Any, ...]) -> None:
+    raise _ContinueAsNew(args)

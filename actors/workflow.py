@@ -1,0 +1,100 @@
+"""The calls workflow code makes (``from actors import workflow``).
+
+Every call is answered by the run driving the current thread (see ``replay.py``), so the same code is a
+live execution or a replay without knowing which. Inside workflow code only these awaitables (plus
+``asyncio.gather`` / ``asyncio.sleep``, mapped to ``all`` / ``timer``) may be awaited; real I/O, clocks,
+threads or random numbers inside workflow code break replay — put them in activities or ``side_effect``.
+"""
+
+from __future__ import annotations
+
+import random as _random
+import uuid as _uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from .definitions import ActivityOptions
+from .replay import DEFAULT_VERSION, ChildHandle, WFuture, current_run, raise_continue_as_new
+
+__all__ = [
+    "DEFAULT_VERSION", "ActivityOptions", "ChildHandle", "activity", "all", "child", "start_child", "timer",
+    "sleep", "wait", "side_effect", "now", "uuid4", "random", "get_version", "continue_as_new", "info",
+]
+
+
+def activity(fn_or_name: Callable[..., Any] | str, *args: Any, options: ActivityOptions | None = None, **kwargs: Any) -> WFuture:
+    """Schedule an activity now; awaiting the result raises ActivityFailed after its last try."""
+    return current_run().schedule_activity(fn_or_name, args, kwargs, options)
+
+
+def all(awaitables: Iterable[Any], *, return_exceptions: bool = False) -> WFuture:  # noqa: A001 - API name
+    """Run concurrently; results in input order; the first failure (in input order) after all settle."""
+    return current_run().all(awaitables, return_exceptions)
+
+
+async def child(wf: type | str, *args: Any, id: str | None = None) -> Any:  # noqa: A002 - API name
+    """Run a child workflow to completion; a failed child raises ChildWorkflowFailed."""
+    handle = current_run().start_child(wf, args, id)
+    return await handle.result()
+
+
+async def start_child(wf: type | str, *args: Any, id: str | None = None) -> ChildHandle:  # noqa: A002
+    return current_run().start_child(wf, args, id)
+
+
+def timer(seconds: float | timedelta) -> WFuture:
+    """Durable sleep: survives restarts; ``<= 0`` returns at once."""
+    return current_run().start_timer(seconds)
+
+
+sleep = timer
+
+
+def wait(condition: Callable[[], bool], timeout: float | timedelta | None = None) -> WFuture:
+    """Block until ``condition()`` holds; with a timeout, True if the condition won, False on timeout."""
+    return current_run().wait(condition, timeout)
+
+
+def side_effect(fn: Callable[[], Any]) -> WFuture:
+    """Run ``fn`` once and record its value; replays return the recorded value without calling it."""
+    return current_run().side_effect(fn)
+
+
+def now() -> datetime:
+    """The time of the event being processed (aware UTC): the same on every replay."""
+    return current_run().now
+
+
+def uuid4() -> _uuid.UUID:
+    return current_run().uuid4()
+
+
+def random() -> _random.Random:
+    """A ``random.Random`` seeded by the run, so replays draw the same numbers."""
+    return current_run().rng()
+
+
+def get_version(change_id: str, min_supported: int = DEFAULT_VERSION, max_supported: int = 1) -> int:
+    return current_run().get_version(change_id, min_supported, max_supported)
+
+
+def continue_as_new(*args: Any) -> None:
+    """End this run and start a fresh one of the same workflow id with ``args``; never returns."""
+    current_run()
+    raise_continue_as_new(args)
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    id: str
+    run_id: str
+    type: str
+    parent_id: str | None
+    started_at: datetime | None
+
+
+def info() -> WorkflowInfo:
+    run = current_run()
+    return WorkflowInfo(run.workflow_id, run.run_id, run.cls.name, run.parent_id, run.started_at)

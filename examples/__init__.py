@@ -1,0 +1,1 @@
+"""Example applications; ``metamorph node --app examples.orders`` runs them."""
