@@ -1,0 +1,31 @@
+"""Runs a node (plus activity workers) as a real process, until SIGTERM; crash tests SIGKILL it."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+import tests.apps.runtime_app  # noqa: F401 - registers the workflows and activities
+from actors.node import Node
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kafka", required=True)
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--max-live", type=int, default=1000)
+    args = parser.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    node = Node(args.kafka, args.namespace, data_dir=args.data_dir, name=args.name, max_live_workflows=args.max_live).start()
+    node.wait_ready(30)
+    print(f"READY {node.owned_partitions}", flush=True)
+    stop.wait()
+    node.stop()
+
+
+if __name__ == "__main__":
+    main()

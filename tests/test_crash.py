@@ -1,0 +1,136 @@
+"""Crash safety with real processes: SIGKILL a node mid-way, and hand partitions from one node to another."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from actors import Client
+from eventstore.topics import ensure_topics
+from projections.migrate import connect, migrate
+from projections.projector import Projector
+from tests.apps import runtime_app as app
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+class _Nodes:
+    def __init__(self, kafka: str, namespace: str, data: Path, marks: Path) -> None:
+        self.kafka, self.namespace, self.data, self.marks = kafka, namespace, data, marks
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str) -> subprocess.Popen:
+        env = {**os.environ, "METAMORPH_TEST_MARKS": str(self.marks), "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.apps.node_runner", "--kafka", self.kafka, "--namespace", self.namespace,
+             "--data-dir", str(self.data), "--name", name],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=open(self.data / f"{name}.log", "ab"), text=True,
+        )
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line.startswith("READY"), f"node {name} did not start: {line!r}"
+        self.procs[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        proc.wait(30)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGTERM)
+
+
+@pytest.fixture
+def cluster(kafka, namespace, pg_url, tmp_path):
+    ensure_topics(kafka, namespace, partitions=4)
+    migrate(pg_url, namespace)
+    nodes = _Nodes(kafka, namespace, tmp_path, tmp_path / "marks")
+    stop = threading.Event()
+    projector = threading.Thread(target=Projector(kafka, pg_url, namespace).run, args=(stop,), daemon=True)
+    projector.start()
+    client = Client(kafka, pg_url, namespace)
+    yield nodes, client, pg_url
+    client.close()
+    nodes.stop_all()
+    stop.set()
+    projector.join(10)
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _assert_exactly_once(pg_url: str, namespace: str, handles: list) -> None:
+    with connect(pg_url, namespace) as conn:
+        for h in handles:
+            rows = conn.execute(
+                "SELECT type, data FROM history WHERE workflow_id = %s ORDER BY seq", (h.id,)
+            ).fetchall()
+            completed = Counter(r[1].get("activity_id") for r in rows if r[0] == "ActivityCompleted")
+            assert completed and max(completed.values()) == 1, f"{h.id}: an activity result was recorded twice"
+            assert [r[0] for r in rows].count("WorkflowCompleted") == 1
+        dupes = conn.execute(
+            "SELECT workflow_id, run_id, seq, count(*) FROM history GROUP BY 1, 2, 3 HAVING count(*) > 1"
+        ).fetchall()
+        assert dupes == []
+
+
+def test_sigkill_mid_way_through_50_workflows_loses_nothing(cluster):
+    nodes, client, pg_url = cluster
+    nodes.start("n1")
+    handles = [client.start(app.Crashy, f"k{i}", id=f"crash-{i}-{uuid.uuid4().hex[:4]}") for i in range(50)]
+    _wait(lambda: sum(h.status() == "waiting" for h in handles) >= 20, 60, "workflows to reach their wait")
+    for h in handles[:25]:  # half are released: they are in timers or activities when the node dies
+        h.signal("release")
+    time.sleep(0.6)
+    nodes.kill("n1")  # SIGKILL: no goodbye, no flush beyond what was acknowledged
+    for h in handles[25:]:  # signals sent while no node runs wait in Kafka
+        h.signal("release")
+    nodes.start("n1")
+    for i, h in enumerate(handles):
+        assert h.result(timeout=float(os.environ.get("CRASH_WAIT", 90))) == f"slow hello k{i}|k{i}"
+    _assert_exactly_once(pg_url, client.namespace, handles)
+
+
+def test_a_second_node_takes_over_when_the_first_stops(cluster):
+    nodes, client, pg_url = cluster
+    nodes.start("a")
+    nodes.start("b")
+    handles = [client.start(app.Crashy, f"t{i}", id=f"take-{i}-{uuid.uuid4().hex[:4]}") for i in range(20)]
+    _wait(lambda: all(h.status() == "waiting" for h in handles), 60, "workflows to wait")
+    nodes.kill("a", signal.SIGTERM)  # a graceful stop: a leaves the group and b takes its partitions
+    for h in handles:
+        h.signal("release")
+    for i, h in enumerate(handles):
+        assert h.result(timeout=float(os.environ.get("CRASH_WAIT", 90))) == f"slow hello t{i}|t{i}"
+    _assert_exactly_once(pg_url, client.namespace, handles)
+
+
+def test_a_broker_restart_mid_way_loses_and_doubles_nothing(cluster, kafka_server):
+    nodes, client, pg_url = cluster
+    nodes.start("n1")
+    handles = [client.start(app.Crashy, f"b{i}", id=f"broker-{i}-{uuid.uuid4().hex[:4]}") for i in range(10)]
+    _wait(lambda: all(h.status() == "waiting" for h in handles), 60, "workflows to wait")
+    for h in handles[:5]:
+        h.signal("release")
+    kafka_server.restart()  # graceful: the broker saves, goes away, comes back on the same port
+    for h in handles[5:]:
+        h.signal("release")
+    for i, h in enumerate(handles):
+        assert h.result(timeout=float(os.environ.get("CRASH_WAIT", 90))) == f"slow hello b{i}|b{i}"
+    _assert_exactly_once(pg_url, client.namespace, handles)
