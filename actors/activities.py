@@ -27,7 +27,7 @@ import pykka
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from eventstore import codec, metrics, payloads
+from eventstore import codec, groups, metrics, payloads
 from eventstore import events as ev
 from eventstore.log import MAX_RECORD_BYTES, producer
 from eventstore.topics import Topics, leave_group, partition_for
@@ -248,7 +248,7 @@ class _QueueWorker(threading.Thread):
                 elif consumer.paused():
                     consumer.resume(*consumer.paused())
                 wait = 0 if not self.done.empty() else (50 if self.in_flight else 100)
-                for tp, records in consumer.poll(timeout_ms=wait).items():
+                for tp, records in groups.poll(consumer, wait).items():
                     for rec in records:
                         self._submit(tp, rec)
                 now = time.monotonic()

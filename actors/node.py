@@ -32,7 +32,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from eventstore import codec, metrics
+from eventstore import codec, groups, metrics
 from eventstore import events as ev
 from eventstore.log import TYPE_HEADER, EventLog, producer
 from eventstore.store import PartitionStore
@@ -177,7 +177,7 @@ class Node:
         consumer.subscribe([self.topics.commands], listener=_Listener(self, consumer))
         try:
             while not self._stop.is_set():
-                batch = consumer.poll(timeout_ms=self._poll_timeout_ms())
+                batch = groups.poll(consumer, self._poll_timeout_ms())
                 metrics.dependency_up.labels("node", "kafka").set(1)
                 if batch:
                     self._handle_records(consumer, batch)

@@ -26,7 +26,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
-from eventstore import codec, metrics
+from eventstore import codec, groups, metrics
 from eventstore.events import decode_event, encode_event
 from eventstore.fencing import Fence
 from eventstore.log import end_offsets, producer
@@ -154,7 +154,7 @@ class Projector:
         consumer = self._ensure_consumer()
         self._position()
         try:
-            records = consumer.poll(timeout_ms=timeout_ms, max_records=self.batch_size)
+            records = groups.poll(consumer, timeout_ms, max_records=self.batch_size)
             self._failures = 0
             now = time.monotonic()
             if now - self._lag_reported >= 1.0:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from datetime import UTC, datetime
 
 import fastavro
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from eventstore import codec
+from eventstore import codec, groups
 from eventstore import events as ev
 from eventstore.log import TYPE_HEADER, EventLog, read_partition
 from eventstore.store import PartitionStore
@@ -185,3 +186,20 @@ def test_a_zombie_writing_after_a_higher_ownership_marker_is_ignored(kafka, name
     assert store.fence.epoch == 2 and store.fence.dropped == 2
     store.close()
     log.close()
+
+
+def test_a_member_that_polls_briefly_and_works_between_polls_still_gets_its_partitions(kafka, namespace):
+    """The crash-restart hang: 0 ms polls with work in between used to lose the join's result for ever."""
+    topics = Topics(namespace)
+    ensure_topics(kafka, namespace, partitions=4)
+    for trial in range(3):
+        consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=f"{namespace}.race{trial}", enable_auto_commit=False)
+        consumer.subscribe([topics.commands])
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                groups.poll(consumer, 0)
+                time.sleep(0.01)  # a node's batch work between polls
+            assert sorted(tp.partition for tp in consumer.assignment()) == [0, 1, 2, 3]
+        finally:
+            consumer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
 
@@ -18,6 +19,7 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--max-live", type=int, default=1000)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     node = Node(args.kafka, args.namespace, data_dir=args.data_dir, name=args.name, max_live_workflows=args.max_live).start()
