@@ -105,7 +105,11 @@ class Client:
             return self._pg_pool
 
     def _with_conn(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(conn, ...)`` on a pooled connection; one retry covers a PostgreSQL restart."""
+        """Run ``fn(conn, ...)`` on a pooled connection.
+
+        Connections are not checked on checkout (a round trip per read); a read that fails on a dead one
+        (PostgreSQL restarted) makes the pool check all its idle connections and is tried once more.
+        """
         from psycopg_pool import PoolTimeout
 
         for attempt in (1, 2):
@@ -119,6 +123,7 @@ class Client:
                     if _is_connection_error(exc):
                         raise ConnectionError(f"PostgreSQL at {_redact(self.postgres or '')} is unreachable: {exc}") from exc
                     raise
+                self._pool().check()  # drop every connection the restart killed, not just this one
         return None  # pragma: no cover - the loop always returns or raises
 
     def _read(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:

@@ -617,3 +617,34 @@ def test_an_event_postgres_refuses_is_deadlettered_not_blocking(
     with connect(pg_url, namespace) as conn:
         assert read.get_workflow(conn, "bad") is None
         assert read.get_workflow(conn, "fine")["status"] == "completed"  # type: ignore[index]
+
+
+def test_client_reads_come_back_after_a_postgres_restart(writer: Writer, kafka: str, pg_url: str, pg_server: Any, namespace: str) -> None:
+    """Pooled connections are not checked on checkout: a restart must still cost a read nothing but a retry."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from actors import Client
+
+    proj = Projector(kafka, pg_url, namespace, poll_timeout_ms=100)
+    stop = threading.Event()
+    thread = threading.Thread(target=proj.run, args=(stop,), daemon=True)
+    thread.start()
+    client = Client(kafka, pg_url, namespace)
+    try:
+        writer.run("pooled", "r1", [started("app.Pooled", [1])])
+        wait_until(lambda: caught_up(kafka, pg_url, namespace), 20, "the start to be projected")
+        handle = client.get("pooled")
+        with ThreadPoolExecutor(8) as pool:  # several pooled connections, all of which the restart kills
+            assert set(pool.map(lambda _: handle.status(), range(32))) == {"running"}
+        pg_server.stop()
+        try:
+            with pytest.raises(ConnectionError, match="unreachable"):
+                handle.status()
+        finally:
+            pg_server.start()
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(lambda _: handle.status(), range(32))) == {"running"}
+    finally:
+        client.close()
+        stop.set()
+        thread.join(15)
