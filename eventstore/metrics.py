@@ -46,6 +46,9 @@ passivated_workflows = Gauge(
     "metamorph_passivated_workflows", "Open workflows of the owned partitions that have no actor in memory"
 )
 passivations = Counter("metamorph_passivations_total", "Workflow actors stopped to free memory", ["reason"])
+passivated_queries = Counter(
+    "metamorph_passivated_queries_total", "Queries answered by a throw-away replay, without waking a passivated workflow"
+)
 restore_seconds = Histogram("metamorph_restore_duration_seconds", "Time to restore an assigned partition", ["partition"], buckets=_LATENCY)
 restored_records = Counter("metamorph_restored_records_total", "Event records read while restoring partitions", ["partition"])
 owned_partitions = Gauge("metamorph_owned_partitions", "Command partitions this node owns")

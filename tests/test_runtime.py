@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client import REGISTRY
 
 from actors import Client, QueryFailed, WorkflowFailed, WorkflowNotFound
 from eventstore import codec
@@ -98,6 +99,27 @@ def test_passivated_workflows_are_rebuilt_by_replay(rt):
     for i, h in enumerate(handles):
         h.signal("go", str(i))
     assert [h.result(timeout=30) for h in handles] == [f"hello p{i}/{i}" for i in range(80)]
+
+
+def test_queries_to_passivated_workflows_do_not_wake_them(rt):
+    client, node = rt
+    handles = [client.start(app.Signalled, f"q{i}") for i in range(70)]  # more than max_live_workflows=50
+    for h in handles:
+        deadline = time.monotonic() + 20
+        while h.status() != "waiting" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert [h.update("add", "x") for h in handles] == [1] * 70  # state that only the history carries
+    passive = [h for h in handles if h.id not in node._live]
+    assert len(passive) >= 10
+    answered_before = REGISTRY.get_sample_value("metamorph_passivated_queries_total") or 0.0
+    assert [h.query("count") for h in passive] == [1] * len(passive)  # rebuilt by replay, answered right
+    assert not any(h.id in node._live for h in passive)  # and still asleep: no actor, no LRU churn
+    assert REGISTRY.get_sample_value("metamorph_passivated_queries_total") - answered_before == len(passive)
+    with pytest.raises(QueryFailed, match="no query named"):
+        passive[0].query("nope")
+    for i, h in enumerate(handles):
+        h.signal("go", str(i))
+    assert [h.result(timeout=30) for h in handles] == [f"hello q{i}/{i}" for i in range(70)]
 
 
 def test_bad_input_is_reported_and_nothing_else_is_lost(rt, kafka_server):

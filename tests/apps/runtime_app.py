@@ -125,6 +125,10 @@ class Signalled(Workflow):
     def peek(self) -> str | None:
         return self.value
 
+    @query
+    def count(self) -> int:
+        return len(self.items)
+
     @update
     def add(self, item: str) -> int:
         self.items.append(item)
