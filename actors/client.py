@@ -132,7 +132,8 @@ class Client:
         return self._with_conn(getattr(read, fn_name), *args, **kwargs)
 
     def _request(self, kind: str, workflow_id: str, name: str, args: tuple, timeout: float) -> Any:
-        self._check_exists(workflow_id)
+        # No existence check against the projections first: the owning node knows every id of its
+        # partition and answers an unknown one with WorkflowNotFound, which saves a read per query.
         with self._lock:
             if self._replies is None:
                 self._replies = _Replies(self.kafka, self.topics)
@@ -143,6 +144,8 @@ class Client:
         if reply is None:
             raise TimeoutError(f"no answer to {kind} {name!r} of {workflow_id} within {timeout}s")
         if not reply["ok"]:
+            if reply.get("error_type") == "WorkflowNotFound":
+                raise WorkflowNotFound(workflow_id)
             if reply.get("error_type") == "WorkflowNotRunning":
                 raise QueryFailed("WorkflowNotRunning", reply.get("message") or "")
             raise QueryFailed(reply.get("error_type") or "Error", reply.get("message") or "")

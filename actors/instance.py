@@ -256,6 +256,11 @@ class WorkflowInstance:
         self._check_handler("signal", cmd["name"], cmd["input"])
         self._input("SignalReceived", {"name": cmd["name"], "input": cmd["input"], "command_id": cmd["command_id"]}, at, out)
 
+    def _not_running_reply(self, request_id: str) -> Reply:
+        """An unknown id is ``WorkflowNotFound`` (clients raise it without asking PostgreSQL first)."""
+        error_type = "WorkflowNotFound" if self.run_id is None else "WorkflowNotRunning"
+        return Reply(request_id, False, error_type=error_type, message=self._not_running())
+
     def _not_running(self) -> str:
         if self.run_id is None:
             return f"no workflow with id {self.workflow_id!r}"
@@ -263,7 +268,7 @@ class WorkflowInstance:
 
     def _cmd_QueryWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
         if self.run is None:
-            out.replies.append(Reply(cmd["request_id"], False, error_type="WorkflowNotRunning", message=self._not_running()))
+            out.replies.append(self._not_running_reply(cmd["request_id"]))
             return
         try:
             result = self.run.query(cmd["name"], payloads.decode(cmd["input"]) or [])
@@ -273,7 +278,7 @@ class WorkflowInstance:
 
     def _cmd_UpdateWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
         if not self._live():
-            out.replies.append(Reply(cmd["request_id"], False, error_type="WorkflowNotRunning", message=self._not_running()))
+            out.replies.append(self._not_running_reply(cmd["request_id"]))
             return
         done = next((e for e in self.history if e["type"] == "UpdateCompleted" and e["request_id"] == cmd["request_id"]), None)
         if done is not None:  # a re-delivered update: answer again, apply nothing

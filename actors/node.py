@@ -430,11 +430,10 @@ class Node:
         if wid in self._live or not commands or any(c["type"] != "QueryWorkflow" for c in commands):
             return None
         history = self._owned[partition].store.history(wid)
-        if not history:
-            return None
         transient = WorkflowActor(wid, self.topics)  # never started: its methods run in this thread
         try:
-            loaded = transient.on_receive(("load", history))
+            # An unknown id has no history: it is answered WorkflowNotFound without an actor too.
+            loaded = transient.on_receive(("load", history)) if history else Result()
             if loaded.events:
                 return None
             answered = transient.on_receive(("handle", commands))

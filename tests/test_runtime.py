@@ -117,6 +117,9 @@ def test_queries_to_passivated_workflows_do_not_wake_them(rt):
     assert REGISTRY.get_sample_value("metamorph_passivated_queries_total") - answered_before == len(passive)
     with pytest.raises(QueryFailed, match="no query named"):
         passive[0].query("nope")
+    with pytest.raises(WorkflowNotFound):  # answered by the owning node, which knows every id it has
+        client.get("no-such-query-target").query("count")
+    assert "no-such-query-target" not in node._live
     for i, h in enumerate(handles):
         h.signal("go", str(i))
     assert [h.result(timeout=30) for h in handles] == [f"hello q{i}/{i}" for i in range(70)]
