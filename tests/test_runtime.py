@@ -23,6 +23,14 @@ def rt(kafka_server, pg_server, tmp_path_factory):
         yield client, node
 
 
+def _wait_waiting(handles: list, seconds: float) -> None:
+    """Give each handle up to ``seconds`` to reach ``waiting``; the test's own assertions say if it did not."""
+    for h in handles:
+        deadline = time.monotonic() + seconds
+        while h.status() != "waiting" and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
 def test_hello_chain_and_fan_out(rt):
     client, _ = rt
     assert client.start(app.Hello, "ada").result(timeout=20) == "hello ada"
@@ -34,9 +42,7 @@ def test_status_pending_then_signal_query_update_and_history(rt):
     client, _ = rt
     handle = client.start(app.Signalled, "s")
     assert handle.status() in ("pending", "waiting", "running")
-    deadline = time.monotonic() + 10
-    while handle.status() != "waiting" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_waiting([handle], 10)
     assert handle.status() == "waiting" and handle.running()
     assert handle.query("peek") is None
     assert handle.update("add", "x") == 1
@@ -91,10 +97,7 @@ def test_continue_as_new_is_followed_by_the_handle(rt):
 def test_passivated_workflows_are_rebuilt_by_replay(rt):
     client, node = rt
     handles = [client.start(app.Signalled, f"p{i}") for i in range(80)]  # more than max_live_workflows=50
-    for h in handles:
-        deadline = time.monotonic() + 20
-        while h.status() != "waiting" and time.monotonic() < deadline:
-            time.sleep(0.05)
+    _wait_waiting(handles, 20)
     assert len(node._live) <= 50
     for i, h in enumerate(handles):
         h.signal("go", str(i))
@@ -104,10 +107,7 @@ def test_passivated_workflows_are_rebuilt_by_replay(rt):
 def test_queries_to_passivated_workflows_do_not_wake_them(rt):
     client, node = rt
     handles = [client.start(app.Signalled, f"q{i}") for i in range(70)]  # more than max_live_workflows=50
-    for h in handles:
-        deadline = time.monotonic() + 20
-        while h.status() != "waiting" and time.monotonic() < deadline:
-            time.sleep(0.05)
+    _wait_waiting(handles, 20)
     assert [h.update("add", "x") for h in handles] == [1] * 70  # state that only the history carries
     passive = [h for h in handles if h.id not in node._live]
     assert len(passive) >= 10
@@ -172,9 +172,7 @@ def test_cancel_and_terminate(rt):
     client, _ = rt
     sleeper = client.start(app.Sleepy, 3600)
     other = client.start(app.Sleepy, 3600)
-    deadline = time.monotonic() + 10
-    while sleeper.status() != "waiting" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_waiting([sleeper], 10)
     assert sleeper.query("ping") == "pong"
     sleeper.cancel()
     other.terminate("enough")
