@@ -1,7 +1,7 @@
 """The pykka actor that hosts one live workflow.
 
 Each live workflow is an actor: its suspended coroutine stays in memory between commands, so advancing
-it costs one message, not a replay. The node creates actors on demand and stops idle ones (passivation);
+it costs one message, not a replay. It is a ``PooledActor``: it has no thread of its own while it waits. The node creates actors on demand and stops idle ones (passivation);
 a stopped workflow is rebuilt by replaying its history when its next command arrives.
 """
 
@@ -11,12 +11,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import pykka
-
 from eventstore.topics import Topics
 
 from .dispatch import Message, messages_for_history, reply_message
 from .instance import Outcome, WorkflowInstance
+from .pooled import PooledActor
 
 
 @dataclass
@@ -36,7 +35,7 @@ class Result:
     started_at: Any = None
 
 
-class WorkflowActor(pykka.ThreadingActor):
+class WorkflowActor(PooledActor):
     """One workflow id; messages are ``("load", history)`` and ``("handle", commands)``."""
 
     def __init__(self, workflow_id: str, topics: Topics) -> None:
