@@ -64,9 +64,10 @@ class WorkflowInstance:
         self.terminal: str | None = None
         self.parent: dict[str, Any] = {}
         self._attempts: dict[int, int] = {}  # activity_id -> current attempt
-        self._awaiting_retry: set[int] = set()
+        # Dicts used as sets: an empty set is 216 bytes, an empty dict 64, and a live workflow keeps both.
+        self._awaiting_retry: dict[int, None] = {}
         self._scheduled: dict[int, dict] = {}  # activity_id -> ActivityScheduled event
-        self._open_timers: set[int] = set()
+        self._open_timers: dict[int, None] = {}
         self._blocked_recorded = False
 
     # -- rebuilding ----------------------------------------------------------------------------------
@@ -118,17 +119,17 @@ class WorkflowInstance:
             self._attempts[event["seq"]] = 1
             self._scheduled[event["seq"]] = event
         elif kind == "ActivityAttemptFailed":
-            self._awaiting_retry.add(event["activity_id"])
+            self._awaiting_retry[event["activity_id"]] = None
         elif kind == "ActivityRetried":
-            self._awaiting_retry.discard(event["activity_id"])
+            self._awaiting_retry.pop(event["activity_id"], None)
             self._attempts[event["activity_id"]] = event["attempt"]
         elif kind in ("ActivityCompleted", "ActivityFailed"):
             self._attempts.pop(event["activity_id"], None)
-            self._awaiting_retry.discard(event["activity_id"])
+            self._awaiting_retry.pop(event["activity_id"], None)
         elif kind == "TimerStarted":
-            self._open_timers.add(event["seq"])
+            self._open_timers[event["seq"]] = None
         elif kind == "TimerFired":
-            self._open_timers.discard(event["timer_id"])
+            self._open_timers.pop(event["timer_id"], None)
         elif kind == "WorkflowBlocked":
             self._blocked_recorded = True
         elif kind == "WorkflowUnblocked":
