@@ -421,7 +421,7 @@ class Node:
     def _answer_queries_passivated(self, partition: int, wid: str, commands: list[dict]) -> list[Any] | None:
         """Answer queries to a passivated workflow without waking it: replay into a throw-away instance.
 
-        Starting an actor for a query costs a thread start and stop, and the new actor pushes a workflow
+        Waking a workflow for a query costs an actor start and stop, and the new actor pushes a workflow
         that is doing real work out of the LRU; a dashboard or a restart check asking 10,000 idle
         workflows did exactly that. Only a batch of nothing but queries qualifies (anything else must see
         the commands in order), and only if the replay decides nothing new (a crash cut a batch short):

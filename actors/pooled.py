@@ -26,10 +26,13 @@ log = logging.getLogger(__name__)
 POOL_THREADS = 8
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_stopped_lock = threading.Lock()
 
 
 def _executor() -> ThreadPoolExecutor:
     global _pool
+    if _pool is not None:  # every message goes through here: no lock once the pool exists
+        return _pool
     with _pool_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="metamorph-actors")
@@ -73,14 +76,14 @@ class _Stopped:
         return self._flag
 
     def set(self) -> None:
-        with _pool_lock:
+        with _stopped_lock:
             self._flag = True
             event = self._event
         if event is not None:
             event.set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        with _pool_lock:
+        with _stopped_lock:
             if self._flag:
                 return True
             if self._event is None:
@@ -107,9 +110,9 @@ class PooledActor(pykka.Actor):
         return pykka.ThreadingFuture()
 
     def _start_actor_loop(self) -> None:
-        self._schedule(force=True)  # runs on_start even if nothing has been sent yet
+        self._schedule()  # runs on_start even if nothing has been sent yet
 
-    def _schedule(self, force: bool = False) -> None:
+    def _schedule(self) -> None:
         with self._schedule_lock:
             if self._scheduled:
                 return
