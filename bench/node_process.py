@@ -10,13 +10,10 @@ so a restarted node is the same static group member and reclaims its partitions 
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
-import sys
-import threading
 
 import bench.workloads  # noqa: F401 - registers the workflows and the activity
 from actors.node import Node
+from bench._child import prepare
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,13 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
-    from bench.experiments import apply_from_env
-
-    apply_from_env()
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = prepare(args.log_level)
     node = Node(
         args.kafka, args.namespace, data_dir=args.data_dir, name=args.name,
         max_live_workflows=args.max_live_workflows, activity_concurrency=args.activity_concurrency,

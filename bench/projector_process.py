@@ -8,11 +8,9 @@ Prints ``READY`` once started; stops cleanly on SIGTERM.
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
-import sys
 import threading
 
+from bench._child import prepare
 from projections.projector import Projector
 
 
@@ -23,13 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
-    from bench.experiments import apply_from_env
-
-    apply_from_env()
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = prepare(args.log_level)
     projector = Projector(args.kafka, args.postgres, args.namespace)
     thread = threading.Thread(target=projector.run, args=(stop,), name="projector", daemon=True)
     thread.start()
