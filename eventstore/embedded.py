@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-__all__ = ["EmbeddedKafka", "EmbeddedPostgres", "EmbeddedStack", "free_port"]
+__all__ = ["EmbeddedKafka", "EmbeddedPostgres", "EmbeddedStack", "free_port", "pdeathsig_preexec", "tail_of"]
 
 _log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _tail(path: Path, lines: int = 40, start: int = 0) -> str:
+def tail_of(path: Path, lines: int = 40, start: int = 0) -> str:
     """Last ``lines`` lines of ``path`` from byte ``start`` on: error messages show what the server said."""
     try:
         with path.open("rb") as fh:
@@ -64,7 +64,7 @@ def _tail(path: Path, lines: int = 40, start: int = 0) -> str:
     return "\n".join(text[-lines:]) or "(log is empty)"
 
 
-def _pdeathsig_preexec() -> Callable[[], None] | None:
+def pdeathsig_preexec() -> Callable[[], None] | None:
     """Build a ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux only).
 
     Why: a test run or ``metamorph dev`` that crashes (or is SIGKILLed) must not leave a broker
@@ -189,7 +189,7 @@ class EmbeddedKafka:
                     # Own session: a Ctrl-C in the terminal reaches us, not the broker, so we decide
                     # the shutdown order and always stop it with SIGTERM (which saves its data).
                     start_new_session=True,
-                    preexec_fn=_pdeathsig_preexec(),
+                    preexec_fn=pdeathsig_preexec(),
                 )
             if not self._atexit_registered:
                 # Safety net for callers that forget stop(): never leave a broker after exit.
@@ -225,7 +225,7 @@ class EmbeddedKafka:
             if code is not None:
                 raise RuntimeError(
                     f"embedded Kafka (noida-db) exited with code {code} during startup on "
-                    f"{self.bootstrap}; log {self.log_path}:\n{_tail(self.log_path, start=log_start)}"
+                    f"{self.bootstrap}; log {self.log_path}:\n{tail_of(self.log_path, start=log_start)}"
                 )
             if self._port_open():
                 admin: Any = None
@@ -243,7 +243,7 @@ class EmbeddedKafka:
         raise RuntimeError(
             f"embedded Kafka (noida-db) did not come up on {self.bootstrap} within "
             f"{self.START_TIMEOUT:.0f}s (last error: {last_error!r}); log {self.log_path}:\n"
-            f"{_tail(self.log_path, start=log_start)}"
+            f"{tail_of(self.log_path, start=log_start)}"
         )
 
     def _port_open(self) -> bool:

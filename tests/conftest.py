@@ -1,20 +1,50 @@
 """Shared fixtures: every test run brings up its own broker and PostgreSQL.
 
 Why: tests must never touch servers that happen to run on the machine (a system PostgreSQL on
-5432, a developer's Kafka), and parallel runs must not collide. So one embedded noida-db broker
-(on a free port) and one embedded PostgreSQL (Unix socket only) are started per session in
-pytest's temporary directory, and each test gets its own namespace (topic prefix) and database.
+5432, a developer's Kafka), and parallel runs must not collide. So one broker (on free ports) and
+one embedded PostgreSQL (Unix socket only) are started per session in pytest's temporary directory,
+and each test gets its own namespace (topic prefix) and database.
+
+The broker is real Apache Kafka (KRaft, ``tests/apache``) unless ``METAMORPH_TEST_BROKER=noida``
+picks the embedded noida-db broker. Tests marked ``noida`` run on noida-db as well, whatever the
+choice (``noida_kafka``): it stays the zero-install default of ``metamorph demo``/``dev``. Tests that
+need a replicated cluster take ``kafka_cluster`` (three Apache Kafka JVMs, RF 3, min ISR 2).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from eventstore.embedded import EmbeddedKafka, EmbeddedPostgres
+from tests.apache import ApacheKafka, ApacheKafkaCluster
+
+BROKERS = ("apache", "noida")
+
+
+def test_broker() -> str:
+    """The broker this run uses: ``METAMORPH_TEST_BROKER`` (apache, the default, or noida)."""
+    choice = os.environ.get("METAMORPH_TEST_BROKER", "apache").strip().lower() or "apache"
+    if choice not in BROKERS:
+        raise pytest.UsageError(f"METAMORPH_TEST_BROKER={choice!r}: expected one of {', '.join(BROKERS)}")
+    return choice
+
+
+test_broker.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    test_broker()  # refuse a bad choice before anything starts
+    config.addinivalue_line("markers", "noida: also runs on the embedded noida-db broker")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"metamorph: broker = {test_broker()} (METAMORPH_TEST_BROKER)"
 
 
 @pytest.fixture(autouse=True)
@@ -25,14 +55,43 @@ def _no_outside_servers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
-    """The session's broker; stopped (SIGTERM) at session end."""
-    server = EmbeddedKafka(tmp_path_factory.mktemp("kafka"))
+def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The session's broker (Apache Kafka or noida-db, see the module docstring); stopped at session end."""
+    server: Any
+    if test_broker() == "apache":
+        server = ApacheKafka(tmp_path_factory.mktemp("kafka"))
+    else:
+        server = EmbeddedKafka(tmp_path_factory.mktemp("kafka"))
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def noida_server(tmp_path_factory: pytest.TempPathFactory, kafka_server: Any) -> Iterator[EmbeddedKafka]:
+    """An embedded noida-db broker for the ``noida`` subset (the session broker itself when it is noida)."""
+    if isinstance(kafka_server, EmbeddedKafka):
+        yield kafka_server
+        return
+    server = EmbeddedKafka(tmp_path_factory.mktemp("noida"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafkaCluster]:
+    """Three Apache Kafka brokers (RF 3, min ISR 2) for the broker-fault tests of one module."""
+    cluster = ApacheKafkaCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +105,17 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPost
         server.stop()
 
 
+@pytest.fixture(params=["session", pytest.param("noida", marks=pytest.mark.noida)])
+def any_kafka(request: pytest.FixtureRequest) -> str:
+    """Bootstrap of the session broker and, as a second run of the same test, of noida-db."""
+    server = request.getfixturevalue("kafka_server" if request.param == "session" else "noida_server")
+    if not server.running:
+        server.start()
+    return server.bootstrap
+
+
 @pytest.fixture
-def kafka(kafka_server: EmbeddedKafka) -> str:
+def kafka(kafka_server: Any) -> str:
     """Bootstrap string of the session broker, restarted first if an earlier test stopped or killed it."""
     if not kafka_server.running:
         kafka_server.start()
