@@ -225,18 +225,15 @@ class _QueueWorker(threading.Thread):
             ref.stop(block=False)
 
     def _consume(self) -> None:
-        consumer = KafkaConsumer(
-            self.topics.activities(self.queue_name),
-            bootstrap_servers=self.worker.kafka,
-            group_id=self.topics.activity_group(self.queue_name),
-            group_instance_id=self.instance_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        consumer = groups.member(
+            self.worker.kafka,
+            self.topics.activity_group(self.queue_name),
+            self.instance_id,
+            session_timeout_s=self.worker.session_timeout,
             max_poll_records=self.worker.concurrency,
             fetch_max_wait_ms=_FETCH_WAIT_MS,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
         )
+        consumer.subscribe([self.topics.activities(self.queue_name)])
         self.pending.clear()
         self.seen.clear()
         try:
@@ -386,9 +383,11 @@ class ActivityWorker:
     def __init__(
         self, kafka: str, namespace: str = "default", queues: tuple[str, ...] = ("default",), concurrency: int = 32,
         name: str | None = None,
+        session_timeout: float | None = None,
     ) -> None:
         self.kafka = kafka
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.session_timeout = groups.session_timeout(session_timeout)  # failover time, see eventstore.groups
         self.topics = Topics(namespace)
         self.queues = tuple(queues)
         self.concurrency = max(1, concurrency)

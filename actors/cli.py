@@ -224,7 +224,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
     kafka = _kafka(args)
     probe_kafka(kafka)
-    counts = ensure_topics(kafka, args.namespace, args.partitions, tuple(_split(args.queues) or ("default",)))
+    counts = ensure_topics(
+        kafka, args.namespace, args.partitions, tuple(_split(args.queues) or ("default",)),
+        replication=args.replication_factor, min_insync=args.min_insync_replicas,
+    )
     print(f"Kafka {kafka}, namespace {args.namespace!r}: topics ready")
     for topic, partitions in sorted(counts.items()):
         print(f"  {topic:<48} {partitions} partition(s)")
@@ -279,6 +282,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         activity_concurrency=args.activity_concurrency,
         partitions=args.partitions,
         name=args.name,
+        session_timeout=args.session_timeout,
     )
     node.start()
     try:
@@ -306,7 +310,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     queues = dev.app_queues(_split(args.queues))
     kafka = _prepare(args, queues)
     stop = dev.shutdown_event()
-    worker = ActivityWorker(kafka, args.namespace, queues, args.activity_concurrency, name=args.name).start()
+    worker = ActivityWorker(
+        kafka, args.namespace, queues, args.activity_concurrency, name=args.name, session_timeout=args.session_timeout
+    ).start()
     try:
         print(
             f"activity worker running (namespace {args.namespace!r}, queues {', '.join(queues)}); Ctrl-C to stop",
@@ -331,7 +337,7 @@ def _cmd_projector(args: argparse.Namespace) -> int:
     kafka = _prepare(args, ("default",))
     stop = dev.shutdown_event()
     thread = threading.Thread(
-        target=Projector(kafka, postgres, args.namespace).run,
+        target=Projector(kafka, postgres, args.namespace, name=args.name, session_timeout=args.session_timeout).run,
         args=(stop,),
         name="metamorph-projector",
         daemon=True,
@@ -578,6 +584,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _session_timeout(text: str) -> float:
+    from eventstore.groups import session_timeout
+
+    try:
+        return session_timeout(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -657,6 +672,16 @@ def _parser() -> argparse.ArgumentParser:
     def partitions(p: argparse.ArgumentParser, text: str) -> None:
         p.add_argument("--partitions", type=_positive_int, metavar="P", help=text)
 
+    def session_timeout(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--session-timeout",
+            type=_session_timeout,
+            metavar="S",
+            help="seconds after which the group gives a silent member's partitions to the others: the failover "
+            "time after a crash (METAMORPH_SESSION_TIMEOUT, default 10; shorter risks evicting a member "
+            "that is only slow)",
+        )
+
     def metrics_port(p: argparse.ArgumentParser, default: int = 0) -> None:
         p.add_argument(
             "--metrics-port",
@@ -671,6 +696,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     partitions(p, "partitions of new topics (default 8); existing topics must already have this count")
     queues(p)
+    p.add_argument(
+        "--replication-factor",
+        type=_positive_int,
+        metavar="N",
+        help="copies of each new topic's data (default: 3, or the number of brokers if fewer)",
+    )
+    p.add_argument(
+        "--min-insync-replicas",
+        type=_positive_int,
+        metavar="N",
+        help="copies a write needs before it is acknowledged (default 2 with RF 3, else 1)",
+    )
 
     p = command("node", _cmd_node, "run workflow (and activity) actors for the --app modules", proc)
     apps(p, True)
@@ -686,6 +723,7 @@ def _parser() -> argparse.ArgumentParser:
         "--name",
         help="node identity in the consumer group (default: host name + a hash of --data-dir, stable across restarts)",
     )
+    session_timeout(p)
 
     p = command("worker", _cmd_worker, "run activity actors only", proc)
     apps(p, True)
@@ -696,9 +734,16 @@ def _parser() -> argparse.ArgumentParser:
         help="worker identity in the consumer groups; give each worker a stable one so a restart reclaims its "
         "partitions at once (default: host name + process id)",
     )
+    session_timeout(p)
     metrics_port(p)
 
     p = command("projector", _cmd_projector, "build the PostgreSQL projections from the event log", proc)
+    p.add_argument(
+        "--name",
+        help="projector identity in the consumer group; give each projector a stable one so a restart "
+        "reclaims its partitions at once (default: a random one)",
+    )
+    session_timeout(p)
     metrics_port(p)
 
     p = command(

@@ -71,8 +71,10 @@ class Node:
         name: str | None = None,
         idle_seconds: float = 60.0,
         max_poll_records: int = 500,
+        session_timeout: float | None = None,
     ) -> None:
         self.kafka = kafka
+        self.session_timeout = groups.session_timeout(session_timeout)  # failover time, see eventstore.groups
         self.topics = Topics(namespace)
         self.namespace = namespace
         # The node's identity is its data directory: restarting with the same directory is the same node
@@ -110,7 +112,10 @@ class Node:
         if self.run_activities:
             from .activities import ActivityWorker
 
-            self._worker = ActivityWorker(self.kafka, self.namespace, self.queues, self.activity_concurrency, name=self.name).start()
+            self._worker = ActivityWorker(
+                self.kafka, self.namespace, self.queues, self.activity_concurrency, name=self.name,
+                session_timeout=self.session_timeout,
+            ).start()
         self._thread = threading.Thread(target=self._run, name=f"metamorph-node-{self.name}", daemon=True)
         self._thread.start()
         return self
@@ -160,17 +165,14 @@ class Node:
                 delay = min(delay * 2, 10.0)
 
     def _consume(self) -> None:
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.kafka,
-            group_id=self.topics.node_group,
-            group_instance_id=self.name,
+        consumer = groups.member(
+            self.kafka,
+            self.topics.node_group,
+            self.name,
+            session_timeout_s=self.session_timeout,
             client_id=f"metamorph-node-{self.name}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
             max_poll_records=self.max_poll_records,
             fetch_max_wait_ms=_FETCH_WAIT_MS,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
             max_poll_interval_ms=300_000,
         )
         self._consumer = consumer

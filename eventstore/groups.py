@@ -1,4 +1,15 @@
-"""Consumer-group polling that survives kafka-python's rebalance race.
+"""Consumer-group members: one place for their Kafka settings, and polling that survives a rebalance race.
+
+``member()`` builds the group consumer of every long-running process (node, activity worker, projector),
+so static membership, session timeout, heartbeats and offset handling are decided once.
+The session timeout is the failover time: a member that dies without leaving (SIGKILL, power loss, a
+network partition) keeps its partitions until the broker has heard nothing from it for that long; then the
+group rebalances and the survivors take them over. Shorter means faster takeover, but a member that stalls
+longer than that (a long GC-like pause, an overloaded machine, a slow network) is evicted although alive
+and its partitions move twice. 10 s is Kafka's usual trade-off; ``METAMORPH_SESSION_TIMEOUT`` (seconds) or
+the processes' ``--session-timeout`` change it (the broker bounds it by ``group.min/max.session.timeout.ms``).
+
+Polling:
 
 kafka-python 3.0.12 runs JoinGroup/SyncGroup as a background task and only applies its result (the new
 assignment, the ``on_partitions_assigned`` callback) inside a later ``poll``. If ``poll`` times out while
@@ -18,10 +29,59 @@ round trip to finish inside one call.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from kafka import KafkaConsumer
+
+DEFAULT_SESSION_TIMEOUT = 10.0
+
+
+def session_timeout(seconds: float | None = None) -> float:
+    """The session timeout in seconds: ``seconds`` if given, else ``METAMORPH_SESSION_TIMEOUT``, else 10."""
+    if seconds is None:
+        raw = os.environ.get("METAMORPH_SESSION_TIMEOUT", "").strip()
+        try:
+            seconds = float(raw) if raw else DEFAULT_SESSION_TIMEOUT
+        except ValueError:
+            raise ValueError(f"METAMORPH_SESSION_TIMEOUT={raw!r} is not a number of seconds") from None
+    if not 1.0 <= seconds <= 1800.0:
+        raise ValueError(f"session timeout {seconds} s is outside 1..1800 s")
+    return seconds
+
+
+def member(
+    bootstrap: str,
+    group: str | None,
+    instance_id: str | None,
+    *,
+    session_timeout_s: float | None = None,
+    **overrides: Any,
+) -> KafkaConsumer:
+    """A consumer for ``group`` as static member ``instance_id``, with the settings every process shares.
+
+    Offsets are never auto-committed (each process commits after its work is durable) and a new group
+    starts from the earliest offset (a workflow's first command must not be skipped). Static membership
+    lets a restarted process reclaim its partitions at once with warm local state; a process stopped
+    cleanly leaves the group itself (``eventstore.topics.leave_group``). ``group=None`` gives a plain
+    consumer for manual assignment.
+    """
+    timeout_ms = int(session_timeout(session_timeout_s) * 1000)
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+    }
+    if group is not None:
+        config.update(
+            group_id=group,
+            group_instance_id=instance_id,
+            session_timeout_ms=timeout_ms,
+            heartbeat_interval_ms=max(100, min(1_000, timeout_ms // 3)),
+        )
+    config.update(overrides)
+    return KafkaConsumer(**config)
 
 _JOIN_POLL_MS = 1_000
 _JOIN_BUDGET_S = 30.0

@@ -21,6 +21,32 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 8
 
+_DAY_MS = 24 * 3600 * 1000
+
+#: Retention of each kind of topic (documented in the README's production settings). The events topic is
+#: the system of record, so nothing there is ever deleted by age or size (histories of finished
+#: workflows are the source for replays and projections rebuilt from zero). Commands and activity tasks
+#: are consumed within moments: a week leaves room for an outage and for inspection. Replies only matter
+#: while a caller waits. Dead letters are for operators, who may be on holiday.
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    "commands": {"retention.ms": str(7 * _DAY_MS)},
+    "events": {"retention.ms": "-1", "retention.bytes": "-1"},
+    "replies": {"retention.ms": str(3600 * 1000)},
+    "deadletter": {"retention.ms": str(30 * _DAY_MS)},
+    "activities": {"retention.ms": str(7 * _DAY_MS)},
+}
+
+
+def default_replication(brokers: int) -> int:
+    """Replication factor for new topics: three copies where the cluster has three brokers, else all."""
+    return max(1, min(3, brokers))
+
+
+def default_min_insync(replication: int) -> int:
+    """``min.insync.replicas``: with RF 3 a write survives one broker loss and still has two copies; with
+    RF 2 requiring both would stop all writes whenever one broker is down, so one suffices there."""
+    return max(1, min(2, replication - 1))
+
 
 class TopicMismatchError(RuntimeError):
     """Existing topics whose partition counts disagree: partition routing would be wrong."""
@@ -95,6 +121,15 @@ def leave_group(bootstrap: str, group: str, instance_id: str) -> None:
         client.close()
 
 
+def broker_count(client: KafkaAdminClient) -> int:
+    """Brokers in the cluster; 1 for a broker that does not answer DescribeCluster (single-node emulators)."""
+    try:
+        return max(1, len(client.describe_cluster()["brokers"]))
+    except Exception as exc:  # KafkaError, or kafka-python failing to parse an old response version
+        log.debug("DescribeCluster failed (%s); assuming a single broker", exc)
+        return 1
+
+
 def partition_counts(client: KafkaAdminClient, names: list[str]) -> dict[str, int]:
     existing = set(client.list_topics())
     wanted = [n for n in names if n in existing]
@@ -108,14 +143,18 @@ def ensure_topics(
     namespace: str = "default",
     partitions: int | None = None,
     queues: tuple[str, ...] = ("default",),
-    replication: int = 1,
+    replication: int | None = None,
+    min_insync: int | None = None,
 ) -> dict[str, int]:
     """Create the namespace's topics if missing; refuse if existing ones disagree on partitions.
 
     ``commands`` and ``events`` must have the same count P. If they already exist, P is theirs (a node
     started without ``--partitions``, i.e. ``partitions=None``, joins whatever the namespace has); asking
     for a different P explicitly is refused, because re-partitioning would move workflows away from their
-    histories. New topics get ``partitions or DEFAULT_PARTITIONS``.
+    histories. New topics get ``partitions or DEFAULT_PARTITIONS``, ``replication`` copies (default
+    ``default_replication(brokers)``), ``min_insync`` (default ``default_min_insync``) and the retention of
+    ``TOPIC_CONFIGS``. Replication of existing topics is left alone. RF 1 on a cluster of several brokers
+    is allowed but warned about: one broker's disk then holds the only copy of every workflow's history.
     Returns the partition count of every topic of the namespace.
     """
     t = Topics(namespace)
@@ -142,10 +181,29 @@ def ensure_topics(
         }
         missing = [n for n in want if n not in set(client.list_topics())]
         if missing:
-            try:
-                client.create_topics(
-                    [NewTopic(n, want[n], replication) for n in missing], timeout_ms=30000
+            brokers = broker_count(client)
+            rf = default_replication(brokers) if replication is None else replication
+            if rf < 1 or rf > brokers:
+                raise ValueError(
+                    f"replication factor {rf} is impossible on a cluster of {brokers} broker(s): use 1..{brokers}"
                 )
+            isr = default_min_insync(rf) if min_insync is None else min_insync
+            if not 1 <= isr <= rf:
+                raise ValueError(f"min.insync.replicas {isr} must be between 1 and the replication factor {rf}")
+            if rf == 1 and brokers > 1:
+                log.warning(
+                    "creating %s with replication factor 1 on a cluster of %d brokers: losing one broker "
+                    "loses workflow histories; use --replication-factor 3", namespace, brokers,
+                )
+            kinds = {t.commands: "commands", t.events: "events", t.replies: "replies", t.deadletter: "deadletter"}
+            new = [
+                NewTopic(n, want[n], rf, topic_configs={
+                    **TOPIC_CONFIGS[kinds.get(n, "activities")], "min.insync.replicas": str(isr),
+                })
+                for n in missing
+            ]  # fmt: skip
+            try:
+                client.create_topics(new, timeout_ms=30000)
             except TopicAlreadyExistsError:
                 pass  # another process won the race; the describe below checks the counts
         counts = partition_counts(client, list(want))

@@ -30,7 +30,7 @@ from eventstore import codec, groups, metrics
 from eventstore.events import decode_event, encode_event
 from eventstore.fencing import Fence
 from eventstore.log import end_offsets, producer
-from eventstore.topics import Topics
+from eventstore.topics import Topics, leave_group
 
 from .apply import MARKER, apply_event, clean
 from .db import connect, notify_channel
@@ -95,8 +95,14 @@ class Projector:
         max_backoff: float = 5.0,
         apply_migrations: bool = True,
         consumer_options: dict[str, Any] | None = None,
+        name: str | None = None,
+        session_timeout: float | None = None,
     ) -> None:
         self.kafka = kafka
+        # A static member: a restarted projector with the same name takes its partitions back at once, and
+        # a dead one is evicted after the session timeout (never a dynamic member a broker may keep).
+        self.name = name or f"projector-{uuid.uuid4().hex[:8]}"
+        self.session_timeout = session_timeout
         self.postgres = postgres
         self.namespace = namespace
         self.batch_size = batch_size
@@ -144,6 +150,8 @@ class Projector:
                     delay = min(delay * 2, self.max_backoff)
         finally:
             self.close()
+            if not self.assign:  # a static member does not leave on close: hand the partitions over now
+                leave_group(self.kafka, self.topics.projector_group, self.name)
 
     def run_once(self, timeout_ms: int = 1000) -> int:
         """Poll one batch and project it; returns the number of records consumed (0 when there were none).
@@ -196,12 +204,12 @@ class Projector:
         if self._consumer is not None:
             return self._consumer
         self._pg(lambda conn: None)  # migrations first: seeking needs the offsets table
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.kafka,
-            group_id=None if self.assign else self.topics.projector_group,
-            client_id=f"metamorph-projector-{uuid.uuid4().hex[:6]}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        consumer = groups.member(
+            self.kafka,
+            None if self.assign else self.topics.projector_group,
+            None if self.assign else self.name,
+            session_timeout_s=self.session_timeout,
+            client_id=f"metamorph-{self.name}",
             max_poll_records=self.batch_size,
             **self.consumer_options,
         )

@@ -214,3 +214,25 @@ class Sleepy(Workflow):
     @query
     def ping(self) -> str:
         return "pong"
+
+
+@activity(name="rt.marked_sleep")
+def marked_sleep(key: str, seconds: float) -> str:
+    """Records which process started it, sleeps, then records that it finished (one line per execution)."""
+    MARKS.mkdir(parents=True, exist_ok=True)
+    with open(MARKS / f"{key}.start", "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    MARKS.mkdir(parents=True, exist_ok=True)
+    with open(MARKS / f"{key}.done", "a") as fh:
+        fh.write(f"{activity_info().attempt}\n")
+    return f"slept {key}"
+
+
+class LongStep(Workflow):
+    """One slow activity: the activity-worker failover test kills a worker while it runs."""
+
+    name = "rt.LongStep"
+
+    async def execute(self, key: str, seconds: float) -> str:
+        return await workflow.activity(marked_sleep, key, seconds)
