@@ -194,6 +194,7 @@ class _QueueWorker(threading.Thread):
         self.pending: dict[TopicPartition, set[int]] = defaultdict(set)
         self.seen: dict[TopicPartition, int] = {}
         self._gauged = 0.0
+        self._broker = groups.BrokerWatch("worker")
         self.started = threading.Event()
         self.instance_id = f"{worker.name}-activities-{queue_name}"
         self.local_in_flight = 0
@@ -252,6 +253,7 @@ class _QueueWorker(threading.Thread):
                 if now - self._gauged > 1.0:
                     self._gauged = now
                     metrics.report_lag(consumer, "worker")
+                    self._broker.check(consumer)
                 self._drain(consumer, block=self.in_flight > 0 and full)
         finally:
             self._drain(consumer, block=False)

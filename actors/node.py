@@ -102,6 +102,7 @@ class Node:
         self._log: EventLog | None = None
         self._consumer: KafkaConsumer | None = None
         self.error: BaseException | None = None
+        self._broker = groups.BrokerWatch("node")
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> Node:
@@ -158,7 +159,6 @@ class Node:
             except Exception as exc:  # broker gone, commit fenced...: give up ownership, back off, rejoin
                 log.exception("node loop failed; rejoining in %.1fs", delay)
                 metrics.dependency_errors.labels("node", "kafka").inc()
-                metrics.dependency_up.labels("node", "kafka").set(0)
                 self.error = exc
                 self._release(list(self._owned))
                 self._stop.wait(delay)
@@ -176,11 +176,11 @@ class Node:
             max_poll_interval_ms=300_000,
         )
         self._consumer = consumer
+        self._broker.watch(consumer)
         consumer.subscribe([self.topics.commands], listener=_Listener(self, consumer))
         try:
             while not self._stop.is_set():
                 batch = groups.poll(consumer, self._poll_timeout_ms())
-                metrics.dependency_up.labels("node", "kafka").set(1)
                 if batch:
                     self._handle_records(consumer, batch)
                 self._local_results()
@@ -202,6 +202,7 @@ class Node:
         if now - getattr(self, "_gauged", 0.0) < 1.0:
             return
         self._gauged = now
+        self._broker.check(consumer)
         metrics.report_lag(consumer, "node")
         for partition, owned in self._owned.items():
             metrics.timers_pending.labels(str(partition)).set(owned.store.timer_count())

@@ -29,11 +29,14 @@ round trip to finish inside one call.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
 
 from kafka import KafkaConsumer
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SESSION_TIMEOUT = 10.0
 
@@ -85,6 +88,76 @@ def member(
 
 _JOIN_POLL_MS = 1_000
 _JOIN_BUDGET_S = 30.0
+
+
+def heartbeat_age(consumer: KafkaConsumer) -> float | None:
+    """Seconds since the member last sent a heartbeat to its group coordinator, None before it first did.
+
+    Read from ``consumer.metrics()``, kafka-python's public (if "unstable") port of the Java consumer's
+    metrics; checked against kafka-python 3.0.12. Heartbeats go out from kafka-python's own IO thread, so
+    this stays true while the caller's thread is busy or blocked.
+    """
+    stats = consumer.metrics() or {}
+    age = (stats.get("consumer-coordinator-metrics") or {}).get("last-heartbeat-seconds-ago")
+    if age is None or age > 1e6:  # not a group member, or never sent one (measured from the epoch)
+        return None
+    return float(age)
+
+
+def broker_reachable(consumer: KafkaConsumer) -> bool:
+    """True while the member's heartbeats reach its group coordinator.
+
+    ``poll`` does not fail while the brokers are down (kafka-python reconnects quietly and returns nothing)
+    and a flush waits for them, so a process cannot learn of an outage from its own loop. The heartbeat
+    is the one request a group member sends all the time; if none has gone out for three heartbeat
+    intervals (at least 3 s), no broker is answering. Before the first heartbeat there is nothing to judge.
+    """
+    age = heartbeat_age(consumer)
+    if age is None:
+        return True
+    interval = consumer.config.get("heartbeat_interval_ms", 3000) / 1000
+    return age < max(3.0, 3 * interval)
+
+
+class BrokerWatch:
+    """``metamorph_dependency_up{component,kafka}`` for one process, from ``broker_reachable``.
+
+    The gauge is computed when Prometheus scrapes it, from the consumer ``watch`` was last given, so it
+    tells the truth even while the process's loop is stuck waiting for the broker (a flush). ``check``,
+    called from the loop, logs the outage's start and end once each (WARNING) and counts each outage once
+    in ``metamorph_dependency_errors_total``, so alerts and logs tell the same story.
+    """
+
+    def __init__(self, component: str) -> None:
+        from eventstore import metrics
+
+        self.component = component
+        self.up = True
+        self._consumer: KafkaConsumer | None = None
+        metrics.dependency_up.labels(component, "kafka").set_function(self._value)
+
+    def _value(self) -> float:
+        consumer = self._consumer
+        try:
+            return 1.0 if consumer is None or broker_reachable(consumer) else 0.0
+        except Exception:  # a closed consumer: the loop is between consumers, which says nothing either way
+            return 1.0
+
+    def watch(self, consumer: KafkaConsumer | None) -> None:
+        self._consumer = consumer
+
+    def check(self, consumer: KafkaConsumer) -> bool:
+        from eventstore import metrics
+
+        self._consumer = consumer
+        up = broker_reachable(consumer)
+        if self.up and not up:
+            log.warning("%s: no Kafka broker answers; waiting for one (nothing is lost meanwhile)", self.component)
+            metrics.dependency_errors.labels(self.component, "kafka").inc()
+        elif up and not self.up:
+            log.warning("%s: Kafka answers again", self.component)
+        self.up = up
+        return up
 
 
 def poll(consumer: KafkaConsumer, timeout_ms: int, max_records: int | None = None) -> dict[Any, list[Any]]:

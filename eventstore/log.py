@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from . import codec
 from .topics import Topics, partition_for
@@ -114,7 +115,12 @@ class EventLog:
         return read_partition(self.bootstrap, self.topics.events, partition, start, end, "metamorph.EventEnvelope", on_error)
 
     def close(self) -> None:
-        self._producer.close(timeout=5)
+        """Flush for up to 5 s and close. Records not acknowledged by then are not lost: the commands that
+        led to them were not committed, so the next owner decides them again."""
+        try:
+            self._producer.close(timeout=5)
+        except KafkaError as exc:
+            log.warning("closing the event log producer: %s (unacknowledged records are decided again)", exc)
 
 
 def end_offsets(bootstrap: str, topic: str, partitions: list[int]) -> dict[int, int]:

@@ -114,6 +114,7 @@ class Projector:
         self.max_backoff = max_backoff
         self.apply_migrations = apply_migrations
         self.consumer_options = dict(consumer_options or {})
+        self._broker = groups.BrokerWatch("projector")
         self.events_applied = 0
         self.batches = 0
         self.deadlettered = 0
@@ -168,6 +169,7 @@ class Projector:
             if now - self._lag_reported >= 1.0:
                 self._lag_reported = now
                 metrics.report_lag(consumer, "projector")
+                self._broker.check(consumer)
         except Exception:
             self._failures += 1
             if self._failures >= 3:  # a consumer that keeps failing is replaced; positions come from PG anyway

@@ -344,8 +344,8 @@ class ApacheKafkaCluster:
         try:
             (meta,) = admin.describe_topics([topic])
             for p in meta["partitions"]:
-                if p["partition"] == partition:
-                    return int(p["leader"])
+                if p["partition_index"] == partition:
+                    return int(p["leader_id"])
         finally:
             admin.close()
         raise LookupError(f"{topic}[{partition}] not found")
