@@ -19,7 +19,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from eventstore import codec, payloads
+from eventstore import codec, payloads, statuses
 from eventstore import events as ev
 from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
@@ -30,7 +30,8 @@ from .instance import utcnow
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("completed", "failed", "cancelled", "terminated")
+#: Statuses after which ``result()`` has an answer (``continued`` is followed to the newest run).
+TERMINAL = tuple(str(s) for s in statuses.ALL if s in statuses.FINAL)
 #: How long result() waits for a workflow id to appear in the projections before calling it unknown.
 _NOT_FOUND_GRACE = 5.0
 
@@ -190,6 +191,9 @@ class Client:
         return WorkflowHandle(self, id)
 
     def list(self, status: str | None = None, type: str | None = None, limit: int = 100) -> list[WorkflowSummary]:  # noqa: A002
+        """Workflows newest first; an unknown ``status`` raises ValueError before anything is read."""
+        if status is not None:
+            statuses.parse_many(status)
         rows = self._read("list_workflows", status=status, type=type, limit=limit)
         return [WorkflowSummary(r["id"], r["type"], r["status"], r.get("created_at"), r.get("updated_at")) for r in rows]
 
@@ -229,7 +233,7 @@ class WorkflowHandle:
         return self.describe()["status"]
 
     def running(self) -> bool:
-        return self.status() not in TERMINAL + ("continued",)
+        return self.status() not in statuses.TERMINAL
 
     def completed(self) -> bool:
         return self.status() == "completed"

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventstore import payloads
+from eventstore.statuses import BY_TERMINAL_EVENT
 
 from .definitions import check_arguments, handler_for, workflow_class
 from .replay import TERMINAL, WorkflowRun
@@ -431,7 +432,4 @@ def _rejection(command: dict, exc: Exception) -> dict:
     return {"command": command["type"], "error_type": type(exc).__name__, "message": str(exc), "traceback": ""}
 
 
-_TERMINAL_STATUS = {
-    "WorkflowCompleted": "completed", "WorkflowFailed": "failed", "WorkflowContinued": "continued",
-    "WorkflowCancelled": "cancelled", "WorkflowTerminated": "terminated",
-}
+_TERMINAL_STATUS = {kind: str(status) for kind, status in BY_TERMINAL_EVENT.items()}

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventstore import payloads
+from eventstore.statuses import BY_TERMINAL_EVENT
 
 from .definitions import (
     ActivityOptions,
@@ -32,7 +33,13 @@ from .definitions import (
     handler_for,
     seconds,
 )
-from .errors import ActivityFailed, ChildWorkflowFailed, NondeterminismError, VersionNotSupported
+from .errors import (
+    ActivityFailed,
+    ChildWorkflowFailed,
+    NondeterminismError,
+    VersionNotSupported,
+    WorkflowCancelled,
+)
 
 #: Events the code produces, matched one by one on replay.
 DECISIONS = frozenset(
@@ -49,7 +56,7 @@ INPUTS = frozenset(
         "UpdateAccepted", "ChildCompleted", "ChildFailed", "CancelRequested",
     }
 )
-TERMINAL = frozenset({"WorkflowCompleted", "WorkflowFailed", "WorkflowContinued", "WorkflowCancelled", "WorkflowTerminated"})
+TERMINAL = frozenset(BY_TERMINAL_EVENT)
 DEFAULT_VERSION = -1
 
 _current = threading.local()
@@ -361,7 +368,8 @@ class WorkflowRun:
     def _on_CancelRequested(self, event: dict) -> None:
         self.cancel_requested = True
         if self._main is not None:
-            self._main.interrupt(asyncio.CancelledError(event.get("reason") or "cancelled"))
+            # WorkflowCancelled is an asyncio.CancelledError too: code catching either sees the cancel.
+            self._main.interrupt(WorkflowCancelled(self.workflow_id, event.get("reason")))
 
     def _call_handler(self, fn: Callable[..., Any], args: list[Any]) -> Any:
         """Run a signal/update handler inside the workflow context; async handlers become tasks."""
@@ -620,10 +628,7 @@ class WorkflowRun:
     @property
     def status(self) -> str:
         if self.finished:
-            return {
-                "WorkflowCompleted": "completed", "WorkflowFailed": "failed", "WorkflowContinued": "continued",
-                "WorkflowCancelled": "cancelled", "WorkflowTerminated": "terminated",
-            }[self.finished]
+            return str(BY_TERMINAL_EVENT[self.finished])
         if self.blocked:
             return "blocked"
         if any(kind in ("activity", "child") for kind, _ in self._pending):

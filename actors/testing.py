@@ -22,7 +22,7 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from eventstore import codec, payloads
+from eventstore import codec, payloads, statuses
 from eventstore import events as ev
 from eventstore.topics import Topics
 
@@ -98,7 +98,7 @@ class WorkflowEnvironment:
     def result(self, workflow_id: str, max_time: timedelta = timedelta(days=3650)) -> Any:
         """Skip time until the workflow (following continue-as-new) ends; return its output or raise."""
         deadline = self.now + max_time
-        while self.status(workflow_id) not in ("completed", "failed", "cancelled", "terminated"):
+        while self.status(workflow_id) not in statuses.FINAL:
             if not self.advance_to_next_timer() or self.now > deadline:
                 raise TimeoutError(f"workflow {workflow_id} is {self.status(workflow_id)} and nothing is scheduled")
         inst = self.instances[workflow_id]

@@ -19,17 +19,12 @@ from psycopg.types.json import Jsonb
 
 from eventstore import payloads
 from eventstore.events import event_fields
+from eventstore.statuses import BY_TERMINAL_EVENT
 
 from .db import TERMINAL_STATUSES
 
 #: The event that ends a run, and the run status it implies.
-TERMINAL_EVENTS = {
-    "WorkflowCompleted": "completed",
-    "WorkflowFailed": "failed",
-    "WorkflowContinued": "continued",
-    "WorkflowCancelled": "cancelled",
-    "WorkflowTerminated": "terminated",
-}
+TERMINAL_EVENTS = {kind: str(status) for kind, status in BY_TERMINAL_EVENT.items()}
 MARKER = "OwnershipMarker"
 _ENVELOPE = ("workflow_id", "run_id", "seq", "epoch", "at", "status", "node", "type")
 

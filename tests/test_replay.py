@@ -18,6 +18,7 @@ from actors import (
     NonRetryableError,
     Workflow,
     WorkflowCancelled,
+    WorkflowError,
     WorkflowFailed,
     WorkflowTerminated,
     activity,
@@ -27,6 +28,7 @@ from actors import (
     update,
     workflow,
 )
+from actors.definitions import activity_name
 from actors.instance import WorkflowInstance
 from actors.testing import WorkflowEnvironment
 
@@ -723,3 +725,55 @@ def test_closing_a_parent_closes_its_open_children(close, child_status):
     assert env.status(wid) == child_status
     assert [env.status(f"{close}-child-{i}") for i in range(2)] == [child_status] * 2
     assert CALLS.get(close, []) == (["child cleanup"] * 2 if close == "cancel" else [])
+
+
+# -- API.md §14: semantics tightened ---------------------------------------------------------------------
+class CancellableSaga(Workflow):
+    """The saga of API.md §14: one except clause compensates both a failed step and a cancel."""
+
+    name = "t.CancellableSaga"
+
+    async def execute(self, key: str) -> str:
+        try:
+            await workflow.activity(record, key, "do-a")
+            self.add_compensation(lambda: workflow.activity(record, key, "undo-a"))
+            await workflow.activity(record, key, "do-b")
+            self.add_compensation(lambda: workflow.activity(record, key, "undo-b"))
+            await workflow.timer(3600)
+            return "done"
+        except (ActivityFailed, WorkflowCancelled):
+            await self.compensate()
+            raise
+
+
+def test_workflow_cancelled_is_a_cancelled_error_and_a_workflow_error():
+    assert issubclass(WorkflowCancelled, asyncio.CancelledError)
+    assert issubclass(WorkflowCancelled, WorkflowError)
+    error = WorkflowCancelled("w-1", "operator")
+    assert isinstance(error, asyncio.CancelledError) and error.workflow_id == "w-1"
+    assert "operator" in str(error)
+
+
+def test_cancel_raises_workflow_cancelled_at_the_await_so_a_saga_compensates():
+    env = WorkflowEnvironment()
+    wid = env.start(CancellableSaga, "cancel-saga")
+    assert env.status(wid) == "waiting"
+    env.cancel(wid)
+    with pytest.raises(WorkflowCancelled):
+        env.result(wid)
+    assert env.status(wid) == "cancelled"
+    assert CALLS["cancel-saga"] == ["do-a", "do-b", "undo-b", "undo-a"]
+    replays_cleanly(env, wid)
+
+
+def test_the_tutorial_order_is_refunded_and_released_when_cancelled():
+    from examples import orders
+
+    env = WorkflowEnvironment()
+    wid = env.start(orders.OrderWorkflow, "A-9", 250)
+    env.sleep(1)  # charged (after one retry), stock reserved, now awaiting approval
+    assert env.query(wid, "current_stage") == "awaiting approval"
+    env.cancel(wid)
+    assert env.status(wid) == "cancelled"
+    done = [name for name, _attempt, _args in env.activity_calls]
+    assert done[-2:] == [activity_name(orders.release_stock), activity_name(orders.refund_card)]
