@@ -58,6 +58,9 @@ INPUTS = frozenset(
 )
 TERMINAL = frozenset(BY_TERMINAL_EVENT)
 DEFAULT_VERSION = -1
+#: Events saying the code was not running (a type this node did not know, a replay mismatch). The code
+#: never issued them, so a decision is matched against the recorded event after them.
+NOT_CODE = frozenset({"WorkflowBlocked", "WorkflowUnblocked"})
 
 _current = threading.local()
 
@@ -451,7 +454,7 @@ class WorkflowRun:
         """Record a decision, or on replay check it against the recorded one and return that."""
         if self.blocked:
             raise _Blocked()
-        if self._cursor < len(self.history):
+        if self._at_recorded():
             recorded = self.history[self._cursor]
             if recorded["type"] != kind or any(recorded.get(k) != body.get(k) for k in match):
                 self._nondeterminism(
@@ -517,7 +520,13 @@ class WorkflowRun:
         return fut
 
     def _peek_seq(self) -> int:
-        return self.history[self._cursor]["seq"] if self._cursor < len(self.history) else self.next_seq()
+        return self.history[self._cursor]["seq"] if self._at_recorded() else self.next_seq()
+
+    def _at_recorded(self) -> bool:
+        """True if a recorded event is next to match (a replay); steps over events the code never issued."""
+        while self._cursor < len(self.history) and self.history[self._cursor]["type"] in NOT_CODE:
+            self._cursor += 1
+        return self._cursor < len(self.history)
 
     def wait(self, condition: Callable[[], bool], timeout: float | timedelta | None) -> WFuture:
         fut = WFuture()
@@ -556,7 +565,7 @@ class WorkflowRun:
 
     def side_effect(self, fn: Callable[[], Any]) -> WFuture:
         fut = WFuture()
-        if self._cursor < len(self.history):
+        if self._at_recorded():
             event = self._decide("SideEffectRecorded", {"result": b""})
         else:
             value = fn()
@@ -565,7 +574,7 @@ class WorkflowRun:
         return fut
 
     def get_version(self, change_id: str, min_supported: int, max_supported: int) -> int:
-        if self._cursor < len(self.history):
+        if self._at_recorded():
             recorded = self.history[self._cursor]
             if recorded["type"] == "VersionMarker" and recorded["change_id"] == change_id:
                 self._cursor += 1

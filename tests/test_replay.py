@@ -610,12 +610,14 @@ def test_activity_info_and_workflow_info():
     assert env.result(wid) == {"id": "info-1", "type": "t.Info", "activity": {"attempt": 1, "name": "t.info", "workflow_id": "info-1"}}
 
 
-def test_unknown_type_wrong_arguments_and_unknown_activity_fail_clearly():
+def test_unknown_type_blocks_and_wrong_arguments_and_unknown_activity_fail_clearly():
     env = WorkflowEnvironment()
     wid = env.start("t.DoesNotExist")
-    with pytest.raises(WorkflowFailed) as failed:
-        env.result(wid)
-    assert failed.value.error_type == "UnknownWorkflowType" and "t.DoesNotExist" in failed.value.message
+    # API.md §14 (was: failed with UnknownWorkflowType): blocked, with the reason recorded, not terminal.
+    assert env.status(wid) == "blocked"
+    blocked = env.history(wid)[-1]
+    assert blocked["type"] == "WorkflowBlocked" and blocked["error_type"] == "UnknownWorkflowType"
+    assert "t.DoesNotExist" in blocked["message"]
     wid = env.start(Approval, 1, 2, 3)
     with pytest.raises(WorkflowFailed) as failed:
         env.result(wid)
@@ -777,3 +779,52 @@ def test_the_tutorial_order_is_refunded_and_released_when_cancelled():
     assert env.status(wid) == "cancelled"
     done = [name for name, _attempt, _args in env.activity_calls]
     assert done[-2:] == [activity_name(orders.release_stock), activity_name(orders.refund_card)]
+
+
+def test_a_start_of_an_unknown_type_is_blocked_until_the_code_is_deployed_then_runs():
+    env = WorkflowEnvironment()
+    wid = env.start("t.LateArrival", "late")
+    assert env.status(wid) == "blocked"
+    assert [e["type"] for e in env.history(wid)] == ["WorkflowStarted", "WorkflowBlocked"]
+    env.reload(wid)  # a node of the old code takes the partition again: still blocked, nothing recorded
+    assert env.status(wid) == "blocked" and len(env.history(wid)) == 2
+
+    class LateArrival(Workflow):  # the rolling deploy reaches this node
+        name = "t.LateArrival"
+
+        async def execute(self, who: str) -> str:
+            await workflow.timer(5)
+            return await workflow.activity(greet, who)
+
+    try:
+        env.reload(wid)
+        assert env.result(wid) == "hello late"
+        kinds = [e["type"] for e in env.history(wid)]
+        assert kinds[:4] == ["WorkflowStarted", "WorkflowBlocked", "TimerStarted", "WorkflowUnblocked"]
+        seqs = [e["seq"] for e in env.history(wid)]
+        assert seqs == sorted(seqs) == list(range(1, len(seqs) + 1))
+        replays_cleanly(env, wid)
+    finally:
+        del LateArrival
+
+
+def test_terminate_ends_a_workflow_blocked_on_an_unknown_type():
+    env = WorkflowEnvironment()
+    wid = env.start("t.NeverDeployed")
+    assert env.status(wid) == "blocked"
+    env.terminate(wid, "type retired")
+    with pytest.raises(WorkflowTerminated):
+        env.result(wid)
+
+
+def test_an_unknown_signal_is_recorded_as_command_rejected_and_logged_as_a_warning(caplog):
+    env = WorkflowEnvironment()
+    wid = env.start(Approval, 100)
+    with caplog.at_level("DEBUG", logger="actors"):
+        env.signal(wid, "no_such_signal", 1)
+    rejected = env.history(wid)[-1]
+    assert rejected["type"] == "CommandRejected" and rejected["command"] == "SignalWorkflow"
+    assert rejected["error_type"] == "UnknownSignal" and "no_such_signal" in rejected["message"]
+    records = [r for r in caplog.records if "no_such_signal" in r.getMessage()]
+    assert records and all(r.levelname == "WARNING" and r.exc_info is None for r in records)
+    assert env.status(wid) == "waiting"  # the workflow carries on
