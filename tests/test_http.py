@@ -254,6 +254,22 @@ def test_cancel_terminate_and_retry(api: TestClient) -> None:
     assert api.post(f"/workflows/{failing}/retry").status_code == 202
 
 
+def test_acting_on_an_ended_workflow_is_409_and_an_unknown_status_is_400(api: TestClient) -> None:
+    """API.md §14: an operation that did nothing says so."""
+    wid = api.post("/workflows", json={"type": "http.Order", "args": ["E"]}).json()["id"]
+    wait_status(api, wid, "waiting")
+    assert api.post(f"/workflows/{wid}/terminate", json={}).status_code == 202
+    wait_status(api, wid, "terminated")
+    for path, body in (("signal/approve", {"args": ["bob"]}), ("cancel", {}), ("terminate", {}),
+                       ("update/note", {"args": ["x"]})):
+        r = api.post(f"/workflows/{wid}/{path}", json=body)
+        assert (r.status_code, error_of(r)) == (409, "WorkflowNotRunning"), path
+        assert "terminated" in r.json()["message"]
+    r = api.get("/workflows", params={"status": "bogus"})
+    assert (r.status_code, error_of(r)) == (400, "BadRequest") and "unknown status 'bogus'" in r.json()["message"]
+    assert api.get("/workflows", params={"status": "terminated"}).status_code == 200
+
+
 def test_unreachable_postgres_is_503(kafka: str) -> None:
     broken = Client(kafka, "postgresql://nobody@127.0.0.1:9/nothing?connect_timeout=2", "nowhere")
     with TestClient(create_app(broken, webhook_auth="none"), raise_server_exceptions=False) as tc:
