@@ -157,7 +157,8 @@ class Client:
             if reply.get("error_type") == "WorkflowNotRunning":
                 # The owning node's answer, so no race with the projections: "workflow <id> is <status>".
                 status = (reply.get("message") or "").rsplit(" ", 1)[-1]
-                raise WorkflowNotRunning(workflow_id, status, f"{kind.removesuffix('Workflow').lower()} {name!r}")
+                operation = f"{kind.removesuffix('Workflow').lower()} {name!r}"
+                raise WorkflowNotRunning(workflow_id, status, operation)
             raise QueryFailed(reply.get("error_type") or "Error", reply.get("message") or "")
         return payloads.decode(reply["result"])
 

@@ -266,7 +266,8 @@ def test_acting_on_an_ended_workflow_is_409_and_an_unknown_status_is_400(api: Te
         assert (r.status_code, error_of(r)) == (409, "WorkflowNotRunning"), path
         assert "terminated" in r.json()["message"]
     r = api.get("/workflows", params={"status": "bogus"})
-    assert (r.status_code, error_of(r)) == (400, "BadRequest") and "unknown status 'bogus'" in r.json()["message"]
+    assert (r.status_code, error_of(r)) == (400, "BadRequest")
+    assert "unknown status 'bogus'" in r.json()["message"]
     assert api.get("/workflows", params={"status": "terminated"}).status_code == 200
 
 
