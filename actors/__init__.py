@@ -17,6 +17,7 @@ from .errors import (
     WorkflowError,
     WorkflowFailed,
     WorkflowNotFound,
+    WorkflowNotRunning,
     WorkflowTerminated,
 )
 
@@ -42,6 +43,6 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
 __all__ = [
     "ActivityFailed", "ActivityInfo", "ActivityOptions", "ChildWorkflowFailed", "Client", "NonRetryableError",
     "NondeterminismError", "QueryFailed", "VersionNotSupported", "Workflow", "WorkflowCancelled", "WorkflowError",
-    "WorkflowFailed", "WorkflowHandle", "WorkflowNotFound", "WorkflowSummary", "WorkflowTerminated", "activity",
+    "WorkflowFailed", "WorkflowHandle", "WorkflowNotFound", "WorkflowNotRunning", "WorkflowSummary", "WorkflowTerminated", "activity",
     "activity_info", "heartbeat", "query", "signal", "update", "webhook", "workflow",
 ]

@@ -16,8 +16,9 @@ Exit codes scripts can rely on:
   3   workflow not found
   4   timeout (``result --timeout``, a query/update nobody answered)
   5   Kafka broker or PostgreSQL unreachable
-  6   refused: a query/update the workflow could not answer (QueryFailed), or a retry of a
-      workflow that has not failed
+  6   refused: a query/update the workflow could not answer (QueryFailed), a signal, cancel,
+      terminate or update of a workflow that has already ended (WorkflowNotRunning), or a retry of
+      a workflow that has not failed
   70  internal error (a bug: please report it; METAMORPH_DEBUG=1 shows the traceback)
   130 interrupted
 
@@ -48,7 +49,8 @@ EPILOG = """\
 exit codes:
   0 ok; 1 workflow failed/cancelled/terminated (result); 2 usage or configuration error;
   3 workflow not found; 4 timeout; 5 Kafka or PostgreSQL unreachable;
-  6 refused (query/update failed, retry of a workflow that has not failed); 70 internal error
+  6 refused (query/update failed, workflow already ended, retry of a workflow that has not failed);
+  70 internal error
 
 environment: METAMORPH_KAFKA, METAMORPH_POSTGRES, METAMORPH_NAMESPACE (defaults for the options),
 METAMORPH_WEBHOOK_AUTH / _TOKEN / _SECRET (serve, dev), METAMORPH_DEBUG=1 (tracebacks)"""
@@ -834,7 +836,14 @@ def _classify(exc: BaseException) -> tuple[int, str]:
     from eventstore.topics import TopicMismatchError
 
     from .dev import AppImportError
-    from .errors import QueryFailed, WorkflowCancelled, WorkflowFailed, WorkflowNotFound, WorkflowTerminated
+    from .errors import (
+        QueryFailed,
+        WorkflowCancelled,
+        WorkflowFailed,
+        WorkflowNotFound,
+        WorkflowNotRunning,
+        WorkflowTerminated,
+    )
 
     if isinstance(exc, CliError):
         return exc.code, str(exc)
@@ -842,7 +851,7 @@ def _classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_NOT_FOUND, str(exc)
     if isinstance(exc, WorkflowFailed | WorkflowCancelled | WorkflowTerminated):
         return EXIT_WORKFLOW, str(exc)
-    if isinstance(exc, QueryFailed):
+    if isinstance(exc, QueryFailed | WorkflowNotRunning):
         return EXIT_REFUSED, f"refused: {exc}"
     if isinstance(exc, TopicMismatchError | AppImportError):
         return EXIT_USAGE, str(exc)

@@ -19,18 +19,26 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from eventstore import codec, payloads
+from eventstore import codec, payloads, statuses
 from eventstore import events as ev
 from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
 
 from .definitions import workflow_type_name
-from .errors import QueryFailed, WorkflowCancelled, WorkflowFailed, WorkflowNotFound, WorkflowTerminated
+from .errors import (
+    QueryFailed,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowNotRunning,
+    WorkflowTerminated,
+)
 from .instance import utcnow
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("completed", "failed", "cancelled", "terminated")
+#: Statuses after which ``result()`` has an answer (``continued`` is followed to the newest run).
+TERMINAL = tuple(str(s) for s in statuses.ALL if s in statuses.FINAL)
 #: How long result() waits for a workflow id to appear in the projections before calling it unknown.
 _NOT_FOUND_GRACE = 5.0
 
@@ -147,7 +155,10 @@ class Client:
             if reply.get("error_type") == "WorkflowNotFound":
                 raise WorkflowNotFound(workflow_id)
             if reply.get("error_type") == "WorkflowNotRunning":
-                raise QueryFailed("WorkflowNotRunning", reply.get("message") or "")
+                # The owning node's answer, so no race with the projections: "workflow <id> is <status>".
+                status = (reply.get("message") or "").rsplit(" ", 1)[-1]
+                operation = f"{kind.removesuffix('Workflow').lower()} {name!r}"
+                raise WorkflowNotRunning(workflow_id, status, operation)
             raise QueryFailed(reply.get("error_type") or "Error", reply.get("message") or "")
         return payloads.decode(reply["result"])
 
@@ -159,10 +170,16 @@ class Client:
                 self._terminal_listener = _Terminals(self.postgres, self.namespace)
             return self._terminal_listener
 
-    def _check_exists(self, workflow_id: str) -> None:
-        """Refuse commands to unknown ids when the projections can tell; a Kafka-only client just sends."""
+    def _check_running(self, workflow_id: str, operation: str) -> None:
+        """Refuse a command that could do nothing, when the projections can tell (a Kafka-only client
+        just sends): an unknown id raises WorkflowNotFound, an ended workflow WorkflowNotRunning.
+
+        ``continued`` is not refused: the command goes to the run that continues it.
+        """
         if self.postgres:
-            self._require(workflow_id)
+            status = self._require(workflow_id)["status"]
+            if status in statuses.FINAL:
+                raise WorkflowNotRunning(workflow_id, status, operation)
 
     def _require(self, workflow_id: str) -> dict:
         row = self._read("get_workflow", workflow_id)
@@ -190,6 +207,9 @@ class Client:
         return WorkflowHandle(self, id)
 
     def list(self, status: str | None = None, type: str | None = None, limit: int = 100) -> list[WorkflowSummary]:  # noqa: A002
+        """Workflows newest first; an unknown ``status`` raises ValueError before anything is read."""
+        if status is not None:
+            statuses.parse_many(status)
         rows = self._read("list_workflows", status=status, type=type, limit=limit)
         return [WorkflowSummary(r["id"], r["type"], r["status"], r.get("created_at"), r.get("updated_at")) for r in rows]
 
@@ -229,7 +249,7 @@ class WorkflowHandle:
         return self.describe()["status"]
 
     def running(self) -> bool:
-        return self.status() not in TERMINAL + ("continued",)
+        return self.status() not in statuses.TERMINAL
 
     def completed(self) -> bool:
         return self.status() == "completed"
@@ -272,21 +292,26 @@ class WorkflowHandle:
                 terminals.forget(self.id, wake)
 
     def signal(self, name: str, *args: Any) -> None:
-        self._client._check_exists(self.id)
+        """Send a signal; WorkflowNotRunning if the workflow has ended (nothing would handle it)."""
+        self._client._check_running(self.id, f"signal {name!r}")
         self._client._send("SignalWorkflow", self.id, name=name, input=payloads.encode(list(args)))
 
     def query(self, name: str, *args: Any, timeout: float = 10) -> Any:
         return self._client._request("QueryWorkflow", self.id, name, args, timeout)
 
     def update(self, name: str, *args: Any, timeout: float = 10) -> Any:
+        """Run an update handler and return its result; WorkflowNotRunning (the owning node's answer) if
+        the workflow has ended."""
         return self._client._request("UpdateWorkflow", self.id, name, args, timeout)
 
     def cancel(self) -> None:
-        self._client._check_exists(self.id)
+        """Ask the workflow to cancel; WorkflowNotRunning if it has already ended."""
+        self._client._check_running(self.id, "cancel")
         self._client._send("CancelWorkflow", self.id, reason=None)
 
     def terminate(self, reason: str | None = None) -> None:
-        self._client._check_exists(self.id)
+        """End the workflow now, running no more code; WorkflowNotRunning if it has already ended."""
+        self._client._check_running(self.id, "terminate")
         self._client._send("TerminateWorkflow", self.id, reason=reason)
 
     def retry(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 
 class WorkflowError(Exception):
     """Base of every Metamorph error a user may catch."""
@@ -54,10 +56,21 @@ class WorkflowFailed(WorkflowError):
         self.traceback = traceback
 
 
-class WorkflowCancelled(WorkflowError):
-    def __init__(self, workflow_id: str) -> None:
-        super().__init__(f"workflow {workflow_id} was cancelled")
+class WorkflowCancelled(WorkflowError, asyncio.CancelledError):
+    """The workflow was cancelled: raised by ``result()`` on the client, and at the await point of
+    workflow code being cancelled.
+
+    One class for both sides, and a subclass of ``asyncio.CancelledError``, so a saga written as
+    ``except (ActivityFailed, WorkflowCancelled): await self.compensate()`` also compensates on cancel, and
+    code that catches ``asyncio.CancelledError`` keeps working. Being a ``WorkflowError`` (an
+    ``Exception``) too, a bare ``except Exception`` in workflow code catches it as well; whatever the code
+    then does, the run ends ``cancelled`` unless another error escapes.
+    """
+
+    def __init__(self, workflow_id: str, reason: str | None = None) -> None:
+        super().__init__(f"workflow {workflow_id} was cancelled" + (f": {reason}" if reason else ""))
         self.workflow_id = workflow_id
+        self.reason = reason
 
 
 class WorkflowTerminated(WorkflowError):
@@ -71,6 +84,21 @@ class WorkflowNotFound(WorkflowError, LookupError):
     def __init__(self, workflow_id: str) -> None:
         super().__init__(f"no workflow with id {workflow_id!r}")
         self.workflow_id = workflow_id
+
+
+class WorkflowNotRunning(WorkflowError):
+    """A signal, cancel, terminate or update for a workflow that has already ended: nothing was done.
+
+    Raised instead of reporting success, so a caller learns that e.g. its approval reached a workflow that
+    had completed meanwhile (HTTP 409, CLI exit status 6 "refused").
+    """
+
+    def __init__(self, workflow_id: str, status: str, operation: str | None = None) -> None:
+        what = f"cannot {operation}: " if operation else ""
+        super().__init__(f"{what}workflow {workflow_id} is not running (it is {status})")
+        self.workflow_id = workflow_id
+        self.status = status
+        self.operation = operation
 
 
 class QueryFailed(WorkflowError):

@@ -5,7 +5,8 @@ problems, and uvicorn serves it. The Client is synchronous (Kafka producer, psyc
 runs in Starlette's thread pool and never blocks the event loop.
 
 Errors are always JSON ``{"error": <type>, "message": <text>}``: 400 bad body or parameters, 404 unknown
-workflow or route, 409 a query/update the workflow refused (or a retry of a workflow that has not failed),
+workflow or route (an unknown status filter is a 400), 409 a query/update the workflow refused, an action on
+a workflow that has already ended (WorkflowNotRunning), or a retry of a workflow that has not failed,
 413 payload too large, 503 Kafka or PostgreSQL unreachable, 504 no answer in time. ``/openapi.json``
 describes every route; it is written by hand so that it states what the API promises rather than what a
 framework happens to infer.
@@ -36,7 +37,7 @@ from eventstore import metrics
 from eventstore.log import PayloadTooLargeError
 
 from . import webhooks
-from .errors import QueryFailed, WorkflowNotFound
+from .errors import QueryFailed, WorkflowNotFound, WorkflowNotRunning
 
 if TYPE_CHECKING:
     from .client import Client
@@ -255,6 +256,9 @@ def _handlers() -> dict[Any, Callable[[Request, Exception], Any]]:
         BadRequest: handler(400, "BadRequest"),
         WorkflowNotFound: handler(404, "WorkflowNotFound"),
         QueryFailed: handler(409),
+        WorkflowNotRunning: handler(409, "WorkflowNotRunning"),
+        # Any other ValueError from the Client is a parameter it refused (an unknown status filter, say).
+        ValueError: handler(400, "BadRequest"),
         PayloadTooLargeError: handler(413, "PayloadTooLarge"),
         ConnectionError: handler(503, "Unavailable"),
         KafkaError: handler(503, "Unavailable"),

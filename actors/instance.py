@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventstore import payloads
+from eventstore.statuses import BY_TERMINAL_EVENT
 
 from .definitions import check_arguments, handler_for, workflow_class
 from .replay import TERMINAL, WorkflowRun
@@ -101,7 +102,9 @@ class WorkflowInstance:
         self.history = self.run.history
         new = self._collect()
         if self.run.blocked is None and self._blocked_recorded:
-            new = [self._system("WorkflowUnblocked", {}), *new]
+            # After the decisions the replay made beyond history: their seqs were taken first, and events
+            # are appended in seq order.
+            new = [*new, self._system("WorkflowUnblocked", {})]
             self._blocked_recorded = False
         return self._with_status(new)
 
@@ -225,10 +228,22 @@ class WorkflowInstance:
             if not isinstance(args, list):
                 raise TypeError(f"workflow arguments must be a JSON list, got {type(args).__name__}")
             check_arguments(cls.execute, [None, *args])
-        except (LookupError, TypeError, ValueError) as exc:
+        except LookupError as exc:
+            # A rolling deploy: this node's code does not have the type (yet). Not the workflow's fault, so
+            # not a failure: it waits `blocked`, and the node that owns it with the type runs it (the node
+            # retries blocked workflows when it takes a partition).
+            log.warning("workflow %s is blocked: %s (no node here knows the type)", self.workflow_id, exc)
             self.run = None
             self.history = [started]
-            error = "UnknownWorkflowType" if isinstance(exc, LookupError) else type(exc).__name__
+            self._track(started)
+            blocked = self._system("WorkflowBlocked", {"error_type": "UnknownWorkflowType", "message": str(exc)}, at)
+            blocked["status"] = "blocked"
+            out.events.extend([started, blocked])
+            return
+        except (TypeError, ValueError) as exc:
+            self.run = None
+            self.history = [started]
+            error = type(exc).__name__
             failed = {"type": "WorkflowFailed", "seq": 2, "at": at, "run_id": self.run_id, "error_type": error,
                       "message": str(exc), "traceback": "", "status": "failed"}
             self.history.append(failed)
@@ -254,7 +269,16 @@ class WorkflowInstance:
             return
         if self.run.has_applied(cmd["command_id"]):  # type: ignore[union-attr]
             return
-        self._check_handler("signal", cmd["name"], cmd["input"])
+        try:
+            self._check_handler("signal", cmd["name"], cmd["input"])
+        except (LookupError, TypeError) as exc:
+            # The sender's mistake, not the engine's: recorded (shown by exceptions()) and logged without a
+            # traceback; the workflow carries on.
+            error_type = "UnknownSignal" if isinstance(exc, LookupError) else type(exc).__name__
+            log.warning("signal %r to workflow %s rejected: %s", cmd["name"], self.workflow_id, exc)
+            body = {"command": cmd["type"], "error_type": error_type, "message": str(exc), "traceback": ""}
+            out.events.append(self._system("CommandRejected", body, at))
+            return
         self._input("SignalReceived", {"name": cmd["name"], "input": cmd["input"], "command_id": cmd["command_id"]}, at, out)
 
     def _not_running_reply(self, request_id: str) -> Reply:
@@ -431,7 +455,4 @@ def _rejection(command: dict, exc: Exception) -> dict:
     return {"command": command["type"], "error_type": type(exc).__name__, "message": str(exc), "traceback": ""}
 
 
-_TERMINAL_STATUS = {
-    "WorkflowCompleted": "completed", "WorkflowFailed": "failed", "WorkflowContinued": "continued",
-    "WorkflowCancelled": "cancelled", "WorkflowTerminated": "terminated",
-}
+_TERMINAL_STATUS = {kind: str(status) for kind, status in BY_TERMINAL_EVENT.items()}

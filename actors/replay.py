@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventstore import payloads
+from eventstore.statuses import BY_TERMINAL_EVENT
 
 from .definitions import (
     ActivityOptions,
@@ -32,7 +33,13 @@ from .definitions import (
     handler_for,
     seconds,
 )
-from .errors import ActivityFailed, ChildWorkflowFailed, NondeterminismError, VersionNotSupported
+from .errors import (
+    ActivityFailed,
+    ChildWorkflowFailed,
+    NondeterminismError,
+    VersionNotSupported,
+    WorkflowCancelled,
+)
 
 #: Events the code produces, matched one by one on replay.
 DECISIONS = frozenset(
@@ -49,8 +56,11 @@ INPUTS = frozenset(
         "UpdateAccepted", "ChildCompleted", "ChildFailed", "CancelRequested",
     }
 )
-TERMINAL = frozenset({"WorkflowCompleted", "WorkflowFailed", "WorkflowContinued", "WorkflowCancelled", "WorkflowTerminated"})
+TERMINAL = frozenset(BY_TERMINAL_EVENT)
 DEFAULT_VERSION = -1
+#: Events saying the code was not running (a type this node did not know, a replay mismatch). The code
+#: never issued them, so a decision is matched against the recorded event after them.
+NOT_CODE = frozenset({"WorkflowBlocked", "WorkflowUnblocked"})
 
 _current = threading.local()
 
@@ -361,7 +371,8 @@ class WorkflowRun:
     def _on_CancelRequested(self, event: dict) -> None:
         self.cancel_requested = True
         if self._main is not None:
-            self._main.interrupt(asyncio.CancelledError(event.get("reason") or "cancelled"))
+            # WorkflowCancelled is an asyncio.CancelledError too: code catching either sees the cancel.
+            self._main.interrupt(WorkflowCancelled(self.workflow_id, event.get("reason")))
 
     def _call_handler(self, fn: Callable[..., Any], args: list[Any]) -> Any:
         """Run a signal/update handler inside the workflow context; async handlers become tasks."""
@@ -443,7 +454,7 @@ class WorkflowRun:
         """Record a decision, or on replay check it against the recorded one and return that."""
         if self.blocked:
             raise _Blocked()
-        if self._cursor < len(self.history):
+        if self._at_recorded():
             recorded = self.history[self._cursor]
             if recorded["type"] != kind or any(recorded.get(k) != body.get(k) for k in match):
                 self._nondeterminism(
@@ -509,7 +520,13 @@ class WorkflowRun:
         return fut
 
     def _peek_seq(self) -> int:
-        return self.history[self._cursor]["seq"] if self._cursor < len(self.history) else self.next_seq()
+        return self.history[self._cursor]["seq"] if self._at_recorded() else self.next_seq()
+
+    def _at_recorded(self) -> bool:
+        """True if a recorded event is next to match (a replay); steps over events the code never issued."""
+        while self._cursor < len(self.history) and self.history[self._cursor]["type"] in NOT_CODE:
+            self._cursor += 1
+        return self._cursor < len(self.history)
 
     def wait(self, condition: Callable[[], bool], timeout: float | timedelta | None) -> WFuture:
         fut = WFuture()
@@ -548,7 +565,7 @@ class WorkflowRun:
 
     def side_effect(self, fn: Callable[[], Any]) -> WFuture:
         fut = WFuture()
-        if self._cursor < len(self.history):
+        if self._at_recorded():
             event = self._decide("SideEffectRecorded", {"result": b""})
         else:
             value = fn()
@@ -557,7 +574,7 @@ class WorkflowRun:
         return fut
 
     def get_version(self, change_id: str, min_supported: int, max_supported: int) -> int:
-        if self._cursor < len(self.history):
+        if self._at_recorded():
             recorded = self.history[self._cursor]
             if recorded["type"] == "VersionMarker" and recorded["change_id"] == change_id:
                 self._cursor += 1
@@ -620,10 +637,7 @@ class WorkflowRun:
     @property
     def status(self) -> str:
         if self.finished:
-            return {
-                "WorkflowCompleted": "completed", "WorkflowFailed": "failed", "WorkflowContinued": "continued",
-                "WorkflowCancelled": "cancelled", "WorkflowTerminated": "terminated",
-            }[self.finished]
+            return str(BY_TERMINAL_EVENT[self.finished])
         if self.blocked:
             return "blocked"
         if any(kind in ("activity", "child") for kind, _ in self._pending):

@@ -16,7 +16,17 @@ from __future__ import annotations
 
 import asyncio
 
-from actors import ActivityFailed, Workflow, activity, activity_info, heartbeat, query, signal, workflow
+from actors import (
+    ActivityFailed,
+    Workflow,
+    WorkflowCancelled,
+    activity,
+    activity_info,
+    heartbeat,
+    query,
+    signal,
+    workflow,
+)
 
 
 # -- activities: the only place that talks to the outside world ------------------------------------------
@@ -80,7 +90,10 @@ class OrderWorkflow(Workflow):
             tracking = await workflow.activity(ship, order_id, self.approver)
             self.stage = "done"
             return {"order": order_id, "receipt": receipt, "reserved": reserved, "tracking": tracking}
-        except (ActivityFailed, TimeoutError):
+        except (ActivityFailed, TimeoutError, WorkflowCancelled):
+            # `metamorph cancel` raises WorkflowCancelled (an asyncio.CancelledError) at the step the
+            # order is waiting on, so a cancelled order is refunded and released too; re-raising keeps
+            # the status `failed` or `cancelled`.
             self.stage = "compensating"
             await self.compensate()
             raise

@@ -19,17 +19,12 @@ from psycopg.types.json import Jsonb
 
 from eventstore import payloads
 from eventstore.events import event_fields
+from eventstore.statuses import BY_TERMINAL_EVENT
 
 from .db import TERMINAL_STATUSES
 
 #: The event that ends a run, and the run status it implies.
-TERMINAL_EVENTS = {
-    "WorkflowCompleted": "completed",
-    "WorkflowFailed": "failed",
-    "WorkflowContinued": "continued",
-    "WorkflowCancelled": "cancelled",
-    "WorkflowTerminated": "terminated",
-}
+TERMINAL_EVENTS = {kind: str(status) for kind, status in BY_TERMINAL_EVENT.items()}
 MARKER = "OwnershipMarker"
 _ENVELOPE = ("workflow_id", "run_id", "seq", "epoch", "at", "status", "node", "type")
 
@@ -351,6 +346,12 @@ def _workflow_failed(cur: Cursor, event: dict, key: dict, data: dict) -> None:
     _exception(cur, event, key)
 
 
+def _not_applied(cur: Cursor, event: dict, key: dict, data: dict) -> None:
+    """A rejected command (say, a signal the workflow has no handler for) or a block (a replay mismatch, a
+    type no node knew): not failures, but what a user looking at ``exceptions()`` needs to see."""
+    _exception(cur, event, key)
+
+
 def _exception(cur: Cursor, event: dict, key: dict) -> None:
     cur.execute(_EXCEPTION, {
         **key, "seq": event["seq"], "activity_id": event.get("activity_id"), "attempt": event.get("attempt"),
@@ -388,6 +389,8 @@ _HANDLERS = {
     "ActivityAttemptFailed": _activity_attempt_failed,
     "ActivityFailed": _activity_failed,
     "WorkflowFailed": _workflow_failed,
+    "CommandRejected": _not_applied,
+    "WorkflowBlocked": _not_applied,
     "WorkflowContinued": _workflow_continued,
     "SignalReceived": _signal,
     "TimerStarted": _timer_started,

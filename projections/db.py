@@ -15,10 +15,13 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from eventstore import statuses
+
+# Plain ``str`` tuples (in lifecycle order) of the sets in ``eventstore.statuses``, ready to be SQL parameters.
 #: Terminal statuses of a run; ``continued`` is terminal for the run but not for the workflow.
-TERMINAL_STATUSES = ("completed", "failed", "continued", "cancelled", "terminated")
+TERMINAL_STATUSES = tuple(str(s) for s in statuses.ALL if s in statuses.TERMINAL)
 #: Statuses after which a workflow (following continue-as-new to its newest run) has a final outcome.
-FINAL_STATUSES = ("completed", "failed", "cancelled", "terminated")
+FINAL_STATUSES = tuple(str(s) for s in statuses.ALL if s in statuses.FINAL)
 
 _MAX_IDENTIFIER = 63  # PostgreSQL truncates longer identifiers silently; we would rather be explicit
 

@@ -17,6 +17,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from eventstore import statuses
+
 from .db import FINAL_STATUSES, connect, notify_channel
 
 _SUMMARY = (
@@ -53,11 +55,14 @@ def list_workflows(
     offset: int = 0,
     parent_id: str | None = None,
 ) -> list[dict]:
-    """Workflows newest first (by creation), without their payloads; ``status`` may be one or several."""
+    """Workflows newest first (by creation), without their payloads; ``status`` may be one or several.
+
+    An unknown status raises ValueError: answering a typo with an empty list would read as "none".
+    """
     where, params = [], []
     if status is not None:
         where.append("status = ANY(%s)")
-        params.append([status] if isinstance(status, str) else list(status))
+        params.append([str(s) for s in statuses.parse_many(status)])
     if type is not None:
         where.append("type = %s")
         params.append(type)

@@ -217,6 +217,22 @@ def test_failure_cancel_terminate_retry_and_exit_codes(capsys, engine) -> None:
     assert code == 1 and "terminated" in err and "no longer needed" in err
 
 
+def test_acting_on_an_ended_workflow_is_refused_and_a_bogus_status_is_a_usage_error(capsys, engine) -> None:
+    """API.md §14: exit status 6 (refused) when the command could do nothing; 2 for an unknown status."""
+    ended = f"order-{uuid.uuid4().hex[:6]}"
+    run(capsys, "start", "cli.Order", "E", "--id", ended, *engine)
+    wait_for_status(capsys, engine, ended, "waiting")
+    assert run(capsys, "terminate", ended, *engine)[0] == 0
+    wait_for_status(capsys, engine, ended, "terminated")
+    for argv in (["signal", ended, "approve", '"bob"'], ["cancel", ended], ["terminate", ended],
+                 ["update", ended, "note", '"x"']):
+        code, out, err = run(capsys, *argv, *engine)
+        assert (code, out) == (6, ""), argv
+        assert err.startswith("error: refused") and "is not running (it is terminated)" in err, argv
+    code, out, err = run(capsys, "list", "--status", "bogus", *engine)
+    assert (code, out) == (2, "") and "unknown status 'bogus'" in err and "completed" in err
+
+
 def test_unreachable_broker_and_database_exit_5_quickly(capsys, engine) -> None:
     began = time.monotonic()
     code, out, err = run(capsys, "start", "cli.Order", "x", "--kafka", "127.0.0.1:9", "--namespace", "n")

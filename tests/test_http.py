@@ -183,8 +183,8 @@ def test_list_is_paginated_and_filtered(api: TestClient) -> None:
     assert rest["next_offset"] is None and len(rest["workflows"]) == 1
     assert {w["id"] for w in first["workflows"] + rest["workflows"]} == ids
     assert all(w["type"] == kind for w in first["workflows"])
-    assert api.get("/workflows", params={"status": "no-such-status"}).json()["workflows"] == []
-    for bad in ({"limit": "x"}, {"limit": 0}, {"limit": 100000}, {"offset": -1}):
+    # API.md §14 (was: answered with an empty list): an unknown status is refused
+    for bad in ({"status": "no-such-status"}, {"limit": "x"}, {"limit": 0}, {"limit": 100000}, {"offset": -1}):
         r = api.get("/workflows", params=bad)
         assert r.status_code == 400 and error_of(r) == "BadRequest"
 
@@ -252,6 +252,23 @@ def test_cancel_terminate_and_retry(api: TestClient) -> None:
         and [e["activity"] for e in failed["exceptions"]][0] == "http.explode"
     )
     assert api.post(f"/workflows/{failing}/retry").status_code == 202
+
+
+def test_acting_on_an_ended_workflow_is_409_and_an_unknown_status_is_400(api: TestClient) -> None:
+    """API.md §14: an operation that did nothing says so."""
+    wid = api.post("/workflows", json={"type": "http.Order", "args": ["E"]}).json()["id"]
+    wait_status(api, wid, "waiting")
+    assert api.post(f"/workflows/{wid}/terminate", json={}).status_code == 202
+    wait_status(api, wid, "terminated")
+    for path, body in (("signal/approve", {"args": ["bob"]}), ("cancel", {}), ("terminate", {}),
+                       ("update/note", {"args": ["x"]})):
+        r = api.post(f"/workflows/{wid}/{path}", json=body)
+        assert (r.status_code, error_of(r)) == (409, "WorkflowNotRunning"), path
+        assert "terminated" in r.json()["message"]
+    r = api.get("/workflows", params={"status": "bogus"})
+    assert (r.status_code, error_of(r)) == (400, "BadRequest")
+    assert "unknown status 'bogus'" in r.json()["message"]
+    assert api.get("/workflows", params={"status": "terminated"}).status_code == 200
 
 
 def test_unreachable_postgres_is_503(kafka: str) -> None:

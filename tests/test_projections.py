@@ -305,6 +305,18 @@ def test_projects_a_workflow_lifecycle(writer: Writer, projector: Projector, kaf
                             "cancel-4": "cancelled", "term-5": "terminated", "loop-6": "completed"}
         stuck = read.get_workflow(conn, "stuck-3")
         assert stuck is not None and stuck["error_type"] == "NondeterminismError"
+        # API.md §14: a rejected signal and a block are listed by exceptions(), with no activity
+        assert [(e["activity"], e["error_type"], e["message"]) for e in read.exceptions(conn, "stuck-3")] == [
+            (None, "NondeterminismError", "seq 2 differs")
+        ]
+        assert [(e["activity"], e["error_type"], e["message"]) for e in read.exceptions(conn, "order-1")] == [
+            ("charge", "TimeoutError", "gateway slow"),
+            (None, "LookupError", "no signal 'x'"),
+        ]
+        with pytest.raises(ValueError, match="unknown status 'bogus'"):
+            read.list_workflows(conn, status="bogus")
+        with pytest.raises(ValueError, match="unknown status"):
+            read.list_workflows(conn, status=["blocked", "compleet"])
         assert read.get_workflow(conn, "term-5")["error_message"] == "ops"  # type: ignore[index]
 
         # listing: newest first, filters, paging

@@ -18,6 +18,7 @@ from actors import (
     NonRetryableError,
     Workflow,
     WorkflowCancelled,
+    WorkflowError,
     WorkflowFailed,
     WorkflowTerminated,
     activity,
@@ -27,6 +28,7 @@ from actors import (
     update,
     workflow,
 )
+from actors.definitions import activity_name
 from actors.instance import WorkflowInstance
 from actors.testing import WorkflowEnvironment
 
@@ -608,12 +610,14 @@ def test_activity_info_and_workflow_info():
     assert env.result(wid) == {"id": "info-1", "type": "t.Info", "activity": {"attempt": 1, "name": "t.info", "workflow_id": "info-1"}}
 
 
-def test_unknown_type_wrong_arguments_and_unknown_activity_fail_clearly():
+def test_unknown_type_blocks_and_wrong_arguments_and_unknown_activity_fail_clearly():
     env = WorkflowEnvironment()
     wid = env.start("t.DoesNotExist")
-    with pytest.raises(WorkflowFailed) as failed:
-        env.result(wid)
-    assert failed.value.error_type == "UnknownWorkflowType" and "t.DoesNotExist" in failed.value.message
+    # API.md §14 (was: failed with UnknownWorkflowType): blocked, with the reason recorded, not terminal.
+    assert env.status(wid) == "blocked"
+    blocked = env.history(wid)[-1]
+    assert blocked["type"] == "WorkflowBlocked" and blocked["error_type"] == "UnknownWorkflowType"
+    assert "t.DoesNotExist" in blocked["message"]
     wid = env.start(Approval, 1, 2, 3)
     with pytest.raises(WorkflowFailed) as failed:
         env.result(wid)
@@ -723,3 +727,104 @@ def test_closing_a_parent_closes_its_open_children(close, child_status):
     assert env.status(wid) == child_status
     assert [env.status(f"{close}-child-{i}") for i in range(2)] == [child_status] * 2
     assert CALLS.get(close, []) == (["child cleanup"] * 2 if close == "cancel" else [])
+
+
+# -- API.md §14: semantics tightened ---------------------------------------------------------------------
+class CancellableSaga(Workflow):
+    """The saga of API.md §14: one except clause compensates both a failed step and a cancel."""
+
+    name = "t.CancellableSaga"
+
+    async def execute(self, key: str) -> str:
+        try:
+            await workflow.activity(record, key, "do-a")
+            self.add_compensation(lambda: workflow.activity(record, key, "undo-a"))
+            await workflow.activity(record, key, "do-b")
+            self.add_compensation(lambda: workflow.activity(record, key, "undo-b"))
+            await workflow.timer(3600)
+            return "done"
+        except (ActivityFailed, WorkflowCancelled):
+            await self.compensate()
+            raise
+
+
+def test_workflow_cancelled_is_a_cancelled_error_and_a_workflow_error():
+    assert issubclass(WorkflowCancelled, asyncio.CancelledError)
+    assert issubclass(WorkflowCancelled, WorkflowError)
+    error = WorkflowCancelled("w-1", "operator")
+    assert isinstance(error, asyncio.CancelledError) and error.workflow_id == "w-1"
+    assert "operator" in str(error)
+
+
+def test_cancel_raises_workflow_cancelled_at_the_await_so_a_saga_compensates():
+    env = WorkflowEnvironment()
+    wid = env.start(CancellableSaga, "cancel-saga")
+    assert env.status(wid) == "waiting"
+    env.cancel(wid)
+    with pytest.raises(WorkflowCancelled):
+        env.result(wid)
+    assert env.status(wid) == "cancelled"
+    assert CALLS["cancel-saga"] == ["do-a", "do-b", "undo-b", "undo-a"]
+    replays_cleanly(env, wid)
+
+
+def test_the_tutorial_order_is_refunded_and_released_when_cancelled():
+    from examples import orders
+
+    env = WorkflowEnvironment()
+    wid = env.start(orders.OrderWorkflow, "A-9", 250)
+    env.sleep(1)  # charged (after one retry), stock reserved, now awaiting approval
+    assert env.query(wid, "current_stage") == "awaiting approval"
+    env.cancel(wid)
+    assert env.status(wid) == "cancelled"
+    done = [name for name, _attempt, _args in env.activity_calls]
+    assert done[-2:] == [activity_name(orders.release_stock), activity_name(orders.refund_card)]
+
+
+def test_a_start_of_an_unknown_type_is_blocked_until_the_code_is_deployed_then_runs():
+    env = WorkflowEnvironment()
+    wid = env.start("t.LateArrival", "late")
+    assert env.status(wid) == "blocked"
+    assert [e["type"] for e in env.history(wid)] == ["WorkflowStarted", "WorkflowBlocked"]
+    env.reload(wid)  # a node of the old code takes the partition again: still blocked, nothing recorded
+    assert env.status(wid) == "blocked" and len(env.history(wid)) == 2
+
+    class LateArrival(Workflow):  # the rolling deploy reaches this node
+        name = "t.LateArrival"
+
+        async def execute(self, who: str) -> str:
+            await workflow.timer(5)
+            return await workflow.activity(greet, who)
+
+    try:
+        env.reload(wid)
+        assert env.result(wid) == "hello late"
+        kinds = [e["type"] for e in env.history(wid)]
+        assert kinds[:4] == ["WorkflowStarted", "WorkflowBlocked", "TimerStarted", "WorkflowUnblocked"]
+        seqs = [e["seq"] for e in env.history(wid)]
+        assert seqs == sorted(seqs) == list(range(1, len(seqs) + 1))
+        replays_cleanly(env, wid)
+    finally:
+        del LateArrival
+
+
+def test_terminate_ends_a_workflow_blocked_on_an_unknown_type():
+    env = WorkflowEnvironment()
+    wid = env.start("t.NeverDeployed")
+    assert env.status(wid) == "blocked"
+    env.terminate(wid, "type retired")
+    with pytest.raises(WorkflowTerminated):
+        env.result(wid)
+
+
+def test_an_unknown_signal_is_recorded_as_command_rejected_and_logged_as_a_warning(caplog):
+    env = WorkflowEnvironment()
+    wid = env.start(Approval, 100)
+    with caplog.at_level("DEBUG", logger="actors"):
+        env.signal(wid, "no_such_signal", 1)
+    rejected = env.history(wid)[-1]
+    assert rejected["type"] == "CommandRejected" and rejected["command"] == "SignalWorkflow"
+    assert rejected["error_type"] == "UnknownSignal" and "no_such_signal" in rejected["message"]
+    records = [r for r in caplog.records if "no_such_signal" in r.getMessage()]
+    assert records and all(r.levelname == "WARNING" and r.exc_info is None for r in records)
+    assert env.status(wid) == "waiting"  # the workflow carries on

@@ -9,7 +9,14 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
-from actors import Client, QueryFailed, WorkflowFailed, WorkflowNotFound
+from actors import (
+    Client,
+    QueryFailed,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowNotRunning,
+    WorkflowTerminated,
+)
 from eventstore import codec
 from eventstore.log import PayloadTooLargeError
 from eventstore.topics import Topics
@@ -29,6 +36,13 @@ def _wait_waiting(handles: list, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while h.status() != "waiting" and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def _wait_status(handle, status: str, seconds: float) -> None:
+    """Give ``handle`` up to ``seconds`` to reach ``status`` in the projections; the test asserts it did."""
+    deadline = time.monotonic() + seconds
+    while handle.status() != status and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def test_hello_chain_and_fan_out(rt):
@@ -136,9 +150,15 @@ def test_bad_input_is_reported_and_nothing_else_is_lost(rt, kafka_server):
     unknown = client.start("rt.NoSuchWorkflow", 1)
     wrong_args = client.start(app.Hello, "a", "b", "c")
     assert good.result(timeout=20) == "hello after-junk"
-    with pytest.raises(WorkflowFailed) as failed:
+    # API.md §14 (was: failed with UnknownWorkflowType): a type no node knows blocks, reason in exceptions()
+    _wait_status(unknown, "blocked", 20)
+    assert unknown.status() == "blocked" and unknown.running()
+    assert [(e["error_type"], "rt.NoSuchWorkflow" in e["message"]) for e in unknown.exceptions()] == [
+        ("UnknownWorkflowType", True)
+    ]
+    unknown.terminate("retired")  # terminate ends a blocked workflow
+    with pytest.raises(WorkflowTerminated):
         unknown.result(timeout=20)
-    assert failed.value.error_type == "UnknownWorkflowType" and "rt.NoSuchWorkflow" in failed.value.message
     with pytest.raises(WorkflowFailed) as failed:
         wrong_args.result(timeout=20)
     assert failed.value.error_type == "TypeError"
@@ -226,3 +246,44 @@ def test_activities_run_eagerly_on_the_node_that_scheduled_them(rt, kafka_server
     assert client.start(app.Chain, "eager", 5).result(timeout=20) == "hello eager/4"
     after = sum(end_offsets(kafka_server.bootstrap, topic, list(range(node.partitions))).values())
     assert after == before
+
+
+def test_acting_on_an_ended_workflow_raises_workflow_not_running(rt):
+    """API.md §14: an operation that did nothing says so."""
+    client, _ = rt
+    done = client.start(app.Signalled, "ended")
+    _wait_waiting([done], 10)
+    done.signal("go", "now")
+    assert done.result(timeout=20) == "hello ended/now"
+    with pytest.raises(WorkflowNotRunning, match="is not running \\(it is completed\\)") as refused:
+        done.signal("go", "again")
+    assert (refused.value.workflow_id, refused.value.status) == (done.id, "completed")
+    with pytest.raises(WorkflowNotRunning):
+        done.cancel()
+    with pytest.raises(WorkflowNotRunning):
+        done.terminate("too late")
+    with pytest.raises(WorkflowNotRunning) as refused:
+        done.update("add", "x")  # answered by the owning node
+    assert refused.value.status == "completed"
+    assert done.query("peek") == "now"  # a query still reads the final state
+    with pytest.raises(WorkflowNotFound):
+        client.get(f"missing-{uuid.uuid4().hex[:6]}").signal("go", "x")
+
+
+def test_an_unknown_signal_is_shown_in_exceptions_and_the_workflow_carries_on(rt):
+    client, _ = rt
+    handle = client.start(app.Signalled, "typo")
+    _wait_waiting([handle], 10)
+    handle.signal("og", "now")  # a typo: accepted by Kafka, rejected by the workflow
+    handle.signal("go", "now")
+    assert handle.result(timeout=20) == "hello typo/now"
+    rejected = [e for e in handle.exceptions() if e["error_type"] == "UnknownSignal"]
+    assert len(rejected) == 1 and "'og'" in rejected[0]["message"] and rejected[0]["activity"] is None
+    assert "CommandRejected" in [e["type"] for e in handle.history()]
+
+
+def test_an_unknown_status_filter_is_refused(rt):
+    client, _ = rt
+    with pytest.raises(ValueError, match="unknown status 'bogus'"):
+        client.list(status="bogus")
+    assert all(s.status == "completed" for s in client.list(status="completed", limit=5))
