@@ -187,7 +187,7 @@ class Node:
                 self._fire_timers()
                 self._passivate_idle()
                 self._gauges(consumer)
-                if self._owned or consumer._coordinator.generation_if_stable() is not None:
+                if self._owned or groups.settled(consumer):
                     self._ready.set()
         finally:
             self._release(list(self._owned))
@@ -580,7 +580,7 @@ class _Listener(ConsumerRebalanceListener):
         self.node._release([tp.partition for tp in revoked])
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        generation = self.consumer._coordinator.group_metadata().generation_id
+        generation = self.consumer.group_metadata().generation_id
         for tp in sorted(assigned, key=lambda t: t.partition):
             if tp.partition not in self.node._owned:
                 try:
