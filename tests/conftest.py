@@ -105,15 +105,6 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPost
         server.stop()
 
 
-@pytest.fixture(params=["session", pytest.param("noida", marks=pytest.mark.noida)])
-def any_kafka(request: pytest.FixtureRequest) -> str:
-    """Bootstrap of the session broker and, as a second run of the same test, of noida-db."""
-    server = request.getfixturevalue("kafka_server" if request.param == "session" else "noida_server")
-    if not server.running:
-        server.start()
-    return server.bootstrap
-
-
 @pytest.fixture
 def kafka(kafka_server: Any) -> str:
     """Bootstrap string of the session broker, restarted first if an earlier test stopped or killed it."""
