@@ -53,6 +53,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Options]:
     p.add_argument("--partitions", type=int, help="partitions of the namespace's topics (default 8)")
     p.add_argument("--max-live", type=int, help="node --max-live-workflows for W1-W4, W6 (default 1000)")
     p.add_argument("--activity-concurrency", type=int, help="node --activity-concurrency (default 32)")
+    p.add_argument("--broker", choices=["noida", "apache"], help="noida-db (embedded, default) or real Apache Kafka")
     p.add_argument("--shared-stack", action="store_true", help="one broker + PostgreSQL for all runs (default: fresh per run)")
     p.add_argument("--workdir", help="where stacks and logs go (default: a new temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, data) afterwards")
@@ -60,7 +61,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Options]:
     a = p.parse_args(argv)
     kw: dict = {"workloads": a.workloads}
     for name in ("reps", "latency_n", "concurrency", "warmup", "idle_n", "idle_max_live", "replay_activities", "partitions",
-                 "max_live", "activity_concurrency", "workdir", "out"):
+                 "max_live", "activity_concurrency", "workdir", "out", "broker"):
         value = getattr(a, name)
         if value is not None:
             kw[name] = value

@@ -9,7 +9,7 @@ before each, every result checked against the expected string, the median over r
 
 W5 (idle), W6 (restore) and W7 (replay) are Metamorph-only and are described in their functions.
 
-Processes: the broker (noida-db) and PostgreSQL come from ``eventstore.embedded.EmbeddedStack`` (fresh per
+Processes: the broker (noida-db, or Apache Kafka with ``--broker apache``) and PostgreSQL come from ``Infra`` (fresh per
 run unless ``shared_stack``), the node is ``python -m bench.node_process`` and the projector
 ``python -m bench.projector_process``; the client (``actors.Client``) runs in the runner's own process.
 """
@@ -100,6 +100,7 @@ class Options:
     keep: bool = False
     out: str | None = None
     quick: bool = False
+    broker: str = "noida"  # or "apache": real Apache Kafka from tests/apache (needs Java and Maven)
 
     def tput_n(self, workload: str) -> int:
         return self.throughput_n.get(workload, WORKLOADS[workload]["throughput_n"])
@@ -181,31 +182,49 @@ def _pdeathsig() -> None:
 
 
 class Infra:
-    """The embedded broker and PostgreSQL."""
+    """The broker (embedded noida-db, or real Apache Kafka from ``tests/apache``) and an embedded PostgreSQL."""
 
-    def __init__(self, workdir: Path) -> None:
-        from eventstore.embedded import EmbeddedStack
+    def __init__(self, workdir: Path, broker: str = "noida") -> None:
+        from eventstore.embedded import EmbeddedKafka, EmbeddedPostgres
 
         self.workdir = workdir
-        self.stack = EmbeddedStack(workdir / "stack")
+        self.broker = broker
+        self.kafka_server: Any
+        if broker == "apache":
+            from tests.apache import ApacheKafka
+
+            self.kafka_server = ApacheKafka(workdir / "kafka", heap_mb=512)
+        elif broker == "noida":
+            self.kafka_server = EmbeddedKafka(workdir / "kafka")
+        else:
+            raise ValueError(f"unknown broker {broker!r}: use apache or noida")
+        self.pg_server = EmbeddedPostgres(workdir / "postgres")
         self.start_s = 0.0
 
     def start(self) -> Infra:
         started = time.perf_counter()
-        self.stack.start()
+        self.kafka_server.start()
+        try:
+            self.pg_server.start()
+        except BaseException:
+            self.kafka_server.stop()
+            raise
         self.start_s = round(time.perf_counter() - started, 2)
         return self
 
     @property
     def kafka(self) -> str:
-        return self.stack.kafka
+        return str(self.kafka_server.bootstrap)
 
     @property
     def postgres(self) -> str:
-        return self.stack.postgres
+        return str(self.pg_server.uri)
 
     def stop(self) -> None:
-        self.stack.stop()
+        try:
+            self.kafka_server.stop()
+        finally:
+            self.pg_server.stop()
 
 
 class Deployment:
@@ -395,11 +414,11 @@ class Runner:
     def _infra(self, label: str) -> tuple[Infra, bool]:
         if self.opts.shared_stack:
             if self._shared is None:
-                self._shared = Infra(self.workdir / "shared").start()
-                log(f"embedded stack up in {self._shared.start_s}s (kafka {self._shared.kafka})")
+                self._shared = Infra(self.workdir / "shared", self.opts.broker).start()
+                log(f"{self.opts.broker} stack up in {self._shared.start_s}s (kafka {self._shared.kafka})")
             return self._shared, False
-        infra = Infra(self.workdir / label).start()
-        log(f"embedded stack for {label} up in {infra.start_s}s (kafka {infra.kafka})")
+        infra = Infra(self.workdir / label, self.opts.broker).start()
+        log(f"{self.opts.broker} stack for {label} up in {infra.start_s}s (kafka {infra.kafka})")
         return infra, True
 
     def close(self) -> None:
@@ -448,18 +467,19 @@ class Runner:
     def _base(self, workload: str) -> dict:
         wl = WORKLOADS[workload]
         return {
-            "peer": "metamorph" + "".join(f" [{k}={v}]" for k, v in self.experiments.items()), "workload": workload, "workload_name": wl["name"],
+            "peer": "metamorph" + ("/apache-kafka" if self.opts.broker == "apache" else "")
+            + "".join(f" [{k}={v}]" for k, v in self.experiments.items()), "workload": workload, "workload_name": wl["name"],
             "activities_per_wf": wl["activities"], "run_id": f"metamorph-{workload}-{self.run_stamp}-{os.getpid()}",
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "host": host_info(), "params": {"partitions": self.opts.partitions, "quick": self.opts.quick},
+            "host": host_info(), "params": {"partitions": self.opts.partitions, "quick": self.opts.quick, "broker": self.opts.broker},
             "versions": versions(), "errors": [], **({"experiments": self.experiments} if self.experiments else {}),
         }
 
     def _session(self, workload: str, label: str, **deploy_kw: Any) -> tuple[Infra, bool, procmon.Monitor, Deployment]:
         infra, owned = self._infra(label)
         monitor = procmon.Monitor()
-        monitor.add("broker", infra.stack.kafka_server.pid)
-        monitor.add("postgres", infra.stack.pg_server.pid, tree=True)
+        monitor.add("broker", infra.kafka_server.pid)
+        monitor.add("postgres", infra.pg_server.pid, tree=True)
         monitor.add("client", os.getpid())
         monitor.start()
         deployment = Deployment(infra, self.workdir / label, self.opts, monitor, **deploy_kw)
