@@ -198,7 +198,7 @@ async function loadDetail(id, keepResult) {
   }
   const meta = el("p", { class: "muted" }, `type ${w.type} · run ${w.run_id || "-"} · created ${w.created_at || "-"} · updated ${w.updated_at || "-"}`);
   if (w.parent_id) meta.append(" · parent ", workflowLink(w.parent_id));
-  box.replaceChildren(
+  box.replaceChildren(...[
     el("h2", {}, el("span", { class: "wid", text: w.id }), " ", badge(w.status)),
     meta,
     el("button", { type: "button", click: () => loadDetail(id) }, "Refresh"),
@@ -212,7 +212,8 @@ async function loadDetail(id, keepResult) {
     el("h3", { text: "exceptions" }), table(w.exceptions, ["at", "activity", "attempt", "error_type", "message", "traceback"]),
     el("h3", { text: "children" }), table(w.children),
     el("h3", { text: "signals" }), table(w.signals),
-    el("h3", { text: "runs" }), table(w.runs));
+    el("h3", { text: "runs" }), table(w.runs),
+  ].filter((node) => node !== null));  // replaceChildren would render null as the text "null"
   if (previous) $("action-result").replaceWith(previous);
 }
 

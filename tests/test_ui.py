@@ -146,6 +146,7 @@ def shot(page: Page, name: str) -> None:
     folder = os.environ.get("METAMORPH_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(Path(folder) / name), full_page=False)
 
 
@@ -178,6 +179,8 @@ def test_hostile_ids_types_and_payloads_render_as_text_and_cancel_works(base_url
         expect(page.locator("#detail table.history")).to_contain_text("WorkflowStarted")
         page.locator("#detail table.history summary").first.click()  # an event's details, as text
         expect(page.locator("#detail table.history pre").first).to_be_visible()
+        stray = "[...document.getElementById('detail').childNodes].filter((n) => n.nodeType === 3).length"
+        assert page.evaluate(stray) == 0  # no stray text such as "null" between the sections
         shot(page, "workflow.png")
         assert_no_script_ran(page)
 
