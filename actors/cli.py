@@ -53,7 +53,8 @@ exit codes:
   70 internal error
 
 environment: METAMORPH_KAFKA, METAMORPH_POSTGRES, METAMORPH_NAMESPACE (defaults for the options),
-METAMORPH_WEBHOOK_AUTH / _TOKEN / _SECRET (serve, dev), METAMORPH_DEBUG=1 (tracebacks)"""
+METAMORPH_WEBHOOK_AUTH / _TOKEN / _SECRET / _TOLERANCE, METAMORPH_API_TOKENS (name:token,ro:name:token),
+METAMORPH_HTTP_MAX_BODY (serve, dev), METAMORPH_DEBUG=1 (tracebacks)"""
 
 
 class CliError(Exception):
@@ -751,7 +752,11 @@ def _parser() -> argparse.ArgumentParser:
     p = command(
         "serve", _cmd_serve, "serve the HTTP API (and the @webhook routes of the --app modules)", proc
     )
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; set METAMORPH_API_TOKENS to expose)",
+    )
     p.add_argument("--port", type=_port, default=8080)
     apps(p, False)
     p.add_argument(

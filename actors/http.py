@@ -5,24 +5,35 @@ problems, and uvicorn serves it. The Client is synchronous (Kafka producer, psyc
 runs in Starlette's thread pool and never blocks the event loop.
 
 Errors are always JSON ``{"error": <type>, "message": <text>}``: 400 bad body or parameters, 404 unknown
-workflow or route (an unknown status filter is a 400), 409 a query/update the workflow refused, an action on
-a workflow that has already ended (WorkflowNotRunning), or a retry of a workflow that has not failed,
-413 payload too large, 503 Kafka or PostgreSQL unreachable, 504 no answer in time. ``/openapi.json``
-describes every route; it is written by hand so that it states what the API promises rather than what a
-framework happens to infer.
+workflow or route, 400 an unknown status filter, 401 no or a wrong bearer token, 403 a read-only token on
+a route that acts, 409 a query/update the workflow refused, an action on a workflow that has already ended
+(WorkflowNotRunning), or a retry of a workflow that has not failed, 413 payload too large, 503 Kafka or
+PostgreSQL unreachable, 504 no answer in time. ``/openapi.json`` describes every route; it is written by
+hand so that it states what the API promises rather than what a framework happens to infer.
+
+Security (DESIGN.md, "Security"): with ``METAMORPH_API_TOKENS`` set, every route except the UI shell and its
+assets, ``/healthz``, ``/openapi.json`` and the webhooks (which have their own credentials) needs
+``Authorization: Bearer <token>``. Request bodies are bounded (``METAMORPH_HTTP_MAX_BODY``) before any
+credential is looked at, so an anonymous caller cannot make the server buffer megabytes. Workflow ids may
+hold any character: a client percent-encodes them (``/`` as ``%2F``) and the routes match the raw path.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import logging
+import os
 import re
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 from uuid import UUID
 
 from starlette.applications import Starlette
@@ -38,11 +49,16 @@ from eventstore.log import PayloadTooLargeError
 
 from . import webhooks
 from .errors import QueryFailed, WorkflowNotFound, WorkflowNotRunning
+from .routing import IdRoute, route_path
 
 if TYPE_CHECKING:
     from .client import Client
 
 MAX_PAGE = 1000
+MAX_BODY = 1024 * 1024  # bytes; METAMORPH_HTTP_MAX_BODY overrides
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+log = logging.getLogger(__name__)
 
 
 class JSON(JSONResponse):
@@ -81,6 +97,135 @@ class BadRequest(ValueError):
 
 def _error(status: int, error: str, message: str) -> Response:
     return JSON({"error": error, "message": message}, status_code=status)
+
+
+# -- authentication --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ApiToken:
+    """One configured caller: a name (for logs) and whether it may only read."""
+
+    name: str
+    secret: bytes
+    read_only: bool
+
+
+class ApiTokens:
+    """The bearer tokens of ``METAMORPH_API_TOKENS``: ``name:token`` (may act), ``ro:name:token`` (reads only).
+
+    Why a name per token: a leaked token can be revoked alone and the access log says who acted. No tokens
+    means no authentication, which is only sane on loopback (``serve`` warns otherwise).
+    """
+
+    def __init__(self, tokens: list[ApiToken]) -> None:
+        self.tokens = tokens
+
+    @classmethod
+    def parse(cls, spec: str | None) -> ApiTokens:
+        """Parse ``name:token,ro:name:token``; refuses empty names or tokens and duplicate names."""
+        tokens: list[ApiToken] = []
+        for item in filter(None, (part.strip() for part in (spec or "").split(","))):
+            read_only = item.startswith("ro:")
+            name, sep, secret = (item[3:] if read_only else item).partition(":")
+            if not sep or not name.strip() or not secret.strip():
+                raise ValueError(
+                    "METAMORPH_API_TOKENS entries must be name:token or ro:name:token "
+                    f"(entry {len(tokens) + 1} is not)"
+                )
+            if any(t.name == name.strip() for t in tokens):
+                raise ValueError(f"METAMORPH_API_TOKENS names token {name.strip()!r} twice")
+            tokens.append(ApiToken(name.strip(), secret.strip().encode(), read_only))
+        return cls(tokens)
+
+    @classmethod
+    def configure(cls, tokens: str | ApiTokens | None = None) -> ApiTokens:
+        """The argument if given, else ``METAMORPH_API_TOKENS`` (empty: no authentication)."""
+        if isinstance(tokens, ApiTokens):
+            return tokens
+        return cls.parse(tokens if tokens is not None else os.environ.get("METAMORPH_API_TOKENS"))
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens)
+
+    def find(self, presented: str) -> ApiToken | None:
+        """The token equal to ``presented``; compares with every token in constant time (no early exit)."""
+        given = presented.encode()
+        found = None
+        for token in self.tokens:
+            if hmac.compare_digest(given, token.secret):
+                found = token
+        return found
+
+
+def _bearer(value: str | None) -> str | None:
+    scheme, _, credential = (value or "").partition(" ")
+    return credential.strip() or None if scheme.lower() == "bearer" else None
+
+
+_PUBLIC = {"/", "/ui.js", "/ui.css", "/healthz", "/openapi.json"}
+_READ_ONLY_POST = re.compile(r"^/workflows/.+/query/[^/]+$")  # a query reads, even though it is a POST
+
+
+class BodyTooLarge(ValueError):
+    """A request body over the limit; answered with 413 before anything reads it."""
+
+
+class _Guard:
+    """ASGI middleware: bound the body, then check the bearer token, then add security headers.
+
+    The order matters: the size check comes first so an unauthenticated caller cannot make the server read
+    a large body, and authentication runs before routing so that, with tokens set, an anonymous caller
+    cannot even learn which routes exist (fail closed: a route added later is protected by default).
+    """
+
+    def __init__(self, app: Any, tokens: ApiTokens, max_body: int) -> None:
+        self.app, self.tokens, self.max_body = app, tokens, max_body
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            refusal = _error(413, "PayloadTooLarge", f"the request body is over {self.max_body} bytes")
+            await refusal(scope, receive, send)
+            return
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        received = 0
+
+        async def bounded() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:  # a chunked body without Content-Length
+                raise BodyTooLarge(f"the request body is over {self.max_body} bytes")
+            return message
+
+        async def secure(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, bounded, secure)
+
+    def _refusal(self, scope: dict, headers: dict[str, str]) -> Response | None:
+        path, method = route_path(scope), scope["method"]
+        public = {path, scope["path"]}  # raw and decoded: both must be public, whichever a route matches
+        if not self.tokens or public <= _PUBLIC or all(p.startswith("/webhooks/") for p in public):
+            return None
+        token = self.tokens.find(_bearer(headers.get("authorization")) or "")
+        if token is None:
+            response = _error(401, "Unauthorized", "this API needs Authorization: Bearer <token>")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="metamorph"'
+            return response
+        scope.setdefault("state", {})["principal"] = token.name
+        if token.read_only and method not in SAFE_METHODS and not _READ_ONLY_POST.match(path):
+            return _error(403, "Forbidden", f"token {token.name!r} is read-only")
+        return None
 
 
 # -- request helpers -------------------------------------------------------------------------------------
@@ -172,7 +317,8 @@ class _Api:
         if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
             raise BadRequest('"id" must be a non-empty string')
         handle = await self._call(self.client.start, wf_type, *_args(body), id=workflow_id)
-        return JSON({"id": handle.id}, status_code=201, headers={"Location": f"/workflows/{handle.id}"})
+        location = f"/workflows/{quote(handle.id, safe='')}"
+        return JSON({"id": handle.id}, status_code=201, headers={"Location": location})
 
     async def get_workflow(self, request: Request) -> Response:
         workflow_id = request.path_params["id"]
@@ -260,6 +406,7 @@ def _handlers() -> dict[Any, Callable[[Request, Exception], Any]]:
         # Any other ValueError from the Client is a parameter it refused (an unknown status filter, say).
         ValueError: handler(400, "BadRequest"),
         PayloadTooLargeError: handler(413, "PayloadTooLarge"),
+        BodyTooLarge: handler(413, "PayloadTooLarge"),
         ConnectionError: handler(503, "Unavailable"),
         KafkaError: handler(503, "Unavailable"),
         psycopg.OperationalError: handler(503, "Unavailable"),
@@ -297,14 +444,33 @@ class _CountRequests:
 
 
 # -- the app ---------------------------------------------------------------------------------------------
+_UI_DIR = Path(__file__).parent
+_UI_ASSETS = {"/ui.js": ("ui.js", "text/javascript"), "/ui.css": ("ui.css", "text/css")}
+# The page runs only its own script and style files: no inline script, no eval, no third-party origin. Data
+# injected into the page could at worst be text; even a missed escape could not execute.
+UI_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
 async def _ui(request: Request) -> Response:
     """The dashboard: one static page over this same JSON API (no build step, nothing to install)."""
-    from starlette.responses import HTMLResponse
+    return Response(
+        (_UI_DIR / "ui.html").read_text(),
+        media_type="text/html",
+        headers={"Content-Security-Policy": UI_CSP, "Cache-Control": "no-cache"},
+    )
 
-    return HTMLResponse(_UI_PAGE.read_text())
 
-
-_UI_PAGE = Path(__file__).with_name("ui.html")
+async def _ui_asset(request: Request) -> Response:
+    """The dashboard's script and style sheet, as separate files so the CSP can forbid inline script."""
+    name, media_type = _UI_ASSETS[request.url.path]
+    return Response(
+        (_UI_DIR / name).read_text(),
+        media_type=media_type,
+        headers={"Content-Security-Policy": UI_CSP, "Cache-Control": "no-cache"},
+    )
 
 
 def create_app(
@@ -313,30 +479,54 @@ def create_app(
     webhook_auth: str | None = None,
     webhook_token: str | None = None,
     webhook_secret: str | None = None,
+    api_tokens: str | ApiTokens | None = None,
+    max_body: int | None = None,
 ) -> Starlette:
     """The HTTP API (and the webhook routes) over ``client``.
 
     ``webhook_*`` override ``METAMORPH_WEBHOOK_AUTH`` / ``_TOKEN`` / ``_SECRET``; see :mod:`actors.webhooks`.
+    ``api_tokens`` overrides ``METAMORPH_API_TOKENS`` and ``max_body`` ``METAMORPH_HTTP_MAX_BODY`` (bytes).
     """
+    tokens = ApiTokens.configure(api_tokens)
+    if max_body is None:
+        max_body = int(os.environ.get("METAMORPH_HTTP_MAX_BODY") or MAX_BODY)
     api = _Api(client)
     wid = "/workflows/{id}"
     routes = [
         Route("/", _ui, methods=["GET"]),
+        *(Route(path, _ui_asset, methods=["GET"]) for path in _UI_ASSETS),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/workflows", api.list_workflows, methods=["GET"]),
         Route("/workflows", api.start, methods=["POST"]),
-        Route(wid, api.get_workflow, methods=["GET"]),
-        Route(wid + "/history", api.history, methods=["GET"]),
-        Route(wid + "/signal/{name}", api.signal, methods=["POST"]),
-        Route(wid + "/query/{name}", api.query, methods=["POST"]),
-        Route(wid + "/update/{name}", api.update, methods=["POST"]),
-        Route(wid + "/cancel", api.cancel, methods=["POST"]),
-        Route(wid + "/terminate", api.terminate, methods=["POST"]),
-        Route(wid + "/retry", api.retry, methods=["POST"]),
+        # The suffixed routes before the bare one: "{id}" matches "a/b/history" too.
+        IdRoute(wid + "/history", api.history, methods=["GET"]),
+        IdRoute(wid + "/signal/{name}", api.signal, methods=["POST"]),
+        IdRoute(wid + "/query/{name}", api.query, methods=["POST"]),
+        IdRoute(wid + "/update/{name}", api.update, methods=["POST"]),
+        IdRoute(wid + "/cancel", api.cancel, methods=["POST"]),
+        IdRoute(wid + "/terminate", api.terminate, methods=["POST"]),
+        IdRoute(wid + "/retry", api.retry, methods=["POST"]),
+        IdRoute(wid, api.get_workflow, methods=["GET"]),
         *webhooks.routes(client, webhooks.WebhookAuth.configure(webhook_auth, webhook_token, webhook_secret)),
     ]
-    return Starlette(routes=routes, exception_handlers=_handlers(), middleware=[Middleware(_CountRequests)])
+    app = Starlette(
+        routes=routes,
+        exception_handlers=_handlers(),
+        middleware=[Middleware(_CountRequests), Middleware(_Guard, tokens=tokens, max_body=max_body)],
+    )
+    app.state.api_tokens = tokens
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, ``localhost``)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -355,10 +545,20 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def server(app: Starlette, sock: socket.socket, log_level: str = "warning") -> Any:
-    """A uvicorn server for ``app`` on an already bound socket; ``.run(sockets=[sock])`` serves it."""
+    """A uvicorn server for ``app`` on an already bound socket; ``.run(sockets=[sock])`` serves it.
+
+    Warns when the socket is reachable from other machines and the app has no API tokens.
+    """
     import uvicorn
 
     host, port = sock.getsockname()[:2]
+    if not is_loopback(host) and not getattr(app.state, "api_tokens", None):
+        log.warning(
+            "the HTTP API listens on %s:%s, reachable from other machines, without authentication: anyone "
+            "who can reach it may start, cancel and terminate workflows; set METAMORPH_API_TOKENS",
+            host,
+            port,
+        )
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off"))
 
 
@@ -381,7 +581,11 @@ def _json(schema: dict, description: str) -> dict:
 
 
 def _errors(*codes: int) -> dict:
-    return {str(c): {"$ref": f"#/components/responses/E{c}"} for c in codes}
+    return {str(c): {"$ref": f"#/components/responses/E{c}"} for c in sorted(codes)}
+
+
+def _asset(media_type: str) -> dict:
+    return {"200": {"description": "The file", "content": {media_type: {"schema": {"type": "string"}}}}}
 
 
 def _path_param(name: str, description: str) -> dict:
@@ -432,7 +636,21 @@ def openapi_document() -> dict:
     call_ok = _json(_ref("CallResult"), "The handler's return value")
     any_args = {"oneOf": [{"type": "object"}, {"type": "array"}]}
     paths = {
-        "/": {"get": _op("ui", "The dashboard (HTML)", {"200": {"description": "The dashboard page", "content": {"text/html": {"schema": {"type": "string"}}}}}, tags=["ops"])},
+        "/": {
+            "get": _op(
+                "ui",
+                "The dashboard (HTML)",
+                {
+                    "200": {
+                        "description": "The dashboard page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+                tags=["ops"],
+            )
+        },
+        "/ui.js": {"get": _op("uiScript", "The dashboard's script", _asset("text/javascript"), tags=["ops"])},
+        "/ui.css": {"get": _op("uiStyle", "The dashboard's style sheet", _asset("text/css"), tags=["ops"])},
         "/healthz": {"get": _op("healthz", "Liveness", {"200": _json(_ref("Health"), "Up")}, tags=["ops"])},
         "/openapi.json": {
             "get": _op(
@@ -529,7 +747,7 @@ def openapi_document() -> dict:
             "post": _op(
                 "webhookStart",
                 "Start a @webhook workflow; a JSON object maps to execute()'s parameters by name, an array is positional",
-                {"201": _json(_ref("Started"), "Start command accepted"), **_errors(400, 401, 404, 503)},
+                {"201": _json(_ref("Started"), "Start command accepted"), **_errors(400, 401, 404, 413, 503)},
                 [
                     _path_param("workflow_type", "Registered workflow type name"),
                     _query_param("id", {"type": "string"}, "Workflow id (default: a new UUID)"),
@@ -542,7 +760,7 @@ def openapi_document() -> dict:
             "post": _op(
                 "webhookSignal",
                 "Send a @webhook signal; the body maps to the handler's parameters",
-                {"202": accepted, **_errors(400, 401, 404, 503)},
+                {"202": accepted, **_errors(400, 401, 404, 413, 503)},
                 [
                     _path_param("workflow_type", "Workflow type name"),
                     wid,
@@ -553,6 +771,12 @@ def openapi_document() -> dict:
             )
         },
     }
+    for path, ops in paths.items():
+        if path.startswith("/workflows"):
+            for method, op in ops.items():
+                acts = method != "get" and not path.endswith("/query/{name}")
+                op["responses"].update(_errors(401, 403) if acts else _errors(401))
+                op["security"] = [{"apiToken": []}, {}]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -565,6 +789,12 @@ def openapi_document() -> dict:
             "schemas": _schemas(),
             "responses": {f"E{c}": _json(_ref("Error"), text) for c, text in _ERROR_TEXT.items()},
             "securitySchemes": {
+                "apiToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "METAMORPH_API_TOKENS (name:token, or ro:name:token for reading only); "
+                    "required on /workflows routes when tokens are configured",
+                },
                 "webhookToken": {
                     "type": "http",
                     "scheme": "bearer",
@@ -575,7 +805,8 @@ def openapi_document() -> dict:
                     "type": "apiKey",
                     "in": "header",
                     "name": "X-Signature",
-                    "description": "Hex HMAC-SHA256 of the raw body (optional sha256= prefix); METAMORPH_WEBHOOK_AUTH=signature",
+                    "description": "Hex HMAC-SHA256 of '<X-Metamorph-Timestamp>.<request target>.' + the raw "
+                    "body (optional sha256= prefix); METAMORPH_WEBHOOK_AUTH=signature",
                 },
             },
         },
@@ -584,7 +815,8 @@ def openapi_document() -> dict:
 
 _ERROR_TEXT = {
     400: "Bad body or parameter",
-    401: "Missing or invalid webhook credentials",
+    401: "Missing or invalid credentials (API bearer token, or webhook token/signature)",
+    403: "The token is read-only",
     404: "Unknown workflow (or route)",
     409: "Refused by the workflow, or not in a state that allows it",
     413: "Payload too large",

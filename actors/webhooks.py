@@ -25,8 +25,13 @@ Authentication (``METAMORPH_WEBHOOK_AUTH`` or the app's constructor arguments):
 - ``none``: anyone who can reach the server may call the enabled routes.
 - ``token``: ``Authorization: Bearer <token>`` or ``X-Metamorph-Token: <token>`` must equal
   ``METAMORPH_WEBHOOK_TOKEN``.
-- ``signature``: ``X-Signature`` must be the hex HMAC-SHA256 of the raw body keyed with
-  ``METAMORPH_WEBHOOK_SECRET`` (an optional ``sha256=`` prefix, as GitHub sends it, is accepted).
+- ``signature``: ``X-Metamorph-Timestamp`` holds the sender's clock (unix seconds) and ``X-Signature`` the
+  hex HMAC-SHA256, keyed with ``METAMORPH_WEBHOOK_SECRET``, of ``<timestamp>.<target>.<raw body>`` where
+  target is the request path as sent, with its query string (``/webhooks/start/order?id=A-1``); see
+  :func:`sign`. An optional ``sha256=`` prefix is accepted. Why more than the body: a signature over the
+  body alone stays valid forever and on every route, so anyone who once saw a request could replay it or
+  aim it at another workflow. A timestamp off by more than ``METAMORPH_WEBHOOK_TOLERANCE`` seconds (300)
+  is refused, and so is a signature this process has already accepted within that window.
 
 Without an explicit mode, a configured secret implies ``signature``, a configured token ``token``, and
 nothing ``none``. Credentials are checked before the route is looked up, so an unauthenticated caller
@@ -40,7 +45,9 @@ import hmac
 import inspect
 import json
 import os
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -49,6 +56,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .definitions import Workflow, handler_for, workflows
+from .routing import IdRoute, route_path
 
 if TYPE_CHECKING:
     from .client import Client
@@ -57,6 +65,7 @@ T = TypeVar("T")
 
 _MARK = "__metamorph_webhook__"
 MODES = ("none", "token", "signature")
+TOLERANCE = 300  # seconds a signed request's timestamp may differ from this server's clock
 
 
 def webhook(target: T) -> T:
@@ -91,12 +100,15 @@ class WebhookAuth:
     mode: str = "none"
     token: str | None = None
     secret: str | None = None
+    tolerance: int = TOLERANCE
+    _seen: _Seen = field(default_factory=lambda: _Seen(), compare=False, repr=False)
 
     @classmethod
     def configure(
         cls, mode: str | None = None, token: str | None = None, secret: str | None = None
     ) -> WebhookAuth:
         """Arguments win over ``METAMORPH_WEBHOOK_*``; refuses a mode whose credential is missing."""
+        tolerance = int(os.environ.get("METAMORPH_WEBHOOK_TOLERANCE") or TOLERANCE)
         token = token or os.environ.get("METAMORPH_WEBHOOK_TOKEN") or None
         secret = secret or os.environ.get("METAMORPH_WEBHOOK_SECRET") or None
         mode = (mode or os.environ.get("METAMORPH_WEBHOOK_AUTH") or "").strip().lower()
@@ -108,25 +120,67 @@ class WebhookAuth:
             raise ValueError("webhook auth 'token' needs a token (METAMORPH_WEBHOOK_TOKEN)")
         if mode == "signature" and not secret:
             raise ValueError("webhook auth 'signature' needs a secret (METAMORPH_WEBHOOK_SECRET)")
-        return cls(mode, token, secret)
+        return cls(mode, token, secret, tolerance)
 
-    def allows(self, headers: Any, body: bytes) -> bool:
-        """Constant-time check of the request's credentials against the configured ones."""
+    def allows(self, headers: Any, body: bytes, target: str = "", now: float | None = None) -> bool:
+        """Constant-time check of the request's credentials against the configured ones.
+
+        ``target`` is the request path as sent plus ``?query`` if any (signature mode signs it).
+        """
         if self.mode == "none":
             return True
         if self.mode == "token":
             given = _bearer(headers.get("authorization")) or headers.get("x-metamorph-token") or ""
             return hmac.compare_digest(given.encode(), (self.token or "").encode())
+        stamp = (headers.get("x-metamorph-timestamp") or "").strip()
+        now = time.time() if now is None else now
+        if not stamp.isdigit() or abs(now - int(stamp)) > self.tolerance:
+            return False
         given = (headers.get("x-signature") or "").strip()
         if given.lower().startswith("sha256="):
             given = given[len("sha256=") :]
-        expected = sign(body, self.secret or "")
-        return hmac.compare_digest(given.lower().encode(), expected.encode())
+        expected = sign(body, self.secret or "", stamp, target)
+        if not hmac.compare_digest(given.lower().encode(), expected.encode()):
+            return False
+        return self._seen.first(expected, int(stamp) + self.tolerance, now)
 
 
-def sign(body: bytes, secret: str) -> str:
-    """The ``X-Signature`` value a sender computes: hex HMAC-SHA256 of the raw body."""
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+class _Seen:
+    """Signatures accepted recently, each kept until its timestamp leaves the tolerance window.
+
+    Why: inside the window a captured request could otherwise be sent again verbatim. This covers one
+    process; a sender that retries must sign again (a new timestamp gives a new signature).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._until: dict[str, float] = {}
+
+    def first(self, signature: str, until: float, now: float) -> bool:
+        """Record ``signature``; False if it was already recorded and has not expired."""
+        with self._lock:
+            if len(self._until) > 1024:
+                self._until = {s: t for s, t in self._until.items() if t >= now}
+            if self._until.get(signature, -1.0) >= now:
+                return False
+            self._until[signature] = until
+            return True
+
+
+def sign(body: bytes, secret: str, timestamp: int | str, target: str) -> str:
+    """The ``X-Signature`` value a sender computes: hex HMAC-SHA256 of ``<timestamp>.<target>.<body>``.
+
+    ``timestamp`` is what the sender puts in ``X-Metamorph-Timestamp`` (unix seconds), ``target`` the path
+    it posts to as sent (percent-encoded as on the wire) with ``?query`` if any.
+    """
+    message = f"{timestamp}.{target}.".encode() + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def signed_headers(body: bytes, secret: str, target: str, now: float | None = None) -> dict[str, str]:
+    """The headers of a signed webhook request (for senders written in Python, and the tests)."""
+    stamp = str(int(time.time() if now is None else now))
+    return {"X-Metamorph-Timestamp": stamp, "X-Signature": "sha256=" + sign(body, secret, stamp, target)}
 
 
 def _bearer(value: str | None) -> str | None:
@@ -180,9 +234,7 @@ def routes(client: Client, auth: WebhookAuth) -> list[Route]:
     """The two webhook routes, bound to ``client`` and guarded by ``auth``."""
     return [
         Route("/webhooks/start/{workflow_type}", _start_endpoint(client, auth), methods=["POST"]),
-        Route(
-            "/webhooks/signal/{workflow_type}/{id}/{signal}", _signal_endpoint(client, auth), methods=["POST"]
-        ),
+        IdRoute("/webhooks/signal/{workflow_type}/{id}/{signal}", _signal_endpoint(client, auth), ["POST"]),
     ]
 
 
@@ -190,9 +242,16 @@ def _error(status: int, error: str, message: str) -> Response:
     return JSONResponse({"error": error, "message": message}, status_code=status)
 
 
+def _target(request: Request) -> str:
+    """The request target as the sender wrote it: raw path (still percent-encoded) and query string."""
+    path = route_path(request.scope)
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    return f"{path}?{query}" if query else path
+
+
 async def _authenticated_body(request: Request, auth: WebhookAuth) -> tuple[Any, Response | None]:
-    raw = await request.body()
-    if not auth.allows(request.headers, raw):
+    raw = await request.body()  # bounded by the app's body limit before this reads it
+    if not auth.allows(request.headers, raw, _target(request)):
         return None, _error(401, "Unauthorized", f"missing or invalid webhook credentials ({auth.mode})")
     if not raw.strip():
         return None, None

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 from openapi_spec_validator import validate
 from prometheus_client import REGISTRY
 
-from actors import Client, Workflow, activity, query, update, workflow
+from actors import Client, Workflow, activity, http, query, update, workflow
 from actors import signal as signal_handler
-from actors.http import bind, create_app, openapi_document, server
-from actors.webhooks import BadArguments, WebhookAuth, arguments, sign, webhook
+from actors.http import ApiTokens, bind, create_app, is_loopback, openapi_document, server
+from actors.webhooks import BadArguments, WebhookAuth, arguments, sign, signed_headers, webhook
 from tests.stack import running_stack
 
 with warnings.catch_warnings():  # Starlette 1.x nudges towards httpx2; httpx is what the project installs
@@ -27,6 +31,8 @@ with warnings.catch_warnings():  # Starlette 1.x nudges towards httpx2; httpx is
 
 TOKEN = "t0ken-for-tests"
 SECRET = "s3cret-for-tests"
+RW, RO = "rw-t0ken-for-tests", "ro-t0ken-for-tests"
+API_TOKENS = f"admin:{RW},ro:viewer:{RO}"
 
 
 # -- the app under test ----------------------------------------------------------------------------------
@@ -87,7 +93,11 @@ def client(kafka_server, pg_server, tmp_path_factory) -> Iterator[Client]:
         kafka_server.start()
     if not pg_server.running:
         pg_server.start()
-    with running_stack(kafka_server.bootstrap, pg_server, tmp_path_factory.mktemp("node"), prefix="http") as (c, _node, _ns):
+    with running_stack(kafka_server.bootstrap, pg_server, tmp_path_factory.mktemp("node"), prefix="http") as (
+        c,
+        _node,
+        _ns,
+    ):
         yield c
 
 
@@ -333,17 +343,20 @@ def test_webhook_auth_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _start_and_signal(tc: TestClient, headers: Any = None) -> tuple[httpx.Response, str]:
-    """POST the two webhooks (``headers`` a dict or a function of the raw body); returns the signal response."""
+    """POST the two webhooks (``headers`` a dict or a function of the raw body and the request target);
+    returns the signal response."""
     order = {"order_id": f"W-{uuid.uuid4().hex[:4]}", "amount": 3}
     raw = json.dumps(order).encode()
-    h = headers(raw) if callable(headers) else headers or {}
-    r = tc.post("/webhooks/start/http.Order", content=raw, headers={"content-type": "application/json", **h})
+    target = "/webhooks/start/http.Order"
+    h = headers(raw, target) if callable(headers) else headers or {}
+    r = tc.post(target, content=raw, headers={"content-type": "application/json", **h})
     assert r.status_code == 201, r.text
     wid = r.json()["id"]
     wait_status(tc, wid, "waiting")
     raw = json.dumps({"by": "hook"}).encode()
-    h = headers(raw) if callable(headers) else headers or {}
-    return tc.post(f"/webhooks/signal/http.Order/{wid}/approve", content=raw, headers=h), wid
+    target = f"/webhooks/signal/http.Order/{wid}/approve"
+    h = headers(raw, target) if callable(headers) else headers or {}
+    return tc.post(target, content=raw, headers=h), wid
 
 
 def test_webhooks_without_auth(api: TestClient) -> None:
@@ -403,24 +416,258 @@ def test_webhooks_with_a_signature(client: Client, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("METAMORPH_WEBHOOK_AUTH", "signature")
     monkeypatch.setenv("METAMORPH_WEBHOOK_SECRET", SECRET)
     with TestClient(create_app(client)) as tc:  # configured from the environment
-        r, _ = _start_and_signal(tc, lambda raw: {"X-Signature": sign(raw, SECRET)})
+        r, _ = _start_and_signal(tc, lambda raw, target: signed_headers(raw, SECRET, target))
         assert r.status_code == 202
-        r, _ = _start_and_signal(tc, lambda raw: {"X-Signature": "sha256=" + sign(raw, SECRET).upper()})
+        now = str(int(time.time()))
+
+        def upper(raw: bytes, target: str) -> dict:
+            return {"X-Metamorph-Timestamp": now, "X-Signature": sign(raw, SECRET, now, target).upper()}
+
+        r, _ = _start_and_signal(tc, upper)  # no sha256= prefix, upper-case hex
         assert r.status_code == 202
-        raw = b'{"order_id": "S"}'
+        raw, target = b'{"order_id": "S"}', "/webhooks/start/http.Order"
         for headers in (
             {},
-            {"X-Signature": sign(raw, "wrong")},
-            {"X-Signature": sign(raw + b" ", SECRET)},
-            {"X-Signature": "zz"},
+            signed_headers(raw, "wrong", target),
+            signed_headers(raw + b" ", SECRET, target),
+            {"X-Metamorph-Timestamp": now, "X-Signature": "zz"},
         ):
-            r = tc.post("/webhooks/start/http.Order", content=raw, headers=headers)
+            r = tc.post(target, content=raw, headers=headers)
             assert r.status_code == 401 and error_of(r) == "Unauthorized", headers
-        r = tc.post("/webhooks/nope", content=raw, headers={"X-Signature": sign(raw, SECRET)})
+        r = tc.post("/webhooks/nope", content=raw, headers=signed_headers(raw, SECRET, "/webhooks/nope"))
         assert r.status_code == 404
+
+
+def test_webhook_signatures_expire_cover_the_target_and_are_not_replayable(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signature over the body alone could be replayed forever and on any route: the timestamp, the
+    request target and a memory of accepted signatures close those holes."""
+    monkeypatch.delenv("METAMORPH_WEBHOOK_TOLERANCE", raising=False)
+    with TestClient(create_app(client, webhook_auth="signature", webhook_secret=SECRET)) as tc:
+        raw = json.dumps({"order_id": "R", "amount": 2}).encode()
+        target = "/webhooks/start/http.Order"
+        post = tc.post
+        assert (
+            post(target, content=raw, headers={"X-Signature": sign(raw, SECRET, "", target)}).status_code
+            == 401
+        )
+        for skew in (-301, 301):  # outside the ±300 s window
+            h = signed_headers(raw, SECRET, target, now=time.time() + skew)
+            assert post(target, content=raw, headers=h).status_code == 401, skew
+        wid = f"signed-{uuid.uuid4().hex[:6]}"
+        h = signed_headers(raw, SECRET, f"{target}?id=other")  # signed for another id
+        r = post(f"{target}?id={wid}", content=raw, headers=h)
+        assert r.status_code == 401 and error_of(r) == "Unauthorized"
+        h = signed_headers(raw, SECRET, f"{target}?id={wid}", now=time.time() - 200)  # late but in the window
+        assert post(f"{target}?id={wid}", content=raw, headers=h).status_code == 201
+        r = post(f"{target}?id={wid}", content=raw, headers=h)  # the same request again
+        assert r.status_code == 401 and error_of(r) == "Unauthorized"
+        wait_status(tc, wid, "waiting")
+        body = json.dumps({"by": "signed"}).encode()
+        h = signed_headers(body, SECRET, f"/webhooks/signal/http.Order/{wid}/approve")
+        assert post(f"/webhooks/signal/http.Fails/{wid}/approve", content=body, headers=h).status_code == 401
+        assert post(f"/webhooks/signal/http.Order/{wid}/approve", content=body, headers=h).status_code == 202
+
+
+def test_request_bodies_are_bounded_before_credentials_are_checked(client: Client) -> None:
+    app = create_app(client, webhook_auth="token", webhook_token=TOKEN, api_tokens=API_TOKENS, max_body=2000)
+    big = json.dumps({"type": "http.Order", "args": ["x" * 3000]}).encode()
+    with TestClient(app) as tc:
+        for path in ("/workflows", "/webhooks/start/http.Order", "/workflows/x/signal/approve"):
+            r = tc.post(path, content=big)  # no credentials at all: still 413, nothing was read
+            assert r.status_code == 413 and error_of(r) == "PayloadTooLarge", path
+            assert tc.post(path, content=b"{}").status_code == 401, path
+        chunked = tc.post(  # no Content-Length: counted while it is read
+            "/webhooks/start/http.Order",
+            content=iter([big[:1500], big[1500:]]),
+            headers={"X-Metamorph-Token": TOKEN},
+        )
+        assert chunked.status_code == 413 and error_of(chunked) == "PayloadTooLarge"
+        r = tc.post("/workflows", content=big[:1900], headers={"Authorization": f"Bearer {RW}"})
+        assert r.status_code == 400  # under the limit: read, and refused as bad JSON
+
+
+# -- authentication of the API ---------------------------------------------------------------------------
+def test_api_tokens_parse() -> None:
+    tokens = ApiTokens.parse(" admin:a:b , ro:viewer:v ")
+    assert [(t.name, t.secret, t.read_only) for t in tokens.tokens] == [
+        ("admin", b"a:b", False),
+        ("viewer", b"v", True),
+    ]
+    assert not ApiTokens.parse("") and not ApiTokens.parse(None)
+    for bad in ("justatoken", "name:", ":token", "ro:viewer", "a:x,a:y"):
+        with pytest.raises(ValueError):
+            ApiTokens.parse(bad)
+    assert tokens.find("a:b").name == "admin" and tokens.find("v").read_only and tokens.find("a") is None
+
+
+def test_api_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = http.hmac.compare_digest
+    monkeypatch.setattr(http.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
+    tokens = ApiTokens.parse("a:1,b:2,c:3")
+    assert tokens.find("1").name == "a" and len(calls) == 3  # no early exit on the first match
+
+
+def test_api_token_matrix(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METAMORPH_API_TOKENS", API_TOKENS)  # read by create_app, as `serve` does
+    rw, ro = {"Authorization": f"Bearer {RW}"}, {"Authorization": f"Bearer {RO}"}
+    with TestClient(create_app(client, webhook_auth="none"), raise_server_exceptions=False) as tc:
+        for path in ("/", "/ui.js", "/ui.css", "/healthz", "/openapi.json"):
+            assert tc.get(path).status_code == 200, path
+        wid = tc.post("/workflows", json={"type": "http.Order", "args": ["M"]}, headers=rw).json()["id"]
+        wait_status(_Authed(tc, rw), wid, "waiting")
+        calls = [
+            ("GET", "/workflows", None),
+            ("GET", f"/workflows/{wid}", None),
+            ("GET", f"/workflows/{wid}/history", None),
+            ("POST", f"/workflows/{wid}/query/state", {}),
+            ("POST", "/workflows", {"type": "http.Order", "args": ["M2"]}),
+            ("POST", f"/workflows/{wid}/update/note", {"args": ["n"]}),
+            ("POST", f"/workflows/{wid}/retry", {}),
+            ("POST", f"/workflows/{wid}/terminate", {"reason": "matrix"}),
+            ("POST", f"/workflows/{wid}/cancel", {}),
+            ("POST", f"/workflows/{wid}/signal/internal", {}),  # last: it would complete the workflow
+            ("GET", "/nope", None),
+        ]
+        anonymous = (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Bearer {RW[:-1]}"},
+            {"Authorization": RW},
+            {"Authorization": f"Basic {RW}"},
+            {"X-Metamorph-Token": RW},
+        )
+        for method, path, body in calls:
+            for headers in anonymous:
+                r = tc.request(method, path, json=body, headers=headers)
+                assert r.status_code == 401 and error_of(r) == "Unauthorized", (method, path, headers)
+                assert r.headers["www-authenticate"].startswith("Bearer")
+            r = tc.request(method, path, json=body, headers=ro)
+            reads = method == "GET" or "/query/" in path
+            if reads:
+                assert r.status_code in (200, 404), (method, path, r.text)
+            else:
+                assert r.status_code == 403 and error_of(r) == "Forbidden", (method, path)
+        for method, path, body in calls[:-1]:
+            r = tc.request(method, path, json=body, headers=rw)
+            assert r.status_code in (200, 201, 202, 409), (method, path, r.text)  # 409: retry, not failed
+        assert wait_status(_Authed(tc, rw), wid, "terminated")["error_message"] == "matrix"
+        r = tc.post("/webhooks/start/http.Order", json={"order_id": "no API token"})  # webhooks: own auth
+        assert r.status_code == 201
+
+
+class _Authed:
+    """A TestClient that sends a header on every GET (for wait_status)."""
+
+    def __init__(self, tc: TestClient, headers: dict) -> None:
+        self.tc, self.headers = tc, headers
+
+    def get(self, url: str) -> httpx.Response:
+        return self.tc.get(url, headers=self.headers)
+
+
+def test_serve_warns_when_reachable_without_tokens(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("::")
+    cases = [("0.0.0.0", "", True), ("0.0.0.0", API_TOKENS, False), ("127.0.0.1", "", False)]
+    for host, tokens, warns in cases:
+        caplog.clear()
+        sock = bind(host, 0)
+        try:
+            with caplog.at_level(logging.WARNING, logger="actors.http"):
+                server(create_app(client, webhook_auth="none", api_tokens=tokens), sock)
+        finally:
+            sock.close()
+        warned = any("without authentication" in rec.getMessage() for rec in caplog.records)
+        assert warned == warns, (host, tokens)
+
+
+# -- ids with any character ------------------------------------------------------------------------------
+HOSTILE_IDS = [
+    "a/b",
+    "a/b/cancel",
+    "tenant/7/history",
+    "q?x=1&y=2#frag",
+    "x');document.title='PWNED';('",
+    "<img src=x onerror=document.title='PWNED'>",
+    '</script>"quoted" 100% done',
+    "sp ace/ünï/∂",
+    "//lead//trail/",
+]
+
+
+def test_ids_with_any_character_are_addressable(api: TestClient) -> None:
+    tag = uuid.uuid4().hex[:6]
+    ids = [f"{tag}-{i}" if i.startswith("/") else f"{i}-{tag}" for i in HOSTILE_IDS]
+    for wid in ids:
+        r = api.post("/workflows", json={"type": "http.Order", "args": [wid], "id": wid})
+        assert r.status_code == 201 and r.json()["id"] == wid
+        assert r.headers["location"] == "/workflows/" + quote(wid, safe="")
+    for wid in ids:
+        enc = quote(wid, safe="")
+        detail = wait_status(api, enc, "waiting")
+        assert detail["id"] == wid and detail["input"] == [wid]
+        assert api.get(f"/workflows/{enc}/history").json()["id"] == wid
+        r = api.post(f"/workflows/{enc}/update/note", json={"args": [wid]})
+        assert (r.status_code, r.json()) == (200, {"id": wid, "result": 1})
+        r = api.post(f"/workflows/{enc}/query/state")
+        assert r.json() == {"id": wid, "result": {"approved_by": None, "notes": [wid]}}
+    # "a/b/cancel-…" is one id: reading it must not cancel "a/b" (the routes match the encoded path)
+    a_b, a_b_cancel = ids[0], ids[1]
+    assert api.get("/workflows/" + quote(a_b_cancel, safe="")).json()["status"] == "waiting"
+    assert api.get("/workflows/" + quote(a_b, safe="")).json()["status"] == "waiting"
+    # an unencoded "/" still works: the last known suffix ends the id
+    assert api.get(f"/workflows/{a_b}").json()["id"] == a_b
+    r = api.post(f"/workflows/{a_b}/signal/approve", json={"args": ["slash"]})
+    assert (r.status_code, r.json()) == (202, {"id": a_b, "signal": "approve"})
+    assert wait_status(api, quote(a_b, safe=""), "completed")["output"]["approved_by"] == "slash"
+    r = api.post(f"/webhooks/signal/http.Order/{quote(a_b_cancel, safe='')}/approve", json={"by": "hook"})
+    assert r.status_code == 202 and r.json()["id"] == a_b_cancel
+    for wid in ids[2:]:
+        assert api.post(f"/workflows/{quote(wid, safe='')}/cancel").json() == {
+            "id": wid,
+            "requested": "cancel",
+        }
+    for wid in ids[2:]:
+        wait_status(api, quote(wid, safe=""), "cancelled")
+    assert count("/workflows/{id}/cancel", 202) >= len(ids) - 2  # metrics keep the route template
 
 
 def test_the_dashboard_page_is_served(api: TestClient) -> None:
     page = api.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<title>Metamorph</title>" in page.text and "/workflows?" in page.text
+
+
+def test_the_dashboard_has_a_csp_and_builds_no_html_from_data(api: TestClient) -> None:
+    """The UI's safety rests on the page never parsing data as HTML and the CSP forbidding inline script."""
+    page = api.get("/")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", page.text), "inline script"
+    assert not re.search(r"\son[a-z]+\s*=", page.text), "inline event handler"
+    script = api.get("/ui.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in script.text, sink
+    assert (
+        "Authorization" in script.text
+        and "sessionStorage" in script.text
+        and "document.cookie" not in script.text
+    )
+    assert api.get("/ui.css").headers["content-type"].startswith("text/css")
+
+
+def test_the_compose_example_publishes_the_api_only_with_tokens() -> None:
+    import yaml
+
+    from actors.cli import _parser
+
+    compose = yaml.safe_load((Path(__file__).parent.parent / "ops" / "docker-compose.yml").read_text())
+    server_service = compose["services"]["server"]
+    assert "0.0.0.0" in server_service["command"] and server_service["ports"]
+    assert server_service["environment"]["METAMORPH_API_TOKENS"].startswith("${METAMORPH_API_TOKENS:?")
+    assert _parser().parse_args(["serve"]).host == "127.0.0.1"  # loopback unless --host says otherwise
