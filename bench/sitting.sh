@@ -3,6 +3,8 @@
 #
 #   bench/sitting.sh [OUT_DIR]            (default bench/results)
 #
+# BROKERS (default "noida apache") lists the brokers Metamorph runs W1-W4 on, each in the same sitting:
+# the embedded noida-db and real Apache Kafka (tests/apache; needs Java and Maven, see tests/setup.sh).
 # PEERS_DIR points at the peer harness (default ../shared/bench/peers next to the repository). Before each run
 # it waits until no process matching $QUIET_WAIT (default: pytest) is running, because the machine has 2 cores
 # and any other load moves the numbers; a watcher logs every 2 s whether such a process appeared mid-run.
@@ -16,6 +18,7 @@ DAY="$(date +%F)"
 QUIET_WAIT="${QUIET_WAIT:-pytest}"
 PEERS="${PEERS:-temporal dbos}"
 REPS="${REPS:-3}"
+BROKERS="${BROKERS:-noida apache}"
 mkdir -p "$OUT"
 ours="$OUT/metamorph-$DAY.jsonl"; peers="$OUT/peers-$DAY.jsonl"; events="$OUT/sitting-$DAY.log"
 
@@ -33,7 +36,9 @@ run() {  # label command...
 }
 
 for w in ${WORKLOADS-W1 W2 W3 W4}; do
-  run "metamorph $w" bash -c "cd '$ROOT' && '$PY' -m bench --workloads $w --reps $REPS --out '$ours'"
+  for b in $BROKERS; do
+    run "metamorph/$b $w" bash -c "cd '$ROOT' && '$PY' -m bench --broker $b --workloads $w --reps $REPS --out '$ours'"
+  done
   for p in $PEERS; do
     run "$p $w" "$PEERS_DIR/run.sh" "$p" "$w" --reps "$REPS" --out "$peers"
   done
