@@ -97,17 +97,20 @@ _JOIN_BUDGET_S = 30.0
 
 
 def heartbeat_age(consumer: KafkaConsumer) -> float | None:
-    """Seconds since the member last sent a heartbeat to its group coordinator, None before it first did.
+    """Seconds since the group coordinator last *answered* a heartbeat, None before it first did.
 
-    Read from ``consumer.metrics()``, kafka-python's public (if "unstable") port of the Java consumer's
-    metrics; checked against kafka-python 3.0.12. Heartbeats go out from kafka-python's own IO thread, so
-    this stays true while the caller's thread is busy or blocked.
+    The answer, not the send: while the connection is being re-established kafka-python keeps "sending"
+    heartbeats that fail at once, so the send time (the public ``last-heartbeat-seconds-ago`` metric) stays
+    fresh through an outage. The receive time is private (``_coordinator.heartbeat.last_receive``, a
+    ``time.monotonic()`` stamp), so it is read here, in the one module allowed to, checked against
+    kafka-python 3.0.12. Heartbeats run on kafka-python's own IO thread, so this stays true while the
+    caller's thread is busy or blocked.
     """
-    stats = consumer.metrics() or {}
-    age = (stats.get("consumer-coordinator-metrics") or {}).get("last-heartbeat-seconds-ago")
-    if age is None or age > 1e6:  # not a group member, or never sent one (measured from the epoch)
+    heartbeat = getattr(getattr(consumer, "_coordinator", None), "heartbeat", None)
+    received = getattr(heartbeat, "last_receive", None)
+    if received is None or received == float("-inf"):
         return None
-    return float(age)
+    return max(0.0, time.monotonic() - float(received))
 
 
 def broker_reachable(consumer: KafkaConsumer) -> bool:

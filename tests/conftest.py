@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +43,18 @@ test_broker.__test__ = False  # type: ignore[attr-defined]  # a helper, not a te
 def pytest_configure(config: pytest.Config) -> None:
     test_broker()  # refuse a bad choice before anything starts
     config.addinivalue_line("markers", "noida: also runs on the embedded noida-db broker")
+    # A base temp dir of this session's own. pytest's default (/tmp/pytest-of-USER/pytest-N) keeps only the
+    # newest three: a second pytest on the machine deletes the data dirs of this session's live broker and
+    # PostgreSQL under it. Removed at the end unless METAMORPH_KEEP_TMP is set.
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="metamorph-tests-")
+        config._metamorph_basetemp = config.option.basetemp  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    base = getattr(config, "_metamorph_basetemp", None)
+    if base and not os.environ.get("METAMORPH_KEEP_TMP"):
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
