@@ -34,7 +34,7 @@ from kafka.structs import OffsetAndMetadata
 
 from eventstore import codec, groups, metrics
 from eventstore import events as ev
-from eventstore.log import TYPE_HEADER, EventLog, producer
+from eventstore.log import TYPE_HEADER, EventLog, LogTruncatedError, check_not_truncated, producer
 from eventstore.store import PartitionStore
 from eventstore.topics import Topics, ensure_topics, leave_group, partition_for
 
@@ -231,6 +231,13 @@ class Node:
         assert self._log is not None
         started = time.perf_counter()
         store = PartitionStore(self.data_dir / f"partition-{partition}.sqlite", partition)
+        try:
+            check_not_truncated(self.topics.events, partition, store.checkpoint, self._log.end_offset(partition))
+        except LogTruncatedError as exc:
+            store.close()
+            self._stop_partition(partition, exc)
+            return
+        metrics.log_truncated.labels("node", str(partition)).set(0)
         tail = store.restore(self._log.read(partition, store.checkpoint, on_error=self._deadletter_event(partition)))
         epoch = max(generation, store.fence.epoch + 1)
         now = utcnow()
@@ -251,6 +258,14 @@ class Node:
         metrics.restore_seconds.labels(str(partition)).observe(time.perf_counter() - started)
         metrics.owned_partitions.set(len(self._owned))
         log.info("node %s owns partition %d (epoch %d), restored %d records", self.name, partition, epoch, len(tail))
+
+    def _stop_partition(self, partition: int, reason: Exception) -> None:
+        """Own nothing of ``partition`` and consume none of its commands (they stay in Kafka, uncommitted),
+        with an ERROR log and ``metamorph_log_truncated``; a later assignment checks again."""
+        log.error("node %s: %s", self.name, reason)
+        metrics.log_truncated.labels("node", str(partition)).set(1)
+        if self._consumer is not None:
+            self._consumer.pause(TopicPartition(self.topics.commands, partition))
 
     def _redispatch(self, store: PartitionStore, tail: list[dict]) -> None:
         """Send again what a crash may have lost; every receiver deduplicates.

@@ -123,6 +123,29 @@ class EventLog:
             log.warning("closing the event log producer: %s (unacknowledged records are decided again)", exc)
 
 
+class LogTruncatedError(RuntimeError):
+    """The log ends before a position a reader saved: records it had read are gone, or offsets were reused.
+
+    A broker that lost acknowledged writes (a single-copy topic after a disk loss; the embedded noida-db
+    after a kill -9) or a topic deleted and recreated looks like this. Reading on would skip or misattribute
+    records, so the reader stops that partition and says so; recovery is an operator's decision (runbook:
+    ops/README.md, "MetamorphLogTruncated").
+    """
+
+    def __init__(self, topic: str, partition: int, saved: int, end: int) -> None:
+        super().__init__(
+            f"{topic}[{partition}] ends at offset {end} but offset {saved} was already consumed: the log was "
+            "truncated or reset; the partition is stopped"
+        )
+        self.topic, self.partition, self.saved, self.end = topic, partition, saved, end
+
+
+def check_not_truncated(topic: str, partition: int, saved: int, end: int) -> None:
+    """Raise ``LogTruncatedError`` when ``saved`` (the next offset to read) lies beyond ``end``."""
+    if saved > end:
+        raise LogTruncatedError(topic, partition, saved, end)
+
+
 def end_offsets(bootstrap: str, topic: str, partitions: list[int]) -> dict[int, int]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:

@@ -71,6 +71,11 @@ consumer_lag = Gauge("metamorph_consumer_lag_records", "Records behind the end o
 # -- bad input and dependencies ---------------------------------------------------------------------------
 deadlettered = Counter("metamorph_deadlettered_records_total", "Records sent to the dead-letter topic", ["component", "reason"])
 dependency_up = Gauge("metamorph_dependency_up", "1 if the dependency answered last time", ["component", "dependency"])
+log_truncated = Gauge(
+    "metamorph_log_truncated",
+    "1 while a partition is stopped because the log ends before the position saved for it (truncated or reset)",
+    ["component", "partition"],
+)
 dependency_errors = Counter("metamorph_dependency_errors_total", "Failed calls to Kafka or PostgreSQL", ["component", "dependency"])
 
 # -- projector --------------------------------------------------------------------------------------------

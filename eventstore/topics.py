@@ -138,6 +138,18 @@ def partition_counts(client: KafkaAdminClient, names: list[str]) -> dict[str, in
     return {t["name"]: len(t["partitions"]) for t in client.describe_topics(wanted)}
 
 
+def _visible_counts(client: KafkaAdminClient, names: list[str], timeout: float = 15.0) -> dict[str, int]:
+    """``partition_counts`` once every topic in ``names`` is visible. A broker acknowledges CreateTopics when
+    the controller has the topic; its own metadata cache (what a describe reads) may learn of it a moment
+    later, and a count read then would silently lack the new topic."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = partition_counts(client, names)
+        if len(counts) == len(names) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)
+
+
 def ensure_topics(
     bootstrap: str,
     namespace: str = "default",
@@ -206,7 +218,7 @@ def ensure_topics(
                 client.create_topics(new, timeout_ms=30000)
             except TopicAlreadyExistsError:
                 pass  # another process won the race; the describe below checks the counts
-        counts = partition_counts(client, list(want))
+        counts = _visible_counts(client, list(want))
         if counts.get(t.commands) != counts.get(t.events):
             raise TopicMismatchError(
                 f"{t.commands} has {counts.get(t.commands)} partitions but {t.events} has "

@@ -29,7 +29,7 @@ from kafka.structs import OffsetAndMetadata
 from eventstore import codec, groups, metrics
 from eventstore.events import decode_event, encode_event
 from eventstore.fencing import Fence
-from eventstore.log import end_offsets, producer
+from eventstore.log import LogTruncatedError, check_not_truncated, end_offsets, producer
 from eventstore.topics import Topics, leave_group
 
 from .apply import MARKER, apply_event, clean
@@ -256,9 +256,7 @@ class Projector:
             if conn is None or conn.closed or conn.broken:
                 raise ConnectionError("no PostgreSQL connection at hand")
             offsets = self._stored_offsets(conn, [tp.partition for tp in tps])
-            for tp in tps:
-                self._consumer.seek(tp, offsets.get(tp.partition, 0))
-            self._consumer.resume(*tps)  # in case an earlier, failed attempt paused them
+            self._seek(self._consumer, tps, offsets)
             self._unpositioned.difference_update(tps)
             log.info("projector %s: assigned %s at stored offsets %s", self.namespace,
                      sorted(tp.partition for tp in tps), offsets)
@@ -278,10 +276,26 @@ class Projector:
         tps = [tp for tp in self._unpositioned if tp in consumer.assignment()]
         if tps:
             offsets = self._pg(lambda conn: self._stored_offsets(conn, [tp.partition for tp in tps]))
-            for tp in tps:
-                consumer.seek(tp, offsets.get(tp.partition, 0))
-            consumer.resume(*tps)
+            self._seek(consumer, tps, offsets)
         self._unpositioned.clear()
+
+    def _seek(self, consumer: KafkaConsumer, tps: list[TopicPartition], offsets: dict[int, int]) -> None:
+        """Seek each partition to its stored offset and resume it, unless the log now ends before that
+        offset (truncated or recreated): such a partition stays paused, with an ERROR log and
+        ``metamorph_log_truncated``, instead of projecting other records under the same offsets."""
+        ends = end_offsets(self.kafka, self.topic, [tp.partition for tp in tps])
+        for tp in tps:
+            stored = offsets.get(tp.partition, 0)
+            try:
+                check_not_truncated(self.topic, tp.partition, stored, ends.get(tp.partition, 0))
+            except LogTruncatedError as exc:
+                log.error("projector %s: %s", self.namespace, exc)
+                metrics.log_truncated.labels("projector", str(tp.partition)).set(1)
+                consumer.pause(tp)
+                continue
+            metrics.log_truncated.labels("projector", str(tp.partition)).set(0)
+            consumer.seek(tp, stored)
+            consumer.resume(tp)  # in case an earlier, failed attempt paused it
 
     def _stored_offsets(self, conn: psycopg.Connection, partitions: list[int]) -> dict[int, int]:
         with conn.transaction():
