@@ -619,6 +619,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_WORKFLOW if findings else EXIT_OK
 
 
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from eventstore.interop import export_schemas
+
+    written = export_schemas(args.dir)
+    _emit(args, [str(p) for p in written], f"wrote {len(written)} files to {args.dir} (index: README.md)")
+    return EXIT_OK
+
+
 # -- parsing ---------------------------------------------------------------------------------------------
 def _split(values: list[str] | None) -> list[str] | None:
     """``--queues a,b --queues c`` → ``[a, b, c]``."""
@@ -864,6 +872,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     p.add_argument("--reason")
     command("retry", _cmd_retry, "reset a failed workflow", out).add_argument("id", metavar="ID")
+
+    p = command(
+        "schemas",
+        _cmd_schemas,
+        "write the Avro schema (.avsc) of every command and event, with an index of fingerprints, to DIR",
+        out,
+    )
+    p.add_argument("dir", metavar="DIR")
 
     p = command(
         "replay",
