@@ -3,6 +3,7 @@
 Process commands: ``init``, ``node``, ``worker``, ``projector``, ``serve``, ``dev``, ``demo``.
 Client commands: ``start``, ``signal``, ``query``, ``update``, ``status``, ``result``, ``list``,
 ``history``, ``exceptions``, ``cancel``, ``terminate``, ``retry`` (human output; ``--json`` for scripts).
+Checks and interop: ``replay`` (recorded histories against new code), ``schemas`` (export the Avro schemas).
 
 Connection options on every command: ``--kafka`` (``METAMORPH_KAFKA``, default ``127.0.0.1:9092``),
 ``--postgres`` (``METAMORPH_POSTGRES``), ``--namespace`` (``METAMORPH_NAMESPACE``, default ``default``).
@@ -10,7 +11,7 @@ Connection options on every command: ``--kafka`` (``METAMORPH_KAFKA``, default `
 Exit codes scripts can rely on:
 
   0   ok
-  1   the workflow failed, was cancelled or was terminated (``result``)
+  1   the workflow failed, was cancelled or was terminated (``result``); a non-determinism found (``replay``)
   2   usage or configuration error (bad arguments, --postgres missing, topics not initialised,
       partition-count mismatch, an --app module that does not import)
   3   workflow not found
@@ -47,7 +48,8 @@ EXIT_INTERNAL, EXIT_INTERRUPTED = 70, 130
 
 EPILOG = """\
 exit codes:
-  0 ok; 1 workflow failed/cancelled/terminated (result); 2 usage or configuration error;
+  0 ok; 1 workflow failed/cancelled/terminated (result), non-determinism found (replay);
+  2 usage or configuration error;
   3 workflow not found; 4 timeout; 5 Kafka or PostgreSQL unreachable;
   6 refused (query/update failed, workflow already ended, retry of a workflow that has not failed);
   70 internal error
@@ -572,6 +574,59 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    """Replay histories (files, or the last N runs of a type from PostgreSQL) against the --app code.
+
+    Every history is loaded and its type resolved before anything is replayed, so an unreadable file or a
+    type the app does not define is a usage error (exit 2), never a silent pass. Then one line per
+    non-determinism on stdout, a summary on stderr, exit 1 if any.
+    """
+    from . import dev, replayer
+
+    if bool(args.paths) == bool(args.type):
+        raise CliError(EXIT_USAGE, "give FILE_OR_DIR... or --type T [--last N], not both and not neither")
+    classes = replayer.app_workflows(dev.import_apps(args.app))
+    histories: list[tuple[str, Any]] = []
+    if args.paths:
+        for source, doc in replayer.read_files(args.paths):
+            try:
+                histories.append((source, replayer.load_history(doc)))
+            except ValueError as exc:
+                raise CliError(EXIT_USAGE, f"{source}: not a replayable history: {exc}") from None
+    else:
+        if args.type not in classes:
+            raise CliError(EXIT_USAGE, f"unknown workflow type {args.type!r}: the --app modules do not define it")
+        from projections.db import connect
+
+        with connect(_postgres(args), args.namespace) as conn:
+            found = replayer.recent_histories(conn, args.type, args.last)
+        histories = [(f"{h.workflow_id}@{h.run_id}", h) for h in found]
+    for source, history in histories:
+        if history.workflow_type not in classes:
+            known = ", ".join(sorted(classes)) or "none"
+            raise CliError(
+                EXIT_USAGE, f"{source}: unknown workflow type {history.workflow_type!r} (the app defines: {known})"
+            )
+    findings = [f for source, h in histories if (f := replayer.check(source, h, classes)) is not None]
+    for finding in findings:
+        print(finding.line(), flush=True)
+    print(
+        f"replayed {len(histories)} history(ies): "
+        + (f"{len(findings)} non-deterministic" if findings else "all deterministic"),
+        file=sys.stderr,
+        flush=True,
+    )
+    return EXIT_WORKFLOW if findings else EXIT_OK
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from eventstore.interop import export_schemas
+
+    written = export_schemas(args.dir)
+    _emit(args, [str(p) for p in written], f"wrote {len(written)} files to {args.dir} (index: README.md)")
+    return EXIT_OK
+
+
 # -- parsing ---------------------------------------------------------------------------------------------
 def _split(values: list[str] | None) -> list[str] | None:
     """``--queues a,b --queues c`` → ``[a, b, c]``."""
@@ -808,7 +863,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--status")
     p.add_argument("--type")
     p.add_argument("--limit", type=_positive_int, default=100)
-    command("history", _cmd_history, "the current run's events", out).add_argument("id", metavar="ID")
+    command("history", _cmd_history, "the current run's events (--json: the replayable history `replay` reads)", out).add_argument("id", metavar="ID")
     command(
         "exceptions", _cmd_exceptions, "failed activity attempts and the workflow's failure", out
     ).add_argument("id", metavar="ID")
@@ -817,6 +872,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     p.add_argument("--reason")
     command("retry", _cmd_retry, "reset a failed workflow", out).add_argument("id", metavar="ID")
+
+    p = command(
+        "schemas",
+        _cmd_schemas,
+        "write the Avro schema (.avsc) of every command and event, with an index of fingerprints, to DIR",
+        out,
+    )
+    p.add_argument("dir", metavar="DIR")
+
+    p = command(
+        "replay",
+        _cmd_replay,
+        "replay recorded histories (history --json files, or the last runs from PostgreSQL) against the code "
+        "of the --app modules; one line per non-determinism, exit 1 if any",
+    )
+    apps(p, True)
+    p.add_argument("paths", nargs="*", metavar="FILE_OR_DIR", help="history files; a directory: every *.json in it")
+    p.add_argument("--type", metavar="T", help="replay recorded runs of this workflow type from PostgreSQL")
+    p.add_argument(
+        "--last", type=_positive_int, default=100, metavar="N", help="with --type: the N most recent runs (default 100)"
+    )
     return parser
 
 

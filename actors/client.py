@@ -88,8 +88,7 @@ class Client:
 
     def _send(self, kind: str, workflow_id: str, command_id: str | None = None, **body: Any) -> None:
         kafka_producer = self._kafka()
-        envelope = ev.command(kind, workflow_id, command_id or str(uuid.uuid4()), utcnow(), **body)
-        value = check_size(f"{kind} command for {workflow_id}", codec.encode("metamorph.CommandEnvelope", envelope))
+        value = command_record(kind, workflow_id, command_id, **body)
         future = kafka_producer.send(
             self.topics.commands, key=workflow_id.encode(), value=value, partition=partition_for(workflow_id, self._partitions or 1)
         )
@@ -328,6 +327,17 @@ class WorkflowHandle:
     def exceptions(self) -> list[dict]:
         self._client._require(self.id)
         return self._client._read("exceptions", self.id)
+
+
+def command_record(kind: str, workflow_id: str, command_id: str | None = None, **body: Any) -> bytes:
+    """A command as it goes to ``<ns>.commands``: a CommandEnvelope, Avro single-object encoded, size-checked.
+
+    The one place commands are built, for the Client and for the JSON ingress forwarder alike, so a start
+    or signal that came in as JSON is the very record ``Client.start``/``signal`` would have sent.
+    PayloadTooLargeError above the record limit.
+    """
+    envelope = ev.command(kind, workflow_id, command_id or str(uuid.uuid4()), utcnow(), **body)
+    return check_size(f"{kind} command for {workflow_id}", codec.encode("metamorph.CommandEnvelope", envelope))
 
 
 def _outcome(workflow_id: str, row: dict) -> Any:

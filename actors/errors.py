@@ -44,7 +44,27 @@ class VersionNotSupported(WorkflowError):
 
 
 class NondeterminismError(WorkflowError):
-    """Replayed code issued a different command than history recorded at that point."""
+    """Replayed code issued a different command than history recorded at that point.
+
+    The structured fields say where, so a replayer can report it without parsing the message:
+    ``workflow_id``, ``seq`` (the recorded event's sequence number), ``recorded`` (that event, e.g.
+    ``ActivityScheduled(app.charge)``) and ``issued`` (what the code did instead; None if it issued nothing).
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        workflow_id: str | None = None,
+        seq: int | None = None,
+        recorded: str | None = None,
+        issued: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.seq = seq
+        self.recorded = recorded
+        self.issued = issued
 
 
 class WorkflowFailed(WorkflowError):

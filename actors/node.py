@@ -72,8 +72,11 @@ class Node:
         idle_seconds: float = 60.0,
         max_poll_records: int = 500,
         session_timeout: float | None = None,
+        ingress: bool = True,
     ) -> None:
         self.kafka = kafka
+        self.run_ingress = ingress  # forward JSON commands from <ns>.ingress (actors.ingress)
+        self._ingress: Any = None
         self.session_timeout = groups.session_timeout(session_timeout)  # failover time, see eventstore.groups
         self.topics = Topics(namespace)
         self.namespace = namespace
@@ -117,6 +120,13 @@ class Node:
                 self.kafka, self.namespace, self.queues, self.activity_concurrency, name=self.name,
                 session_timeout=self.session_timeout,
             ).start()
+        if self.run_ingress:
+            from .ingress import IngressForwarder
+
+            self._ingress = IngressForwarder(
+                self.kafka, self.topics, self.partitions, self._log.kafka_producer, self._deadletter, self.name,
+                self.session_timeout,
+            ).start()
         self._thread = threading.Thread(target=self._run, name=f"metamorph-node-{self.name}", daemon=True)
         self._thread.start()
         return self
@@ -131,6 +141,8 @@ class Node:
             self._thread.join(timeout)
         if self._worker is not None:
             self._worker.stop()
+        if self._ingress is not None:
+            self._ingress.stop(timeout)
         for ref, _ in list(self._live.values()):
             ref.stop(block=False)
         self._live.clear()
@@ -529,12 +541,14 @@ class Node:
             self._process(groups, fired)
 
     # -- bad input -----------------------------------------------------------------------------------------
-    def _deadletter(self, topic: str, partition: int, offset: int, reason: str, key: bytes | None, value: bytes, label: str) -> None:
+    def _deadletter(self, topic: str, partition: int, offset: int, reason: str, key: bytes | None, value: bytes, label: str) -> Any:
+        """Send a DeadLetter record; returns the send's future (the ingress forwarder waits for its ack)."""
         assert self._log is not None
         record = {"source_topic": topic, "partition": partition, "offset": offset, "reason": reason, "key": key, "value": value or b""}
-        self._log.kafka_producer.send(self.topics.deadletter, key=key, value=codec.encode("metamorph.DeadLetter", record))
+        future = self._log.kafka_producer.send(self.topics.deadletter, key=key, value=codec.encode("metamorph.DeadLetter", record))
         metrics.deadlettered.labels("node", label).inc()
         log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
+        return future
 
     def _deadletter_command(self, command: dict, reason: str) -> None:
         body = {k: v for k, v in command.items() if k not in ("type", "command_id", "workflow_id", "at")}

@@ -258,7 +258,10 @@ class WorkflowRun:
                 event = self.history[self._cursor]
                 kind = event["type"]
                 if kind in DECISIONS:
-                    self._nondeterminism(f"history has {_describe(event)} at seq {event['seq']}, but the code did not issue it")
+                    self._nondeterminism(
+                        f"history has {_describe(event)} at seq {event['seq']}, but the code did not issue it",
+                        seq=event["seq"], recorded=_describe(event),
+                    )
                     break
                 self._cursor += 1
                 self._absorb(event)
@@ -459,7 +462,8 @@ class WorkflowRun:
             if recorded["type"] != kind or any(recorded.get(k) != body.get(k) for k in match):
                 self._nondeterminism(
                     f"at seq {recorded['seq']} history has {_describe(recorded)} but the code issued "
-                    f"{_describe({'type': kind, **body})}"
+                    f"{_describe({'type': kind, **body})}",
+                    seq=recorded["seq"], recorded=_describe(recorded), issued=_describe({"type": kind, **body}),
                 )
                 raise _Blocked()
             self._cursor += 1
@@ -474,9 +478,12 @@ class WorkflowRun:
             self.finished = kind
         return event
 
-    def _nondeterminism(self, message: str) -> None:
+    def _nondeterminism(self, message: str, seq: int | None = None, recorded: str | None = None, issued: str | None = None) -> None:
         if self.blocked is None:
-            self.blocked = NondeterminismError(f"workflow {self.workflow_id} ({self.cls.__name__}): {message}")
+            self.blocked = NondeterminismError(
+                f"workflow {self.workflow_id} ({self.cls.__name__}): {message}",
+                workflow_id=self.workflow_id, seq=seq, recorded=recorded, issued=issued,
+            )
 
     def schedule_activity(self, ref: Callable[..., Any] | str, args: tuple, kwargs: dict, options: ActivityOptions | None) -> WFuture:
         name = activity_name(ref)

@@ -231,3 +231,18 @@ class WorkflowEnvironment:
             )
         finally:
             _context.reset(token)
+
+
+def replay(history: Any, workflow_class: type) -> str:
+    """Replay a recorded history against ``workflow_class`` (new code) and raise on a non-determinism.
+
+    ``history`` is what ``metamorph history ID --json`` wrote (the parsed JSON), what
+    ``handle.history()`` or ``WorkflowEnvironment.history()`` return, or a History object; see
+    ``actors.replayer`` for the format. Raises ``NondeterminismError`` with ``workflow_id``, ``seq``,
+    ``recorded`` and ``issued`` when the code would block on this history after a deploy; returns the
+    run's status at the end of the history otherwise.
+    """
+    from .replayer import replay as _replay
+
+    return _replay(history, workflow_class)
+

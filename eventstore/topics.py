@@ -33,6 +33,7 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     "events": {"retention.ms": "-1", "retention.bytes": "-1"},
     "replies": {"retention.ms": str(3600 * 1000)},
     "deadletter": {"retention.ms": str(30 * _DAY_MS)},
+    "ingress": {"retention.ms": str(7 * _DAY_MS)},
     "activities": {"retention.ms": str(7 * _DAY_MS)},
 }
 
@@ -72,8 +73,17 @@ class Topics:
     def deadletter(self) -> str:
         return f"{self.namespace}.deadletter"
 
+    @property
+    def ingress(self) -> str:
+        """JSON start/signal commands from any producer (``actors.ingress``), keyed by workflow id."""
+        return f"{self.namespace}.ingress"
+
     def activities(self, queue: str) -> str:
         return f"{self.namespace}.activities.{queue}"
+
+    @property
+    def ingress_group(self) -> str:
+        return f"{self.namespace}.ingress"
 
     @property
     def node_group(self) -> str:
@@ -189,6 +199,9 @@ def ensure_topics(
             t.events: partitions,
             t.replies: partitions,
             t.deadletter: 1,
+            # P, like commands: keyed by workflow id, so one id's ingress records stay in order, and the
+            # forwarders (one per node, in their own group) scale out exactly as the nodes do.
+            t.ingress: partitions,
             **{t.activities(q): partitions for q in queues},
         }
         missing = [n for n in want if n not in set(client.list_topics())]
@@ -207,7 +220,8 @@ def ensure_topics(
                     "creating %s with replication factor 1 on a cluster of %d brokers: losing one broker "
                     "loses workflow histories; use --replication-factor 3", namespace, brokers,
                 )
-            kinds = {t.commands: "commands", t.events: "events", t.replies: "replies", t.deadletter: "deadletter"}
+            kinds = {t.commands: "commands", t.events: "events", t.replies: "replies", t.deadletter: "deadletter",
+                     t.ingress: "ingress"}  # fmt: skip
             new = [
                 NewTopic(n, want[n], rf, topic_configs={
                     **TOPIC_CONFIGS[kinds.get(n, "activities")], "min.insync.replicas": str(isr),

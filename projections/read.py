@@ -77,14 +77,15 @@ def list_workflows(
 
 
 def history(conn: psycopg.Connection, id: str, run_id: str | None = None) -> list[dict]:
-    """A run's events in order (the current run by default): ``seq``, ``type``, ``at``, ``run_id``, ``status``
-    (the run's status after the event, when the node recorded it) and the event's own fields."""
+    """A run's events in order (the current run by default): ``workflow_id``, ``seq``, ``type``, ``at``,
+    ``run_id``, ``status`` (the run's status after the event, when the node recorded it) and the event's own
+    fields. Self-contained on purpose: this list is the replayable history (``actors.testing.replay``)."""
     run_id = run_id or _current_run(conn, id)
     if run_id is None:
         return []
     rows = _rows(
         conn,
-        "SELECT seq, type, at, run_id, status, data FROM history WHERE workflow_id = %s AND run_id = %s ORDER BY seq",
+        "SELECT workflow_id, seq, type, at, run_id, status, data FROM history WHERE workflow_id = %s AND run_id = %s ORDER BY seq",
         (id, run_id),
     )
     return [{**row.pop("data"), **row} for row in rows]
