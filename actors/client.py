@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -24,16 +24,18 @@ from eventstore import events as ev
 from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
 
-from .definitions import workflow_type_name
+from .definitions import seconds, workflow_type_name
 from .errors import (
     QueryFailed,
+    WorkflowAlreadyStarted,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowNotRunning,
     WorkflowTerminated,
+    WorkflowTimedOut,
 )
-from .instance import utcnow
+from .instance import IF_CLOSED, IF_RUNNING, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +141,16 @@ class Client:
 
         return self._with_conn(getattr(read, fn_name), *args, **kwargs)
 
-    def _request(self, kind: str, workflow_id: str, name: str, args: tuple, timeout: float) -> Any:
-        # No existence check against the projections first: the owning node knows every id of its
-        # partition and answers an unknown one with WorkflowNotFound, which saves a read per query.
+    def _reply_listener(self) -> _Replies:
         with self._lock:
             if self._replies is None:
                 self._replies = _Replies(self.kafka, self.topics)
+            return self._replies
+
+    def _request(self, kind: str, workflow_id: str, name: str, args: tuple, timeout: float) -> Any:
+        # No existence check against the projections first: the owning node knows every id of its
+        # partition and answers an unknown one with WorkflowNotFound, which saves a read per query.
+        self._reply_listener()
         request_id = str(uuid.uuid4())
         waiter = self._replies.expect(request_id)
         self._send(kind, workflow_id, request_id=request_id, name=name, input=payloads.encode(list(args)))
@@ -188,12 +194,52 @@ class Client:
         return row
 
     # -- the API -----------------------------------------------------------------------------------------
-    def start(self, wf: type | str, *args: Any, id: str | None = None) -> WorkflowHandle:  # noqa: A002 - API name
-        """Start a workflow; returns once the start command is durably in Kafka."""
+    def start(
+        self,
+        wf: type | str,
+        *args: Any,
+        id: str | None = None,  # noqa: A002 - API name
+        if_running: str = "use_existing",
+        if_closed: str = "use_existing",
+        start_signal: str | None = None,
+        start_signal_args: Any = (),
+        start_delay: float | timedelta | None = None,
+        timeout: float | timedelta | None = None,
+        decision_timeout: float = 30.0,
+    ) -> WorkflowHandle:
+        """Start a workflow; returns once the start command is durably in Kafka (API.md §3, §6).
+
+        With a policy other than the defaults, the owning node decides (the one place that knows the id's
+        state, so concurrent starts have one winner) and this waits for its answer on ``<ns>.replies`` (up
+        to ``decision_timeout`` seconds): ``WorkflowAlreadyStarted`` when refused. ``start_signal`` travels
+        in the same command (signal-with-start, atomic); ``start_delay`` and ``timeout`` become durable
+        timers of the owner.
+        """
+        options = _start_options(if_running, if_closed, start_signal, start_signal_args, start_delay, timeout)
         type_name = workflow_type_name(wf)
         workflow_id = id or str(uuid.uuid4())
         data = payloads.encode(list(args))
-        self._send("StartWorkflow", workflow_id, f"start:{workflow_id}", workflow_type=type_name, input=data)
+        decide = if_running != "use_existing" or if_closed != "use_existing"
+        # Every start with options is its own command (a second signal-with-start is a second signal); a
+        # plain start keeps the id-derived command id that makes its re-sends collapse.
+        command_id = f"start:{workflow_id}:{uuid.uuid4()}" if options else f"start:{workflow_id}"
+        if not decide:
+            self._send("StartWorkflow", workflow_id, command_id, workflow_type=type_name, input=data, **options)
+            run_id = None
+        else:
+            replies = self._reply_listener()
+            request_id = str(uuid.uuid4())
+            waiter = replies.expect(request_id)
+            self._send("StartWorkflow", workflow_id, command_id, workflow_type=type_name, input=data,
+                       request_id=request_id, **options)
+            reply = replies.wait(request_id, waiter, decision_timeout)
+            if reply is None:
+                raise TimeoutError(f"no decision on the start of {workflow_id} within {decision_timeout}s (is a node running?)")
+            run_id = (payloads.decode(reply["result"]) or {}).get("run_id") if reply["result"] else None
+            if not reply["ok"]:
+                if reply.get("error_type") == "WorkflowAlreadyStarted":
+                    raise WorkflowAlreadyStarted(workflow_id, run_id, reply.get("message"))
+                raise ValueError(reply.get("message") or reply.get("error_type") or "start refused")
         if self.postgres:
             from projections.migrate import record_pending
 
@@ -201,7 +247,7 @@ class Client:
                 self._with_conn(record_pending, workflow_id, type_name, list(args))
             except Exception:  # the projector writes the row anyway; this only makes `pending` visible sooner
                 log.warning("could not record %s as pending", workflow_id, exc_info=True)
-        return WorkflowHandle(self, workflow_id)
+        return WorkflowHandle(self, workflow_id, run_id)
 
     def get(self, id: str) -> WorkflowHandle:  # noqa: A002
         return WorkflowHandle(self, id)
@@ -233,17 +279,31 @@ class Client:
 
 
 class WorkflowHandle:
-    """A workflow by id; follows continue-as-new to the newest run."""
+    """A workflow by id; follows continue-as-new to the newest run.
 
-    def __init__(self, client: Client, workflow_id: str) -> None:
+    A handle from a start that the node decided (``run_id``) knows the run it started: until the projector
+    has that run, the handle reports it ``pending`` instead of the id's previous (perhaps ended) run, so
+    ``result()`` of a replaced or re-run id waits for the new run rather than answering with the old one.
+    """
+
+    def __init__(self, client: Client, workflow_id: str, run_id: str | None = None) -> None:
         self._client = client
         self.id = workflow_id
+        self.run_id = run_id
+        self._run_seen = run_id is None
 
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.id!r})"
 
     def describe(self) -> dict:
-        return self._client._require(self.id)
+        row = self._client._require(self.id)
+        if not self._run_seen:
+            if row.get("run_id") == self.run_id or self._client._read("run_known", self.id, self.run_id):
+                self._run_seen = True
+            else:
+                return {**row, "run_id": self.run_id, "status": "pending", "output": None, "error_type": None,
+                        "error_message": None, "error_traceback": None, "closed_at": None}
+        return row
 
     def status(self) -> str:
         return self.describe()["status"]
@@ -338,7 +398,46 @@ def _outcome(workflow_id: str, row: dict) -> Any:
         raise WorkflowFailed(workflow_id, row.get("error_type") or "Error", row.get("error_message") or "", row.get("error_traceback") or "")
     if status == "cancelled":
         raise WorkflowCancelled(workflow_id)
+    if status == "timed_out":
+        raise WorkflowTimedOut(workflow_id, row.get("error_message"))
     raise WorkflowTerminated(workflow_id, row.get("error_message"))
+
+
+def _start_options(
+    if_running: str, if_closed: str, start_signal: str | None, start_signal_args: Any,
+    start_delay: float | timedelta | None, timeout: float | timedelta | None,
+) -> dict[str, Any]:
+    """The StartWorkflow fields for ``start()``'s options (only those not at their default), checked here so
+    a typo fails at the caller with ValueError instead of travelling to a node."""
+    if if_running not in IF_RUNNING:
+        raise ValueError(f"unknown if_running policy {if_running!r}; expected one of: {', '.join(IF_RUNNING)}")
+    if if_closed not in IF_CLOSED:
+        raise ValueError(f"unknown if_closed policy {if_closed!r}; expected one of: {', '.join(IF_CLOSED)}")
+    options: dict[str, Any] = {}
+    if if_running != "use_existing":
+        options["if_running"] = if_running
+    if if_closed != "use_existing":
+        options["if_closed"] = if_closed
+    if start_signal is not None:
+        if not isinstance(start_signal, str) or not start_signal:
+            raise ValueError("start_signal must be a signal name (a non-empty string)")
+        if isinstance(start_signal_args, str | bytes) or not isinstance(start_signal_args, list | tuple):
+            raise ValueError("start_signal_args must be a list or tuple of arguments")
+        options["start_signal"] = start_signal
+        options["start_signal_input"] = payloads.encode(list(start_signal_args))
+    elif start_signal_args:
+        raise ValueError("start_signal_args given without start_signal")
+    for name, value, zero_ok in (("start_delay", start_delay, True), ("timeout", timeout, False)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
+            raise ValueError(f"{name} must be seconds (a number) or a timedelta, not {type(value).__name__}")
+        secs = seconds(value)
+        if secs is None or secs != secs or secs in (float("inf"), float("-inf")) or secs < 0 or (secs == 0 and not zero_ok):
+            raise ValueError(f"{name} must be {'zero or more' if zero_ok else 'more than zero'} seconds, not {value!r}")
+        if secs > 0:
+            options[name] = secs
+    return options
 
 
 def _redact(conninfo: str) -> str:
