@@ -154,19 +154,10 @@ class Client:
         request_id = str(uuid.uuid4())
         waiter = self._replies.expect(request_id)
         self._send(kind, workflow_id, request_id=request_id, name=name, input=payloads.encode(list(args)))
-        reply = self._replies.wait(request_id, waiter, timeout)
+        reply = self._replies.wait(request_id, waiter, timeout)  # type: ignore[union-attr]
         if reply is None:
             raise TimeoutError(f"no answer to {kind} {name!r} of {workflow_id} within {timeout}s")
-        if not reply["ok"]:
-            if reply.get("error_type") == "WorkflowNotFound":
-                raise WorkflowNotFound(workflow_id)
-            if reply.get("error_type") == "WorkflowNotRunning":
-                # The owning node's answer, so no race with the projections: "workflow <id> is <status>".
-                status = (reply.get("message") or "").rsplit(" ", 1)[-1]
-                operation = f"{kind.removesuffix('Workflow').lower()} {name!r}"
-                raise WorkflowNotRunning(workflow_id, status, operation)
-            raise QueryFailed(reply.get("error_type") or "Error", reply.get("message") or "")
-        return payloads.decode(reply["result"])
+        return _reply_value(workflow_id, kind, name, reply)
 
     def _terminals(self) -> _Terminals:
         with self._lock:
@@ -216,13 +207,21 @@ class Client:
         timers of the owner.
         """
         options = _start_options(if_running, if_closed, start_signal, start_signal_args, start_delay, timeout)
+        return self._start(wf, args, id, options, decision_timeout)[0]
+
+    def _start(
+        self, wf: type | str, args: tuple, id: str | None, options: dict[str, Any], decision_timeout: float,  # noqa: A002
+        _update: tuple[str, tuple, float] | None = None,
+    ) -> tuple[WorkflowHandle, dict | None]:
+        """Send the start; wait for the node's decision when it matters (and for a start update's answer)."""
+        update_reply = None
         type_name = workflow_type_name(wf)
         workflow_id = id or str(uuid.uuid4())
         data = payloads.encode(list(args))
-        decide = if_running != "use_existing" or if_closed != "use_existing"
+        decide = "if_running" in options or "if_closed" in options or _update is not None
         # Every start with options is its own command (a second signal-with-start is a second signal); a
         # plain start keeps the id-derived command id that makes its re-sends collapse.
-        command_id = f"start:{workflow_id}:{uuid.uuid4()}" if options else f"start:{workflow_id}"
+        command_id = f"start:{workflow_id}:{uuid.uuid4()}" if options or _update else f"start:{workflow_id}"
         if not decide:
             self._send("StartWorkflow", workflow_id, command_id, workflow_type=type_name, input=data, **options)
             run_id = None
@@ -230,6 +229,11 @@ class Client:
             replies = self._reply_listener()
             request_id = str(uuid.uuid4())
             waiter = replies.expect(request_id)
+            if _update is not None:
+                update_id = str(uuid.uuid4())
+                update_waiter = replies.expect(update_id)
+                options.update(start_update=_update[0], start_update_input=payloads.encode(list(_update[1])),
+                               update_request_id=update_id)
             self._send("StartWorkflow", workflow_id, command_id, workflow_type=type_name, input=data,
                        request_id=request_id, **options)
             reply = replies.wait(request_id, waiter, decision_timeout)
@@ -237,9 +241,15 @@ class Client:
                 raise TimeoutError(f"no decision on the start of {workflow_id} within {decision_timeout}s (is a node running?)")
             run_id = (payloads.decode(reply["result"]) or {}).get("run_id") if reply["result"] else None
             if not reply["ok"]:
+                if _update is not None:
+                    replies.wait(update_id, update_waiter, 0)  # no update will run: stop listening for it
                 if reply.get("error_type") == "WorkflowAlreadyStarted":
                     raise WorkflowAlreadyStarted(workflow_id, run_id, reply.get("message"))
                 raise ValueError(reply.get("message") or reply.get("error_type") or "start refused")
+            if _update is not None:
+                update_reply = replies.wait(update_id, update_waiter, _update[2])
+                if update_reply is None:
+                    raise TimeoutError(f"no answer to update {_update[0]!r} of {workflow_id} within {_update[2]}s")
         if self.postgres:
             from projections.migrate import record_pending
 
@@ -247,7 +257,29 @@ class Client:
                 self._with_conn(record_pending, workflow_id, type_name, list(args))
             except Exception:  # the projector writes the row anyway; this only makes `pending` visible sooner
                 log.warning("could not record %s as pending", workflow_id, exc_info=True)
-        return WorkflowHandle(self, workflow_id, run_id)
+        return WorkflowHandle(self, workflow_id, run_id), update_reply
+
+    def update_with_start(
+        self,
+        wf: type | str,
+        *args: Any,
+        id: str,  # noqa: A002 - API name
+        update: str,
+        update_args: Any = (),
+        timeout: float = 10,
+        **start_options: Any,
+    ) -> tuple[WorkflowHandle, Any]:
+        """Start (under ``start_options``' policies) and run the update ``update`` on the open or new run,
+        in one command; returns the handle and the update's result (API.md §6)."""
+        if not isinstance(update, str) or not update:
+            raise ValueError("update must be an update handler name (a non-empty string)")
+        if isinstance(update_args, str | bytes) or not isinstance(update_args, list | tuple):
+            raise ValueError("update_args must be a list or tuple of arguments")
+        decision_timeout = start_options.pop("decision_timeout", 30.0)
+        options = _start_options(**{**_START_DEFAULTS, **start_options})
+        handle, reply = self._start(wf, args, id, options, decision_timeout, (update, tuple(update_args), timeout))
+        assert reply is not None
+        return handle, _reply_value(id, "UpdateWorkflow", update, reply)
 
     def get(self, id: str) -> WorkflowHandle:  # noqa: A002
         return WorkflowHandle(self, id)
@@ -401,6 +433,27 @@ def _outcome(workflow_id: str, row: dict) -> Any:
     if status == "timed_out":
         raise WorkflowTimedOut(workflow_id, row.get("error_message"))
     raise WorkflowTerminated(workflow_id, row.get("error_message"))
+
+
+def _reply_value(workflow_id: str, kind: str, name: str, reply: dict) -> Any:
+    """The result of a query/update reply, or the error the owning node answered, raised."""
+    if not reply["ok"]:
+        if reply.get("error_type") == "WorkflowNotFound":
+            raise WorkflowNotFound(workflow_id)
+        if reply.get("error_type") == "WorkflowNotRunning":
+            # The owning node's answer, so no race with the projections: "workflow <id> is <status>".
+            status = (reply.get("message") or "").rsplit(" ", 1)[-1]
+            operation = f"{kind.removesuffix('Workflow').lower()} {name!r}"
+            raise WorkflowNotRunning(workflow_id, status, operation)
+        if reply.get("error_type") == "WorkflowAlreadyStarted":
+            raise WorkflowAlreadyStarted(workflow_id, None, reply.get("message"))
+        raise QueryFailed(reply.get("error_type") or "Error", reply.get("message") or "")
+    return payloads.decode(reply["result"])
+
+
+#: start()'s option defaults, for callers that pass options as a mapping (update_with_start, the test env).
+_START_DEFAULTS: dict[str, Any] = {"if_running": "use_existing", "if_closed": "use_existing", "start_signal": None,
+                                   "start_signal_args": (), "start_delay": None, "timeout": None}
 
 
 def _start_options(

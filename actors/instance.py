@@ -264,10 +264,21 @@ class WorkflowInstance:
             self._start_reply(cmd, out, "WorkflowAlreadyStarted", f"workflow {self.workflow_id} is {status} (if_closed={if_closed})")
 
     def _start_reply(self, cmd: dict, out: Outcome, error_type: str | None = None, message: str | None = None) -> None:
-        """Tell a client that asked (``request_id``) what became of its start: the run it refers to, or why not."""
+        """Tell a client that asked (``request_id``) what became of its start: the run it refers to, or why not.
+
+        An accepted update-with-start then goes to that run, like any update (answered when it completes).
+        """
         if cmd.get("request_id"):
             result = payloads.encode({"run_id": self.run_id})
             out.replies.append(Reply(cmd["request_id"], error_type is None, result, error_type, message))
+        if cmd.get("start_update") and cmd.get("update_request_id"):
+            if error_type is not None:
+                out.replies.append(Reply(cmd["update_request_id"], False, error_type=error_type, message=message))
+                return
+            update = {"type": "UpdateWorkflow", "command_id": f"{cmd['command_id']}:update", "workflow_id": self.workflow_id,
+                      "at": cmd.get("at"), "request_id": cmd["update_request_id"], "name": cmd["start_update"],
+                      "input": cmd.get("start_update_input") or payloads.encode([])}
+            self._cmd_UpdateWorkflow(update, cmd.get("at") or utcnow(), out)
 
     def _begin_run(self, cmd: dict, at: datetime, out: Outcome) -> None:
         """A new run of this id: WorkflowStarted, then the code's first decisions (unless it must wait)."""

@@ -40,8 +40,6 @@ from .errors import (
 )
 from .instance import WorkflowInstance
 
-_START_DEFAULTS = {"if_running": "use_existing", "if_closed": "use_existing", "start_signal": None,
-                   "start_signal_args": (), "start_delay": None, "timeout": None}
 
 class _Beats:
     """Stands in for the worker a heartbeat would be sent through."""
@@ -74,7 +72,7 @@ class WorkflowEnvironment:
     def start(self, wf: type | str, *args: Any, id: str | None = None, **options: Any) -> str:  # noqa: A002
         """Start as ``Client.start`` does, with the same options (policies, start_signal, start_delay, timeout);
         a refused start raises ``WorkflowAlreadyStarted``."""
-        from .client import _start_options
+        from .client import _START_DEFAULTS, _start_options
 
         workflow_id = id or str(uuid.uuid4())
         body = _start_options(**{**_START_DEFAULTS, **options})

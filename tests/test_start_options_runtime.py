@@ -89,6 +89,19 @@ def test_signal_with_start_is_seen_before_the_first_step(stack):
     assert h.result(timeout=20)["seen"] == ["first", "go"]
 
 
+def test_update_with_start_runs_the_update_on_the_new_or_open_run(stack):
+    client, _ = stack
+    h, count = client.update_with_start(Gate, "uws", id="uws-1", update="push", update_args=["a"])
+    assert count == 1 and h.id == "uws-1" and h.run_id
+    h2, count = client.update_with_start(Gate, "ignored", id="uws-1", update="push", update_args=["b"])
+    assert count == 2 and h2.run_id == h.run_id  # the open run took the update
+    with pytest.raises(WorkflowAlreadyStarted):
+        client.update_with_start(Gate, "x", id="uws-1", update="push", update_args=["c"], if_running="fail")
+    with pytest.raises(ValueError, match="update must be"):
+        client.update_with_start(Gate, "x", id="uws-1", update="")
+    assert h.update("push", "go") == 3 and h.result(timeout=20)["seen"] == ["a", "b", "go"]
+
+
 def test_start_delay_holds_the_first_step_durably(stack):
     client, _ = stack
     sent = time.time()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors import Workflow, query, signal, workflow
+from actors import Workflow, query, signal, update, workflow
 
 
 class Gate(Workflow):
@@ -24,6 +24,11 @@ class Gate(Workflow):
     @signal
     def add(self, item: str) -> None:
         self.seen.append(item)
+
+    @update
+    def push(self, item: str) -> int:
+        self.seen.append(item)
+        return len(self.seen)
 
     @query
     def first(self) -> list[str] | None:
