@@ -13,12 +13,14 @@ from .errors import (
     NonRetryableError,
     QueryFailed,
     VersionNotSupported,
+    WorkflowAlreadyStarted,
     WorkflowCancelled,
     WorkflowError,
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowNotRunning,
     WorkflowTerminated,
+    WorkflowTimedOut,
 )
 
 _asyncio_compat.install()
@@ -42,7 +44,8 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
 
 __all__ = [
     "ActivityFailed", "ActivityInfo", "ActivityOptions", "ChildWorkflowFailed", "Client", "NonRetryableError",
-    "NondeterminismError", "QueryFailed", "VersionNotSupported", "Workflow", "WorkflowCancelled", "WorkflowError",
-    "WorkflowFailed", "WorkflowHandle", "WorkflowNotFound", "WorkflowNotRunning", "WorkflowSummary", "WorkflowTerminated", "activity",
+    "NondeterminismError", "QueryFailed", "VersionNotSupported", "Workflow", "WorkflowAlreadyStarted", "WorkflowCancelled", "WorkflowError",
+    "WorkflowFailed", "WorkflowHandle", "WorkflowNotFound", "WorkflowNotRunning", "WorkflowSummary", "WorkflowTerminated",
+    "WorkflowTimedOut", "activity",
     "activity_info", "heartbeat", "query", "signal", "update", "webhook", "workflow",
 ]

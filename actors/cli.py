@@ -11,13 +11,15 @@ Connection options on every command: ``--kafka`` (``METAMORPH_KAFKA``, default `
 Exit codes scripts can rely on:
 
   0   ok
-  1   the workflow failed, was cancelled or was terminated (``result``); a non-determinism found (``replay``)
+  1   the workflow failed, was cancelled, was terminated or timed out (``result``); a non-determinism
+      found (``replay``)
   2   usage or configuration error (bad arguments, --postgres missing, topics not initialised,
       partition-count mismatch, an --app module that does not import)
   3   workflow not found
   4   timeout (``result --timeout``, a query/update nobody answered)
   5   Kafka broker or PostgreSQL unreachable
-  6   refused: a query/update the workflow could not answer (QueryFailed), a signal, cancel,
+  6   refused: a start refused by its --if-running/--if-closed policy (WorkflowAlreadyStarted),
+      a query/update the workflow could not answer (QueryFailed), a signal, cancel,
       terminate or update of a workflow that has already ended (WorkflowNotRunning), or a retry of
       a workflow that has not failed
   70  internal error (a bug: please report it; METAMORPH_DEBUG=1 shows the traceback)
@@ -425,8 +427,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # -- client commands -------------------------------------------------------------------------------------
 def _cmd_start(args: argparse.Namespace) -> int:
     with _client(args, kafka=True, postgres=False) as client:
-        handle = client.start(args.type, *map(_json_arg, args.args), id=args.id)
-        _emit(args, {"id": handle.id, "type": args.type}, handle.id)
+        handle = client.start(
+            args.type, *map(_json_arg, args.args), id=args.id, if_running=args.if_running, if_closed=args.if_closed,
+            start_signal=args.start_signal, start_signal_args=[_json_arg(a) for a in args.start_signal_arg or ()],
+            start_delay=args.start_delay, timeout=args.timeout,
+        )
+        _emit(args, {"id": handle.id, "type": args.type, "run_id": handle.run_id}, handle.id)
     return EXIT_OK
 
 
@@ -471,14 +477,14 @@ def _describe(row: dict) -> str:
 
 
 def _cmd_result(args: argparse.Namespace) -> int:
-    from .errors import WorkflowCancelled, WorkflowFailed, WorkflowTerminated
+    from .errors import WorkflowCancelled, WorkflowFailed, WorkflowTerminated, WorkflowTimedOut
 
     with _client(args) as client:
         try:
             output = client.get(args.id).result(timeout=args.timeout)
-        except (WorkflowFailed, WorkflowCancelled, WorkflowTerminated) as exc:
+        except (WorkflowFailed, WorkflowCancelled, WorkflowTerminated, WorkflowTimedOut) as exc:
             if args.json:
-                status = {WorkflowFailed: "failed", WorkflowCancelled: "cancelled"}.get(
+                status = {WorkflowFailed: "failed", WorkflowCancelled: "cancelled", WorkflowTimedOut: "timed_out"}.get(
                     type(exc), "terminated"
                 )
                 detail = (
@@ -844,6 +850,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("type", metavar="TYPE", help="workflow type name")
     p.add_argument("args", nargs="*", metavar="JSON_ARGS", help="arguments, each JSON or else a plain string")
     p.add_argument("--id", help="workflow id (default: a new UUID); an existing id is not started twice")
+    p.add_argument("--if-running", default="use_existing", choices=("use_existing", "fail", "terminate"),
+                   help="when a run of ID is open: return it (default), refuse, or terminate it and start anew")
+    p.add_argument("--if-closed", default="use_existing", choices=("use_existing", "fail", "allow", "allow_failed"),
+                   help="when the last run of ID has ended: return it (default), refuse, or start a new run "
+                        "(allow_failed: only if it did not complete)")
+    p.add_argument("--start-signal", metavar="NAME", help="signal-with-start: delivered before the first step")
+    p.add_argument("--start-signal-arg", action="append", metavar="JSON", help="an argument of the start signal (repeat)")
+    p.add_argument("--start-delay", type=float, metavar="S", help="seconds before the first step")
+    p.add_argument("--timeout", type=float, metavar="S", help="seconds the whole execution may take (then timed_out)")
 
     for name, text in (("signal", "send a signal"), ("query", "ask a query"), ("update", "run an update")):
         p = command(name, _cmd_signal if name == "signal" else _cmd_query, text, out)
@@ -919,20 +934,22 @@ def _classify(exc: BaseException) -> tuple[int, str]:
     from .dev import AppImportError
     from .errors import (
         QueryFailed,
+        WorkflowAlreadyStarted,
         WorkflowCancelled,
         WorkflowFailed,
         WorkflowNotFound,
         WorkflowNotRunning,
         WorkflowTerminated,
+        WorkflowTimedOut,
     )
 
     if isinstance(exc, CliError):
         return exc.code, str(exc)
     if isinstance(exc, WorkflowNotFound):
         return EXIT_NOT_FOUND, str(exc)
-    if isinstance(exc, WorkflowFailed | WorkflowCancelled | WorkflowTerminated):
+    if isinstance(exc, WorkflowFailed | WorkflowCancelled | WorkflowTerminated | WorkflowTimedOut):
         return EXIT_WORKFLOW, str(exc)
-    if isinstance(exc, QueryFailed | WorkflowNotRunning):
+    if isinstance(exc, QueryFailed | WorkflowNotRunning | WorkflowAlreadyStarted):
         return EXIT_REFUSED, f"refused: {exc}"
     if isinstance(exc, TopicMismatchError | AppImportError):
         return EXIT_USAGE, str(exc)

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -24,16 +24,18 @@ from eventstore import events as ev
 from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
 
-from .definitions import workflow_type_name
+from .definitions import seconds, workflow_type_name
 from .errors import (
     QueryFailed,
+    WorkflowAlreadyStarted,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowNotRunning,
     WorkflowTerminated,
+    WorkflowTimedOut,
 )
-from .instance import utcnow
+from .instance import IF_CLOSED, IF_RUNNING, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -138,28 +140,23 @@ class Client:
 
         return self._with_conn(getattr(read, fn_name), *args, **kwargs)
 
-    def _request(self, kind: str, workflow_id: str, name: str, args: tuple, timeout: float) -> Any:
-        # No existence check against the projections first: the owning node knows every id of its
-        # partition and answers an unknown one with WorkflowNotFound, which saves a read per query.
+    def _reply_listener(self) -> _Replies:
         with self._lock:
             if self._replies is None:
                 self._replies = _Replies(self.kafka, self.topics)
+            return self._replies
+
+    def _request(self, kind: str, workflow_id: str, name: str, args: tuple, timeout: float) -> Any:
+        # No existence check against the projections first: the owning node knows every id of its
+        # partition and answers an unknown one with WorkflowNotFound, which saves a read per query.
+        self._reply_listener()
         request_id = str(uuid.uuid4())
         waiter = self._replies.expect(request_id)
         self._send(kind, workflow_id, request_id=request_id, name=name, input=payloads.encode(list(args)))
-        reply = self._replies.wait(request_id, waiter, timeout)
+        reply = self._replies.wait(request_id, waiter, timeout)  # type: ignore[union-attr]
         if reply is None:
             raise TimeoutError(f"no answer to {kind} {name!r} of {workflow_id} within {timeout}s")
-        if not reply["ok"]:
-            if reply.get("error_type") == "WorkflowNotFound":
-                raise WorkflowNotFound(workflow_id)
-            if reply.get("error_type") == "WorkflowNotRunning":
-                # The owning node's answer, so no race with the projections: "workflow <id> is <status>".
-                status = (reply.get("message") or "").rsplit(" ", 1)[-1]
-                operation = f"{kind.removesuffix('Workflow').lower()} {name!r}"
-                raise WorkflowNotRunning(workflow_id, status, operation)
-            raise QueryFailed(reply.get("error_type") or "Error", reply.get("message") or "")
-        return payloads.decode(reply["result"])
+        return _reply_value(workflow_id, kind, name, reply)
 
     def _terminals(self) -> _Terminals:
         with self._lock:
@@ -187,12 +184,71 @@ class Client:
         return row
 
     # -- the API -----------------------------------------------------------------------------------------
-    def start(self, wf: type | str, *args: Any, id: str | None = None) -> WorkflowHandle:  # noqa: A002 - API name
-        """Start a workflow; returns once the start command is durably in Kafka."""
+    def start(
+        self,
+        wf: type | str,
+        *args: Any,
+        id: str | None = None,  # noqa: A002 - API name
+        if_running: str = "use_existing",
+        if_closed: str = "use_existing",
+        start_signal: str | None = None,
+        start_signal_args: Any = (),
+        start_delay: float | timedelta | None = None,
+        timeout: float | timedelta | None = None,
+        decision_timeout: float = 30.0,
+    ) -> WorkflowHandle:
+        """Start a workflow; returns once the start command is durably in Kafka (API.md §3, §6).
+
+        With a policy other than the defaults, the owning node decides (the one place that knows the id's
+        state, so concurrent starts have one winner) and this waits for its answer on ``<ns>.replies`` (up
+        to ``decision_timeout`` seconds): ``WorkflowAlreadyStarted`` when refused. ``start_signal`` travels
+        in the same command (signal-with-start, atomic); ``start_delay`` and ``timeout`` become durable
+        timers of the owner.
+        """
+        options = _start_options(if_running, if_closed, start_signal, start_signal_args, start_delay, timeout)
+        return self._start(wf, args, id, options, decision_timeout)[0]
+
+    def _start(
+        self, wf: type | str, args: tuple, id: str | None, options: dict[str, Any], decision_timeout: float,  # noqa: A002
+        _update: tuple[str, tuple, float] | None = None,
+    ) -> tuple[WorkflowHandle, dict | None]:
+        """Send the start; wait for the node's decision when it matters (and for a start update's answer)."""
+        update_reply = None
         type_name = workflow_type_name(wf)
         workflow_id = id or str(uuid.uuid4())
         data = payloads.encode(list(args))
-        self._send("StartWorkflow", workflow_id, f"start:{workflow_id}", workflow_type=type_name, input=data)
+        decide = "if_running" in options or "if_closed" in options or _update is not None
+        # Every start with options is its own command (a second signal-with-start is a second signal); a
+        # plain start keeps the id-derived command id that makes its re-sends collapse.
+        command_id = f"start:{workflow_id}:{uuid.uuid4()}" if options or _update else f"start:{workflow_id}"
+        if not decide:
+            self._send("StartWorkflow", workflow_id, command_id, workflow_type=type_name, input=data, **options)
+            run_id = None
+        else:
+            replies = self._reply_listener()
+            request_id = str(uuid.uuid4())
+            waiter = replies.expect(request_id)
+            if _update is not None:
+                update_id = str(uuid.uuid4())
+                update_waiter = replies.expect(update_id)
+                options.update(start_update=_update[0], start_update_input=payloads.encode(list(_update[1])),
+                               update_request_id=update_id)
+            self._send("StartWorkflow", workflow_id, command_id, workflow_type=type_name, input=data,
+                       request_id=request_id, **options)
+            reply = replies.wait(request_id, waiter, decision_timeout)
+            if reply is None:
+                raise TimeoutError(f"no decision on the start of {workflow_id} within {decision_timeout}s (is a node running?)")
+            run_id = (payloads.decode(reply["result"]) or {}).get("run_id") if reply["result"] else None
+            if not reply["ok"]:
+                if _update is not None:
+                    replies.wait(update_id, update_waiter, 0)  # no update will run: stop listening for it
+                if reply.get("error_type") == "WorkflowAlreadyStarted":
+                    raise WorkflowAlreadyStarted(workflow_id, run_id, reply.get("message"))
+                raise ValueError(reply.get("message") or reply.get("error_type") or "start refused")
+            if _update is not None:
+                update_reply = replies.wait(update_id, update_waiter, _update[2])
+                if update_reply is None:
+                    raise TimeoutError(f"no answer to update {_update[0]!r} of {workflow_id} within {_update[2]}s")
         if self.postgres:
             from projections.migrate import record_pending
 
@@ -200,7 +256,29 @@ class Client:
                 self._with_conn(record_pending, workflow_id, type_name, list(args))
             except Exception:  # the projector writes the row anyway; this only makes `pending` visible sooner
                 log.warning("could not record %s as pending", workflow_id, exc_info=True)
-        return WorkflowHandle(self, workflow_id)
+        return WorkflowHandle(self, workflow_id, run_id), update_reply
+
+    def update_with_start(
+        self,
+        wf: type | str,
+        *args: Any,
+        id: str,  # noqa: A002 - API name
+        update: str,
+        update_args: Any = (),
+        timeout: float = 10,
+        **start_options: Any,
+    ) -> tuple[WorkflowHandle, Any]:
+        """Start (under ``start_options``' policies) and run the update ``update`` on the open or new run,
+        in one command; returns the handle and the update's result (API.md §6)."""
+        if not isinstance(update, str) or not update:
+            raise ValueError("update must be an update handler name (a non-empty string)")
+        if isinstance(update_args, str | bytes) or not isinstance(update_args, list | tuple):
+            raise ValueError("update_args must be a list or tuple of arguments")
+        decision_timeout = start_options.pop("decision_timeout", 30.0)
+        options = _start_options(**{**_START_DEFAULTS, **start_options})
+        handle, reply = self._start(wf, args, id, options, decision_timeout, (update, tuple(update_args), timeout))
+        assert reply is not None
+        return handle, _reply_value(id, "UpdateWorkflow", update, reply)
 
     def get(self, id: str) -> WorkflowHandle:  # noqa: A002
         return WorkflowHandle(self, id)
@@ -232,17 +310,31 @@ class Client:
 
 
 class WorkflowHandle:
-    """A workflow by id; follows continue-as-new to the newest run."""
+    """A workflow by id; follows continue-as-new to the newest run.
 
-    def __init__(self, client: Client, workflow_id: str) -> None:
+    A handle from a start that the node decided (``run_id``) knows the run it started: until the projector
+    has that run, the handle reports it ``pending`` instead of the id's previous (perhaps ended) run, so
+    ``result()`` of a replaced or re-run id waits for the new run rather than answering with the old one.
+    """
+
+    def __init__(self, client: Client, workflow_id: str, run_id: str | None = None) -> None:
         self._client = client
         self.id = workflow_id
+        self.run_id = run_id
+        self._run_seen = run_id is None
 
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.id!r})"
 
     def describe(self) -> dict:
-        return self._client._require(self.id)
+        row = self._client._require(self.id)
+        if not self._run_seen:
+            if row.get("run_id") == self.run_id or self._client._read("run_known", self.id, self.run_id):
+                self._run_seen = True
+            else:
+                return {**row, "run_id": self.run_id, "status": "pending", "output": None, "error_type": None,
+                        "error_message": None, "error_traceback": None, "closed_at": None}
+        return row
 
     def status(self) -> str:
         return self.describe()["status"]
@@ -348,7 +440,67 @@ def _outcome(workflow_id: str, row: dict) -> Any:
         raise WorkflowFailed(workflow_id, row.get("error_type") or "Error", row.get("error_message") or "", row.get("error_traceback") or "")
     if status == "cancelled":
         raise WorkflowCancelled(workflow_id)
+    if status == "timed_out":
+        raise WorkflowTimedOut(workflow_id, row.get("error_message"))
     raise WorkflowTerminated(workflow_id, row.get("error_message"))
+
+
+def _reply_value(workflow_id: str, kind: str, name: str, reply: dict) -> Any:
+    """The result of a query/update reply, or the error the owning node answered, raised."""
+    if not reply["ok"]:
+        if reply.get("error_type") == "WorkflowNotFound":
+            raise WorkflowNotFound(workflow_id)
+        if reply.get("error_type") == "WorkflowNotRunning":
+            # The owning node's answer, so no race with the projections: "workflow <id> is <status>".
+            status = (reply.get("message") or "").rsplit(" ", 1)[-1]
+            operation = f"{kind.removesuffix('Workflow').lower()} {name!r}"
+            raise WorkflowNotRunning(workflow_id, status, operation)
+        if reply.get("error_type") == "WorkflowAlreadyStarted":
+            raise WorkflowAlreadyStarted(workflow_id, None, reply.get("message"))
+        raise QueryFailed(reply.get("error_type") or "Error", reply.get("message") or "")
+    return payloads.decode(reply["result"])
+
+
+#: start()'s option defaults, for callers that pass options as a mapping (update_with_start, the test env).
+_START_DEFAULTS: dict[str, Any] = {"if_running": "use_existing", "if_closed": "use_existing", "start_signal": None,
+                                   "start_signal_args": (), "start_delay": None, "timeout": None}
+
+
+def _start_options(
+    if_running: str, if_closed: str, start_signal: str | None, start_signal_args: Any,
+    start_delay: float | timedelta | None, timeout: float | timedelta | None,
+) -> dict[str, Any]:
+    """The StartWorkflow fields for ``start()``'s options (only those not at their default), checked here so
+    a typo fails at the caller with ValueError instead of travelling to a node."""
+    if if_running not in IF_RUNNING:
+        raise ValueError(f"unknown if_running policy {if_running!r}; expected one of: {', '.join(IF_RUNNING)}")
+    if if_closed not in IF_CLOSED:
+        raise ValueError(f"unknown if_closed policy {if_closed!r}; expected one of: {', '.join(IF_CLOSED)}")
+    options: dict[str, Any] = {}
+    if if_running != "use_existing":
+        options["if_running"] = if_running
+    if if_closed != "use_existing":
+        options["if_closed"] = if_closed
+    if start_signal is not None:
+        if not isinstance(start_signal, str) or not start_signal:
+            raise ValueError("start_signal must be a signal name (a non-empty string)")
+        if isinstance(start_signal_args, str | bytes) or not isinstance(start_signal_args, list | tuple):
+            raise ValueError("start_signal_args must be a list or tuple of arguments")
+        options["start_signal"] = start_signal
+        options["start_signal_input"] = payloads.encode(list(start_signal_args))
+    elif start_signal_args:
+        raise ValueError("start_signal_args given without start_signal")
+    for name, value, zero_ok in (("start_delay", start_delay, True), ("timeout", timeout, False)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
+            raise ValueError(f"{name} must be seconds (a number) or a timedelta, not {type(value).__name__}")
+        secs = seconds(value)
+        if secs is None or secs != secs or secs in (float("inf"), float("-inf")) or secs < 0 or (secs == 0 and not zero_ok):
+            raise ValueError(f"{name} must be {'zero or more' if zero_ok else 'more than zero'} seconds, not {value!r}")
+        if secs > 0:
+            options[name] = secs
+    return options
 
 
 def _redact(conninfo: str) -> str:

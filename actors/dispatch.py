@@ -80,8 +80,9 @@ def messages_for(
             topics, "StartWorkflow", workflow_id, f"{workflow_id}:{event['new_run_id']}:continue", at,
             workflow_type=wf_type, input=event["input"], run_id=event["new_run_id"], continued_from=run,
             parent_id=parent, parent_run_id=(started or {}).get("parent_run_id"), parent_ref=(started or {}).get("parent_ref"),
+            timeout_at=(started or {}).get("timeout_at"),  # the execution timeout spans the whole chain
         )]
-    if parent and kind in ("WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled", "WorkflowTerminated"):
+    if parent and kind in ("WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled", "WorkflowTerminated", "WorkflowTimedOut"):
         body: dict[str, object] = {"run_id": (started or {}).get("parent_run_id") or "", "child_ref": started.get("parent_ref") or 0}  # type: ignore[union-attr]
         if kind == "WorkflowCompleted":
             body.update(ok=True, result=event["result"])
@@ -105,13 +106,14 @@ def messages_for_history(topics: Topics, workflow_id: str, history: list[dict], 
     for e in events:
         if not e.get("copied"):  # history carried into a reset run owes nothing that was not owed before
             out.extend(messages_for(topics, workflow_id, e, runs_started.get(e.get("run_id")), by_activity.get))
-        if e["type"] in ("WorkflowCancelled", "WorkflowTerminated"):
+        if e["type"] in ("WorkflowCancelled", "WorkflowTerminated", "WorkflowTimedOut"):
             out.extend(_close_children(topics, workflow_id, history, e))
     return out
 
 
 def _close_children(topics: Topics, workflow_id: str, history: list[dict], closed: dict) -> list[Message]:
-    """A cancelled parent cancels its open children (they may clean up); a terminated one terminates them."""
+    """A cancelled parent cancels its open children (they may clean up); a terminated or timed-out one
+    terminates them (the deadline is the whole execution's, children included)."""
     resolved = {e["child_ref"] for e in history if e["type"] in ("ChildCompleted", "ChildFailed")}
     kind = "CancelWorkflow" if closed["type"] == "WorkflowCancelled" else "TerminateWorkflow"
     reason = f"parent {workflow_id} was {closed['type'].removeprefix('Workflow').lower()}"

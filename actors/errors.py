@@ -100,6 +100,29 @@ class WorkflowTerminated(WorkflowError):
         self.reason = reason
 
 
+class WorkflowTimedOut(WorkflowError):
+    """The workflow's execution timeout (start option ``timeout``) elapsed before it ended: status ``timed_out``."""
+
+    def __init__(self, workflow_id: str, message: str | None = None) -> None:
+        super().__init__(f"workflow {workflow_id} timed out" + (f": {message}" if message else ""))
+        self.workflow_id = workflow_id
+        self.message = message
+
+
+class WorkflowAlreadyStarted(WorkflowError):
+    """A start refused by the owning node under ``if_running``/``if_closed``: the id has a run already.
+
+    ``run_id`` is that run's (the open one, or the last closed one), so the caller can ``client.get(id)``
+    it, or decide to start with another policy.
+    """
+
+    def __init__(self, workflow_id: str, run_id: str | None, reason: str | None = None) -> None:
+        super().__init__(f"workflow {workflow_id} is already started (run {run_id})" + (f": {reason}" if reason else ""))
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self.reason = reason
+
+
 class WorkflowNotFound(WorkflowError, LookupError):
     def __init__(self, workflow_id: str) -> None:
         super().__init__(f"no workflow with id {workflow_id!r}")

@@ -48,7 +48,7 @@ from eventstore import metrics
 from eventstore.log import PayloadTooLargeError
 
 from . import webhooks
-from .errors import QueryFailed, WorkflowNotFound, WorkflowNotRunning
+from .errors import QueryFailed, WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning
 from .routing import IdRoute, route_path
 
 if TYPE_CHECKING:
@@ -269,6 +269,26 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
     return value
 
 
+def _start_options(body: dict) -> dict[str, Any]:
+    """The API.md §6 start options of a start body, shape-checked; the Client checks their values (400)."""
+    options: dict[str, Any] = {}
+    for name in ("if_running", "if_closed", "start_signal"):
+        if body.get(name) is not None:
+            if not isinstance(body[name], str):
+                raise BadRequest(f'"{name}" must be a string')
+            options[name] = body[name]
+    if body.get("start_signal_args") is not None:
+        if not isinstance(body["start_signal_args"], list):
+            raise BadRequest('"start_signal_args" must be a JSON array')
+        options["start_signal_args"] = body["start_signal_args"]
+    for name in ("start_delay", "timeout"):
+        if body.get(name) is not None:
+            if isinstance(body[name], bool) or not isinstance(body[name], int | float):
+                raise BadRequest(f'"{name}" must be a number of seconds')
+            options[name] = body[name]
+    return options
+
+
 # -- endpoints -------------------------------------------------------------------------------------------
 class _Api:
     """The endpoints, bound to one Client."""
@@ -316,7 +336,7 @@ class _Api:
         workflow_id = body.get("id")
         if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
             raise BadRequest('"id" must be a non-empty string')
-        handle = await self._call(self.client.start, wf_type, *_args(body), id=workflow_id)
+        handle = await self._call(self.client.start, wf_type, *_args(body), id=workflow_id, **_start_options(body))
         location = f"/workflows/{quote(handle.id, safe='')}"
         return JSON({"id": handle.id}, status_code=201, headers={"Location": location})
 
@@ -403,6 +423,7 @@ def _handlers() -> dict[Any, Callable[[Request, Exception], Any]]:
         WorkflowNotFound: handler(404, "WorkflowNotFound"),
         QueryFailed: handler(409),
         WorkflowNotRunning: handler(409, "WorkflowNotRunning"),
+        WorkflowAlreadyStarted: handler(409, "WorkflowAlreadyStarted"),
         # Any other ValueError from the Client is a parameter it refused (an unknown status filter, say).
         ValueError: handler(400, "BadRequest"),
         PayloadTooLargeError: handler(413, "PayloadTooLarge"),
@@ -676,8 +697,8 @@ def openapi_document() -> dict:
             ),
             "post": _op(
                 "startWorkflow",
-                "Start a workflow (an existing id is not started twice)",
-                {"201": _json(_ref("Started"), "Start command accepted"), **_errors(400, 413, 503)},
+                "Start a workflow (an existing id is not started twice unless a policy says so)",
+                {"201": _json(_ref("Started"), "Start command accepted"), **_errors(400, 409, 413, 503, 504)},
                 body=_body_schema(_ref("StartRequest"), required=True),
             ),
         },
@@ -914,6 +935,14 @@ def _schemas() -> dict:
                 "type": {"type": "string", "description": "Workflow type name"},
                 "args": {"type": "array", "default": []},
                 "id": {"type": "string", "description": "Workflow id (default: a new UUID)"},
+                "if_running": {"type": "string", "enum": ["use_existing", "fail", "terminate"], "default": "use_existing"},
+                "if_closed": {"type": "string", "enum": ["use_existing", "fail", "allow", "allow_failed"],
+                              "default": "use_existing"},
+                "start_signal": {"type": "string", "description": "Signal-with-start: delivered before the first step"},
+                "start_signal_args": {"type": "array", "default": []},
+                "start_delay": {"type": "number", "minimum": 0, "description": "Seconds before the first step"},
+                "timeout": {"type": "number", "exclusiveMinimum": 0,
+                            "description": "Seconds the whole execution may take; then it ends timed_out"},
             },
         },
         "Started": {

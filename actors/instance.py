@@ -16,12 +16,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventstore import payloads
-from eventstore.statuses import BY_TERMINAL_EVENT
+from eventstore.statuses import BY_TERMINAL_EVENT, UNSUCCESSFUL
 
 from .definitions import check_arguments, handler_for, workflow_class
 from .replay import TERMINAL, WorkflowRun
 
 log = logging.getLogger(__name__)
+
+#: Start policies (API.md §6); the first of each is the default and today's behaviour.
+IF_RUNNING = ("use_existing", "fail", "terminate")
+IF_CLOSED = ("use_existing", "fail", "allow", "allow_failed")
 
 
 def utcnow() -> datetime:
@@ -131,6 +135,8 @@ class WorkflowInstance:
             self._awaiting_retry.pop(event["activity_id"], None)
         elif kind == "TimerStarted":
             self._open_timers[event["seq"]] = None
+        elif kind == "WorkflowStarted" and event.get("start_at"):
+            self._open_timers[event["seq"]] = None  # start_delay: released by TimerFired(timer_id=1)
         elif kind == "TimerFired":
             self._open_timers.pop(event["timer_id"], None)
         elif kind == "WorkflowBlocked":
@@ -208,20 +214,92 @@ class WorkflowInstance:
         return self.run is not None and self.terminal is None
 
     def _cmd_StartWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        """Start a run, or decide what a start of an id that has runs means (API.md §6).
+
+        The decision is taken here, by the owner of the id's partition, which is the one place that knows
+        the id's state: concurrent starts from many clients are serialised by the partition, so exactly one
+        of them wins. A start carrying ``request_id`` is answered on ``<ns>.replies`` with the decision.
+        """
         continuing = cmd.get("continued_from") and cmd.get("continued_from") == self.run_id and self.terminal == "WorkflowContinued"
-        if self.run_id is not None and not continuing:
-            return  # an existing id: a duplicate start runs nothing twice
+        if continuing or self.run_id is None:
+            self._begin_run(cmd, at, out)
+            self._start_reply(cmd, out)
+            return
+        if self.history and self.history[0].get("command_id") == cmd["command_id"]:
+            self._start_reply(cmd, out)  # a re-delivered start of this run: answer again, start nothing
+            return
+        if_running = cmd.get("if_running") or "use_existing"
+        if_closed = cmd.get("if_closed") or "use_existing"
+        if if_running not in IF_RUNNING or if_closed not in IF_CLOSED:
+            reason = f"unknown start policy if_running={if_running!r} if_closed={if_closed!r}"
+            out.rejected.append((cmd, reason))
+            self._start_reply(cmd, out, "ValueError", reason)
+            return
+        if self.terminal is None or self.terminal == "WorkflowContinued":  # open (a continuation is in flight)
+            if if_running == "fail":
+                self._start_reply(cmd, out, "WorkflowAlreadyStarted", f"workflow {self.workflow_id} is {self.status}")
+                return
+            if if_running == "terminate":
+                if self.terminal is None:
+                    ended = self._system("WorkflowTerminated", {"reason": "replaced"}, at)
+                    ended["status"] = "terminated"
+                    self.run = None
+                    out.events.append(ended)
+                self._begin_run(cmd, at, out)
+                self._start_reply(cmd, out)
+                return
+            if cmd.get("start_signal"):  # signal-with-start of an open run: the signal goes to it
+                signal = {"type": "SignalWorkflow", "command_id": f"{cmd['command_id']}:signal", "workflow_id": self.workflow_id,
+                          "at": at, "name": cmd["start_signal"], "input": cmd.get("start_signal_input") or payloads.encode([])}
+                self._cmd_SignalWorkflow(signal, at, out)
+            self._start_reply(cmd, out)
+            return
+        status = self.status
+        if if_closed == "allow" or (if_closed == "allow_failed" and status in UNSUCCESSFUL):
+            self._begin_run(cmd, at, out)
+            self._start_reply(cmd, out)
+        elif if_closed == "use_existing":
+            self._start_reply(cmd, out)
+        else:
+            self._start_reply(cmd, out, "WorkflowAlreadyStarted", f"workflow {self.workflow_id} is {status} (if_closed={if_closed})")
+
+    def _start_reply(self, cmd: dict, out: Outcome, error_type: str | None = None, message: str | None = None) -> None:
+        """Tell a client that asked (``request_id``) what became of its start: the run it refers to, or why not.
+
+        An accepted update-with-start then goes to that run, like any update (answered when it completes).
+        """
+        if cmd.get("request_id"):
+            result = payloads.encode({"run_id": self.run_id})
+            out.replies.append(Reply(cmd["request_id"], error_type is None, result, error_type, message))
+        if cmd.get("start_update") and cmd.get("update_request_id"):
+            if error_type is not None:
+                out.replies.append(Reply(cmd["update_request_id"], False, error_type=error_type, message=message))
+                return
+            update = {"type": "UpdateWorkflow", "command_id": f"{cmd['command_id']}:update", "workflow_id": self.workflow_id,
+                      "at": cmd.get("at"), "request_id": cmd["update_request_id"], "name": cmd["start_update"],
+                      "input": cmd.get("start_update_input") or payloads.encode([])}
+            self._cmd_UpdateWorkflow(update, cmd.get("at") or utcnow(), out)
+
+    def _begin_run(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        """A new run of this id: WorkflowStarted, then the code's first decisions (unless it must wait)."""
         self.run_id = cmd.get("run_id") or str(uuid.uuid4())
         self.workflow_type = cmd["workflow_type"]
         self.parent = {k: cmd.get(k) for k in ("parent_id", "parent_run_id", "parent_ref")}
         self.terminal = None
         self.history = []
         self._reset_bookkeeping()
+        timeout_at = cmd.get("timeout_at")
+        if timeout_at is None and cmd.get("timeout") is not None:
+            timeout_at = ms(at + timedelta(seconds=max(0.0, cmd["timeout"])))
+        delay = cmd.get("start_delay") or 0.0
         started = {
             "type": "WorkflowStarted", "seq": 1, "at": at, "run_id": self.run_id, "workflow_type": cmd["workflow_type"],
             "input": cmd["input"], "command_id": cmd["command_id"], **self.parent,
-            "continued_from": cmd.get("continued_from"),
+            "continued_from": cmd.get("continued_from"), "timeout_at": timeout_at,
+            "start_at": ms(at + timedelta(seconds=delay)) if delay > 0 else None,
+            "start_signal": None, "start_signal_input": None,
         }
+        rejected_signal = None
         try:
             cls = workflow_class(cmd["workflow_type"])
             args = payloads.decode(cmd["input"]) or []
@@ -250,9 +328,24 @@ class WorkflowInstance:
             self.terminal = "WorkflowFailed"
             out.events.extend([started, failed])
             return
+        if cmd.get("start_signal"):
+            signal_input = cmd.get("start_signal_input") or payloads.encode([])
+            try:
+                method = handler_for(cls, "signal", cmd["start_signal"])
+                if method is None:
+                    raise LookupError(f"workflow type {cmd['workflow_type']} has no signal named {cmd['start_signal']!r}")
+                check_arguments(getattr(cls, method), [None, *(payloads.decode(signal_input) or [])])
+                started.update(start_signal=cmd["start_signal"], start_signal_input=signal_input)
+            except (LookupError, TypeError, ValueError) as exc:
+                # As for any signal: the sender's mistake is recorded (exceptions()) and the run goes on.
+                log.warning("start signal %r to workflow %s rejected: %s", cmd["start_signal"], self.workflow_id, exc)
+                error_type = "UnknownSignal" if isinstance(exc, LookupError) else type(exc).__name__
+                rejected_signal = {"command": "StartWorkflow", "error_type": error_type, "message": str(exc), "traceback": ""}
         self.run = WorkflowRun(cls, self.workflow_id, self.run_id, self.parent.get("parent_id"))
         self.history = self.run.history
         self._input("WorkflowStarted", {k: v for k, v in started.items() if k not in ("type", "seq", "at")}, at, out)
+        if rejected_signal is not None:
+            out.events.append(self._system("CommandRejected", rejected_signal, at))
 
     def _check_handler(self, kind: str, name: str, input_: bytes) -> str:
         assert self.run is not None
@@ -378,6 +471,16 @@ class WorkflowInstance:
 
     def _cmd_FireTimer(self, cmd: dict, at: datetime, out: Outcome) -> None:
         kind = cmd.get("kind", "timer")
+        if kind == "deadline":
+            # The execution timeout: also ends a run that is blocked (no code to run is no reason to live on).
+            if self.run_id is not None and self.terminal is None and cmd.get("run_id") == self.run_id:
+                deadline = (self.history[0].get("timeout_at") if self.history else None) or ms(at)
+                message = f"the execution timeout elapsed at {datetime.fromtimestamp(deadline / 1000, UTC).isoformat()}"
+                ended = self._system("WorkflowTimedOut", {"message": message}, at)
+                ended["status"] = "timed_out"
+                self.run = None
+                out.events.append(ended)
+            return
         if not self._live() or cmd.get("run_id") != self.run_id:
             return
         if kind == "timer":

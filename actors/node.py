@@ -582,7 +582,8 @@ def _count(e: dict, workflow_type: str, started_at: Any = None) -> None:
     kind = e["type"]
     if kind == "WorkflowStarted":
         metrics.workflows_started.labels(workflow_type).inc()
-    elif kind in ("WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled", "WorkflowTerminated", "WorkflowContinued"):
+    elif kind in ("WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled", "WorkflowTerminated", "WorkflowContinued",
+                  "WorkflowTimedOut"):
         metrics.workflows_closed.labels(workflow_type, kind.removeprefix("Workflow").lower()).inc()
         if kind == "WorkflowCompleted" and started_at is not None:
             seconds = _seconds(e.get("at")) - _seconds(started_at)

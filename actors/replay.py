@@ -235,6 +235,7 @@ class WorkflowRun:
         self.finished: str | None = None  # terminal event type once the run has ended
         self.blocked: NondeterminismError | None = None
         self.cancel_requested = False
+        self._held = False  # the first step waits for start_delay
         self._cursor = 0  # index into history of the next recorded event not yet consumed
         self._replaying = False
         # A list, not a deque: it holds a task or two, and an empty deque is a 760-byte block per live workflow.
@@ -281,7 +282,7 @@ class WorkflowRun:
         kind = event["type"]
         if event.get("command_id"):
             self._applied_commands[event["command_id"]] = None
-        if kind == "WorkflowTerminated":
+        if kind in ("WorkflowTerminated", "WorkflowTimedOut"):
             self.finished = kind
             return
         if kind not in INPUTS or self.blocked or self.finished:
@@ -310,7 +311,23 @@ class WorkflowRun:
                 failed.set_exception(exc)
                 self._finish(failed)
                 return
-        self._main = self.spawn(coro)
+        if event.get("start_signal"):
+            # Signal-with-start: the handler sees the signal before execute takes its first step.
+            method = handler_for(self.cls, "signal", event["start_signal"])
+            if method is not None:
+                self._call_handler(getattr(self.instance, method), payloads.decode(event.get("start_signal_input") or b"[]") or [])
+        main = self._main = _Task(self, coro)
+        if event.get("start_at"):
+            # start_delay: the first step waits for the durable start timer (TimerFired of this event's seq).
+            self._held = True
+            gate = self._pending[("timer", event["seq"])] = WFuture()
+            gate.add_done_callback(lambda _f: self._release(main))
+        else:
+            self._ready.append((main, None))
+
+    def _release(self, main: _Task) -> None:
+        self._held = False
+        self._ready.append((main, None))
 
     def _resolve(self, key: tuple[str, int], value: Any = None, exc: BaseException | None = None) -> None:
         fut = self._pending.pop(key, None)
@@ -647,6 +664,8 @@ class WorkflowRun:
             return str(BY_TERMINAL_EVENT[self.finished])
         if self.blocked:
             return "blocked"
+        if self._held:
+            return "pending"  # accepted, code not yet run (start_delay)
         if any(kind in ("activity", "child") for kind, _ in self._pending):
             return "running"
         return "waiting"

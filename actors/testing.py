@@ -29,7 +29,15 @@ from eventstore.topics import Topics
 from .activities import ActivityInfo, _Context, _context
 from .definitions import activities, workflow_type_name
 from .dispatch import messages_for_history, reply_message
-from .errors import NonRetryableError, QueryFailed, WorkflowCancelled, WorkflowFailed, WorkflowTerminated
+from .errors import (
+    NonRetryableError,
+    QueryFailed,
+    WorkflowAlreadyStarted,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowTerminated,
+    WorkflowTimedOut,
+)
 from .instance import WorkflowInstance
 
 
@@ -61,10 +69,23 @@ class WorkflowEnvironment:
         self._seq = itertools.count()
 
     # -- the client side -----------------------------------------------------------------------------------
-    def start(self, wf: type | str, *args: Any, id: str | None = None) -> str:  # noqa: A002
+    def start(self, wf: type | str, *args: Any, id: str | None = None, **options: Any) -> str:  # noqa: A002
+        """Start as ``Client.start`` does, with the same options (policies, start_signal, start_delay, timeout);
+        a refused start raises ``WorkflowAlreadyStarted``."""
+        from .client import _START_DEFAULTS, _start_options
+
         workflow_id = id or str(uuid.uuid4())
-        self._command("StartWorkflow", workflow_id, workflow_type=workflow_type_name(wf), input=payloads.encode(list(args)))
+        body = _start_options(**{**_START_DEFAULTS, **options})
+        request_id = str(uuid.uuid4())
+        self._command("StartWorkflow", workflow_id, workflow_type=workflow_type_name(wf), input=payloads.encode(list(args)),
+                      request_id=request_id, **body)
         self.run_until_idle()
+        reply = self.replies.pop(request_id, None)
+        if reply is not None and not reply["ok"]:
+            run_id = (payloads.decode(reply["result"]) or {}).get("run_id") if reply["result"] else None
+            if reply["error_type"] == "WorkflowAlreadyStarted":
+                raise WorkflowAlreadyStarted(workflow_id, run_id, reply["message"])
+            raise ValueError(reply["message"])
         return workflow_id
 
     def signal(self, workflow_id: str, name: str, *args: Any) -> None:
@@ -109,6 +130,8 @@ class WorkflowEnvironment:
             raise WorkflowFailed(workflow_id, last.get("error_type", "Error"), last.get("message", ""), last.get("traceback", ""))
         if inst.status == "cancelled":
             raise WorkflowCancelled(workflow_id)
+        if inst.status == "timed_out":
+            raise WorkflowTimedOut(workflow_id, last.get("message"))
         raise WorkflowTerminated(workflow_id, last.get("reason"))
 
     def sleep(self, duration: float | timedelta) -> None:
@@ -181,7 +204,12 @@ class WorkflowEnvironment:
 
     def _schedule_timers(self, wid: str, e: dict) -> None:
         kind = e["type"]
-        if kind == "TimerStarted":
+        if kind == "WorkflowStarted":  # the durable timers of the start options, as the node's store keeps them
+            if e.get("start_at"):
+                self._timer(datetime.fromtimestamp(e["start_at"] / 1000, UTC), wid, e["run_id"], "timer", e["seq"], 0)
+            if e.get("timeout_at"):
+                self._timer(datetime.fromtimestamp(e["timeout_at"] / 1000, UTC), wid, e["run_id"], "deadline", 0, 0)
+        elif kind == "TimerStarted":
             at = datetime.fromtimestamp(e["fire_at"] / 1000, UTC)
             self._timer(at, wid, e["run_id"], "timer", e["timer_id"], 0)
         elif kind == "ActivityAttemptFailed":

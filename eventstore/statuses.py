@@ -24,13 +24,14 @@ class Status(StrEnum):
     CONTINUED = "continued"  # ended by continue-as-new: terminal for the run, not for the workflow
     CANCELLED = "cancelled"
     TERMINATED = "terminated"
+    TIMED_OUT = "timed_out"  # the execution timeout (start option ``timeout``) elapsed
 
 
 #: Every status, in lifecycle order.
 ALL: tuple[Status, ...] = tuple(Status)
 #: Statuses of a run that has ended.
 TERMINAL: frozenset[Status] = frozenset(
-    {Status.COMPLETED, Status.FAILED, Status.CONTINUED, Status.CANCELLED, Status.TERMINATED}
+    {Status.COMPLETED, Status.FAILED, Status.CONTINUED, Status.CANCELLED, Status.TERMINATED, Status.TIMED_OUT}
 )
 #: Statuses after which the workflow (following continue-as-new to its newest run) has a final outcome.
 FINAL: frozenset[Status] = TERMINAL - {Status.CONTINUED}
@@ -41,7 +42,10 @@ BY_TERMINAL_EVENT: dict[str, Status] = {
     "WorkflowContinued": Status.CONTINUED,
     "WorkflowCancelled": Status.CANCELLED,
     "WorkflowTerminated": Status.TERMINATED,
+    "WorkflowTimedOut": Status.TIMED_OUT,
 }
+#: Terminal statuses after which ``if_closed="allow_failed"`` starts a new run (everything but success).
+UNSUCCESSFUL: frozenset[Status] = frozenset({Status.FAILED, Status.CANCELLED, Status.TERMINATED, Status.TIMED_OUT})
 
 
 def parse(value: str) -> Status:

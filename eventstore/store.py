@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS in_flight (
 ) WITHOUT ROWID;
 """
 
-_TERMINAL = {"WorkflowCompleted", "WorkflowFailed", "WorkflowContinued", "WorkflowCancelled", "WorkflowTerminated"}
+_TERMINAL = {
+    "WorkflowCompleted", "WorkflowFailed", "WorkflowContinued", "WorkflowCancelled", "WorkflowTerminated", "WorkflowTimedOut",
+}
 
 
 def _ms(at: datetime) -> int:
@@ -140,7 +142,12 @@ class PartitionStore:
         elif kind in ("ActivityAttemptFailed", "ActivityCompleted", "ActivityFailed"):
             cur.execute("DELETE FROM in_flight WHERE workflow_id=? AND run_id=? AND activity_id=?", (wid, run, e["activity_id"]))
         put = "INSERT OR REPLACE INTO timers VALUES (?, ?, ?, ?, ?, ?)"
-        if kind == "TimerStarted":
+        if kind == "WorkflowStarted":
+            if e.get("start_at"):  # start_delay: the first step waits for this timer (id = the event's seq)
+                cur.execute(put, (wid, run, "timer", e["seq"], 0, e["start_at"]))
+            if e.get("timeout_at"):  # the execution timeout
+                cur.execute(put, (wid, run, "deadline", 0, 0, e["timeout_at"]))
+        elif kind == "TimerStarted":
             cur.execute(put, (wid, run, "timer", e["timer_id"], 0, e["fire_at"]))
         elif kind == "TimerFired":
             cur.execute("DELETE FROM timers WHERE workflow_id=? AND run_id=? AND kind='timer' AND timer_id=?", (wid, run, e["timer_id"]))

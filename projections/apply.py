@@ -241,6 +241,8 @@ def _run_patch(event: dict) -> dict[str, Any]:
                 "error_traceback": event.get("traceback") or "", "closed_at": at}
     if kind in ("WorkflowCancelled", "WorkflowTerminated"):
         return {"error_message": event.get("reason"), "closed_at": at}
+    if kind == "WorkflowTimedOut":
+        return {"error_type": "WorkflowTimedOut", "error_message": event.get("message"), "closed_at": at}
     if kind == "WorkflowContinued":
         return {"closed_at": at}
     if kind == "WorkflowBlocked":

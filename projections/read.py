@@ -206,3 +206,8 @@ def _await_notification(conn: psycopg.Connection, id: str, deadline: float | Non
         for note in conn.notifies(timeout=left, stop_after=1):
             if note.payload == id:
                 return True
+
+
+def run_known(conn: psycopg.Connection, id: str, run_id: str) -> bool:
+    """True once the projector has seen run ``run_id`` of workflow ``id`` (a handle waits for its own run)."""
+    return conn.execute("SELECT 1 FROM runs WHERE workflow_id = %s AND run_id = %s", (id, run_id)).fetchone() is not None
