@@ -126,12 +126,16 @@ class WorkflowInstance:
         elif kind == "ActivityRetried":
             self._awaiting_retry.pop(event["activity_id"], None)
             self._attempts[event["activity_id"]] = event["attempt"]
-        elif kind in ("ActivityCompleted", "ActivityFailed"):
+        elif kind in ("ActivityCompleted", "ActivityFailed", "ActivityCancelRequested"):
+            # A cancelled activity is settled for the owner: no retry, and a late outcome is ignored.
             self._attempts.pop(event["activity_id"], None)
             self._awaiting_retry.pop(event["activity_id"], None)
+        elif kind == "CancelRequested":
+            self._attempts.clear()  # a cancelled workflow cancels every activity in flight (API.md §9)
+            self._awaiting_retry.clear()
         elif kind == "TimerStarted":
             self._open_timers[event["seq"]] = None
-        elif kind == "TimerFired":
+        elif kind in ("TimerFired", "TimerCancelled"):
             self._open_timers.pop(event["timer_id"], None)
         elif kind == "WorkflowBlocked":
             self._blocked_recorded = True

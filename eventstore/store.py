@@ -137,12 +137,17 @@ class PartitionStore:
         if kind in ("ActivityScheduled", "ActivityRetried"):
             attempt = e.get("attempt", 1) if kind == "ActivityRetried" else 1
             cur.execute("INSERT OR REPLACE INTO in_flight VALUES (?, ?, ?, ?)", (wid, run, e["activity_id"], attempt))
-        elif kind in ("ActivityAttemptFailed", "ActivityCompleted", "ActivityFailed"):
+        elif kind in ("ActivityAttemptFailed", "ActivityCompleted", "ActivityFailed", "ActivityCancelRequested"):
             cur.execute("DELETE FROM in_flight WHERE workflow_id=? AND run_id=? AND activity_id=?", (wid, run, e["activity_id"]))
+        elif kind == "CancelRequested":  # the workflow's activities in flight are cancelled with it
+            cur.execute("DELETE FROM in_flight WHERE workflow_id=? AND run_id=?", (wid, run))
+            cur.execute(
+                "DELETE FROM timers WHERE workflow_id=? AND run_id=? AND kind IN ('timeout','heartbeat','retry')", (wid, run)
+            )
         put = "INSERT OR REPLACE INTO timers VALUES (?, ?, ?, ?, ?, ?)"
         if kind == "TimerStarted":
             cur.execute(put, (wid, run, "timer", e["timer_id"], 0, e["fire_at"]))
-        elif kind == "TimerFired":
+        elif kind in ("TimerFired", "TimerCancelled"):
             cur.execute("DELETE FROM timers WHERE workflow_id=? AND run_id=? AND kind='timer' AND timer_id=?", (wid, run, e["timer_id"]))
         elif kind == "ActivityScheduled":
             cur.execute(
@@ -161,7 +166,7 @@ class PartitionStore:
         elif kind == "ActivityAttemptFailed":
             self._clear_activity(cur, wid, run, e["activity_id"])
             cur.execute(put, (wid, run, "retry", e["activity_id"], e["attempt"] + 1, e["retry_at"]))
-        elif kind in ("ActivityCompleted", "ActivityFailed"):
+        elif kind in ("ActivityCompleted", "ActivityFailed", "ActivityCancelRequested"):
             self._clear_activity(cur, wid, run, e["activity_id"])
 
     @staticmethod
