@@ -34,6 +34,7 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     "replies": {"retention.ms": str(3600 * 1000)},
     "deadletter": {"retention.ms": str(30 * _DAY_MS)},
     "activities": {"retention.ms": str(7 * _DAY_MS)},
+    "cancels": {"retention.ms": str(_DAY_MS)},
 }
 
 
@@ -71,6 +72,11 @@ class Topics:
     @property
     def deadletter(self) -> str:
         return f"{self.namespace}.deadletter"
+
+    @property
+    def cancels(self) -> str:
+        """Activity cancellations, read by every worker of the namespace (one partition, no group)."""
+        return f"{self.namespace}.cancels"
 
     def activities(self, queue: str) -> str:
         return f"{self.namespace}.activities.{queue}"
@@ -177,6 +183,7 @@ def ensure_topics(
             t.events: partitions,
             t.replies: partitions,
             t.deadletter: 1,
+            t.cancels: 1,
             **{t.activities(q): partitions for q in queues},
         }
         missing = [n for n in want if n not in set(client.list_topics())]
@@ -195,7 +202,10 @@ def ensure_topics(
                     "creating %s with replication factor 1 on a cluster of %d brokers: losing one broker "
                     "loses workflow histories; use --replication-factor 3", namespace, brokers,
                 )
-            kinds = {t.commands: "commands", t.events: "events", t.replies: "replies", t.deadletter: "deadletter"}
+            kinds = {
+                t.commands: "commands", t.events: "events", t.replies: "replies", t.deadletter: "deadletter",
+                t.cancels: "cancels",
+            }
             new = [
                 NewTopic(n, want[n], rf, topic_configs={
                     **TOPIC_CONFIGS[kinds.get(n, "activities")], "min.insync.replicas": str(isr),
