@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from actors import WorkflowCancelled
+from projections.db import connect
 from tests.apps import racing_app as app
 from tests.processes import Processes, wait_until
 from tests.stack import running_stack
@@ -49,6 +50,15 @@ def test_a_short_timer_beats_a_long_heartbeating_activity_which_sees_activity_ca
     assert "ActivityCompleted" not in types and "ActivityAttemptFailed" not in types  # the late outcome ignored
     if activity_name == "racing.long_beat":
         assert (key, "cancelled") in app.SEEN  # it really ran in this process, on the node's own worker
+    wait_until(lambda: _projected(client, handle.id) == ([("cancelled",)], [("fired",)]), 15, "the projection")
+
+
+def _projected(client, workflow_id: str) -> tuple[list, list]:
+    """Statuses of the workflow's activities and timers in PostgreSQL."""
+    with connect(client.postgres, client.namespace) as conn:
+        activities = conn.execute("SELECT status FROM activities WHERE workflow_id = %s", (workflow_id,)).fetchall()
+        timers = conn.execute("SELECT status FROM timers WHERE workflow_id = %s", (workflow_id,)).fetchall()
+    return activities, timers
 
 
 @pytest.mark.parametrize("activity_name", ["racing.long_beat", "racing.remote_beat"])
@@ -64,3 +74,4 @@ def test_cancelling_a_workflow_cancels_its_running_activity(stack, activity_name
     assert app.marks(key) == ["started", "cancelled"]
     time.sleep(0.5)
     assert "ActivityCompleted" not in [e["type"] for e in handle.history()]
+    wait_until(lambda: _projected(client, handle.id)[0] == [("cancelled",)], 15, "the activity projected cancelled")
