@@ -7,6 +7,7 @@ Everything a user needs is importable from here: the authoring API (``Workflow``
 from . import _asyncio_compat, workflow
 from .definitions import ActivityOptions, Workflow, activity, query, signal, update
 from .errors import (
+    ActivityCancelled,
     ActivityFailed,
     ChildWorkflowFailed,
     NondeterminismError,
@@ -43,9 +44,9 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
 
 
 __all__ = [
-    "ActivityFailed", "ActivityInfo", "ActivityOptions", "ChildWorkflowFailed", "Client", "NonRetryableError",
-    "NondeterminismError", "QueryFailed", "VersionNotSupported", "Workflow", "WorkflowAlreadyStarted", "WorkflowCancelled", "WorkflowError",
-    "WorkflowFailed", "WorkflowHandle", "WorkflowNotFound", "WorkflowNotRunning", "WorkflowSummary", "WorkflowTerminated",
-    "WorkflowTimedOut", "activity",
+    "ActivityCancelled", "ActivityFailed", "ActivityInfo", "ActivityOptions", "ChildWorkflowFailed", "Client",
+    "NonRetryableError", "NondeterminismError", "QueryFailed", "VersionNotSupported", "Workflow",
+    "WorkflowAlreadyStarted", "WorkflowCancelled", "WorkflowError", "WorkflowFailed", "WorkflowHandle",
+    "WorkflowNotFound", "WorkflowNotRunning", "WorkflowSummary", "WorkflowTerminated", "WorkflowTimedOut", "activity",
     "activity_info", "heartbeat", "query", "signal", "update", "webhook", "workflow",
 ]

@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from eventstore.log import MAX_RECORD_BYTES, producer
 from eventstore.topics import Topics, leave_group, partition_for
 
 from .definitions import ActivityDefinition, activities, check_arguments
-from .errors import NonRetryableError
+from .errors import ActivityCancelled, NonRetryableError
 from .instance import utcnow
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ class _Context:
     worker: _QueueWorker
     heartbeat_timeout: float | None
     last_beat: float = 0.0
+    #: Set (from another thread) when the owner cancels this activity; the next heartbeat() raises.
+    cancelled: bool = False
 
 
 _context: contextvars.ContextVar[_Context | None] = contextvars.ContextVar("metamorph_activity", default=None)
@@ -74,10 +76,17 @@ def activity_info() -> ActivityInfo:
 
 
 def heartbeat(details: Any = None) -> None:
-    """Report progress; resets the heartbeat timeout. Throttled, so calling it in a tight loop is cheap."""
+    """Report progress; resets the heartbeat timeout. Throttled, so calling it in a tight loop is cheap.
+
+    Raises ``ActivityCancelled`` once the workflow no longer wants the result (it lost a ``first`` race, or
+    the workflow was cancelled or ended): the activity may clean up and stop; what it returns is ignored.
+    """
     ctx = _context.get()
     if ctx is None:
         raise RuntimeError("heartbeat() is only available inside an activity")
+    if ctx.cancelled:
+        info = ctx.info
+        raise ActivityCancelled(info.workflow_id, info.activity_id, info.name)
     now = time.monotonic()
     spacing = min(1.0, (ctx.heartbeat_timeout or 4.0) / 4)
     if now - ctx.last_beat < spacing:
@@ -299,8 +308,13 @@ class _QueueWorker(threading.Thread):
             if out.tp is not None:
                 self.done.put((out, None))
             return
+        key = _key(task)
+        if self.worker.was_cancelled(key):
+            self._drop(out, local_actor)
+            return
         info = ActivityInfo(task["workflow_id"], task["run_id"], task["workflow_type"], task["activity_id"], task["attempt"], task["name"], task["queue"])
         ctx = _Context(info, self, task.get("heartbeat_timeout"))
+        self.worker.running(key, ctx)
         if definition.is_async:
             future = asyncio.run_coroutine_threadsafe(_run_async(definition, task, ctx, out), self.worker.loop)
             future.add_done_callback(lambda _f: self._finished_async(out))
@@ -310,6 +324,19 @@ class _QueueWorker(threading.Thread):
             self.idle.pop().tell((definition, task, ctx, out))
         else:  # more sync tasks than actors (async ones share the count): start one more
             ActivityActor.start(self.done).tell((definition, task, ctx, out))
+
+    def _drop(self, out: _Outcome, local_actor: pykka.ActorRef | None) -> None:
+        """A task cancelled before it started: run nothing, report nothing (the owner expects nothing)."""
+        task = out.task
+        log.info("dropping cancelled task %s of %s (activity %s)", task["name"], task["workflow_id"], task["activity_id"])
+        metrics.activity_attempts.labels(task["name"], self.queue_name, "cancelled").inc()
+        if out.tp is not None:
+            self.done.put((out, None))  # its offset may be committed
+            return
+        with self._local_lock:
+            self.local_in_flight -= 1
+        if local_actor is not None:
+            self.local_done(local_actor)
 
     def _finished_async(self, out: _Outcome) -> None:
         self.report(out)
@@ -352,7 +379,10 @@ class _QueueWorker(threading.Thread):
         task = out.task
         wid, run, aid, attempt = task["workflow_id"], task["run_id"], task["activity_id"], task["attempt"]
         command_id = f"{wid}:{run}:{aid}:{attempt}:outcome"
-        outcome = "completed" if out.ok else "failed"
+        # Still sent when cancelled: the owner ignores it (the attempt is settled), and the local path
+        # counts its slot back in the sender.
+        cancelled = self.worker.finished(_key(task))
+        outcome = "cancelled" if cancelled else "completed" if out.ok else "failed"
         metrics.activity_attempts.labels(task["name"], self.queue_name, outcome).inc()
         if attempt > 1:
             metrics.activity_retries.labels(task["name"]).inc()
@@ -379,6 +409,14 @@ class _QueueWorker(threading.Thread):
         return send
 
 
+def _key(task: dict) -> tuple[str, str, int]:
+    return (task["workflow_id"], task["run_id"], task["activity_id"])
+
+
+#: How many cancelled activity keys a worker remembers, to drop tasks that arrive after their cancel.
+_REMEMBERED_CANCELS = 10_000
+
+
 class ActivityWorker:
     """Activity actors for some queues of a namespace (``metamorph worker``, or inside a node)."""
 
@@ -400,9 +438,19 @@ class ActivityWorker:
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="metamorph-activities-loop", daemon=True)
         self._threads: list[_QueueWorker] = []
         self._by_queue: dict[str, _QueueWorker] = {}
+        # Cancellation (API.md §9): contexts of the attempts running here, and the recently cancelled keys
+        # (bounded) so that a task read after its cancel is dropped instead of run.
+        self._cancel_lock = threading.Lock()
+        self._running: dict[tuple[str, str, int], list[_Context]] = {}
+        self._cancelled: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self._cancels_ready = threading.Event()
+        self._cancel_thread = threading.Thread(target=self._listen_cancels, name="metamorph-activity-cancels", daemon=True)
 
     def start(self) -> ActivityWorker:
         self._loop_thread.start()
+        self._cancel_thread.start()
+        if not self._cancels_ready.wait(15):  # positioned before any task runs, so no cancel is missed
+            log.warning("activity cancellations topic %s not readable yet; carrying on", self.topics.cancels)
         self._threads = [_QueueWorker(self, q) for q in self.queues]
         self._by_queue = {t.queue_name: t for t in self._threads}
         for t in self._threads:
@@ -423,6 +471,75 @@ class ActivityWorker:
         if worker is None or not worker.started.is_set():
             return False
         return worker.submit_local(task, sink)
+
+    # -- cancellation --------------------------------------------------------------------------------------
+    def cancel(self, workflow_id: str, run_id: str, activity_id: int) -> None:
+        """The owner cancelled this activity: its running attempts see ActivityCancelled at their next
+        heartbeat(), and a task for it that arrives later is dropped. Idempotent."""
+        key = (workflow_id, run_id, activity_id)
+        with self._cancel_lock:
+            self._cancelled[key] = None
+            while len(self._cancelled) > _REMEMBERED_CANCELS:
+                self._cancelled.popitem(last=False)
+            running = list(self._running.get(key, ()))
+        for ctx in running:
+            ctx.cancelled = True
+
+    def was_cancelled(self, key: tuple[str, str, int]) -> bool:
+        with self._cancel_lock:
+            return key in self._cancelled
+
+    def running(self, key: tuple[str, str, int], ctx: _Context) -> None:
+        with self._cancel_lock:
+            self._running.setdefault(key, []).append(ctx)
+            ctx.cancelled = key in self._cancelled
+
+    def finished(self, key: tuple[str, str, int]) -> bool:
+        """Forget a finished attempt; True if it had been cancelled."""
+        with self._cancel_lock:
+            contexts = self._running.pop(key, None)
+            if contexts and len(contexts) > 1:
+                self._running[key] = contexts[1:]
+            return key in self._cancelled
+
+    def _listen_cancels(self) -> None:
+        """Read ``<ns>.cancels`` from its end, for as long as the worker runs (no group: every worker reads
+        every cancellation, and only the one running the activity acts on it)."""
+        tp = TopicPartition(self.topics.cancels, 0)
+        position: int | None = None
+        delay = 0.5
+        while not self.stopping.is_set():
+            consumer = None
+            try:
+                consumer = KafkaConsumer(
+                    bootstrap_servers=self.kafka, enable_auto_commit=False, client_id=f"metamorph-cancels-{self.name}",
+                    fetch_max_wait_ms=_FETCH_WAIT_MS,
+                )
+                consumer.assign([tp])
+                if position is None:
+                    consumer.seek_to_end(tp)
+                    position = consumer.position(tp)
+                else:
+                    consumer.seek(tp, position)
+                self._cancels_ready.set()
+                delay = 0.5
+                while not self.stopping.is_set():
+                    for records in consumer.poll(timeout_ms=200).values():
+                        for rec in records:
+                            position = rec.offset + 1
+                            try:
+                                c = codec.decode(rec.value, "metamorph.ActivityCancel")
+                            except codec.DecodeError as exc:
+                                log.warning("undecodable activity cancellation at offset %d: %s", rec.offset, exc)
+                                continue
+                            self.cancel(c["workflow_id"], c["run_id"], c["activity_id"])
+            except Exception:
+                log.exception("reading activity cancellations failed; retrying in %.1fs", delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                if consumer is not None:
+                    consumer.close()
 
     def local_in_flight(self) -> int:
         return sum(t.local_in_flight for t in self._threads)

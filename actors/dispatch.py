@@ -15,6 +15,7 @@ from datetime import datetime
 
 from eventstore import codec
 from eventstore import events as ev
+from eventstore.statuses import BY_TERMINAL_EVENT
 from eventstore.topics import Topics
 
 
@@ -40,6 +41,12 @@ def task_message(topics: Topics, workflow_id: str, workflow_type: str, scheduled
     return Message(topics.activities(scheduled["queue"]), workflow_id, codec.encode("metamorph.ActivityTask", task))
 
 
+def cancel_message(topics: Topics, workflow_id: str, run_id: str, activity_id: int, reason: str | None = None) -> Message:
+    """Tell every worker that this activity's result is no longer wanted (it checks at each heartbeat)."""
+    record = {"workflow_id": workflow_id, "run_id": run_id, "activity_id": activity_id, "reason": reason}
+    return Message(topics.cancels, workflow_id, codec.encode("metamorph.ActivityCancel", record))
+
+
 def reply_message(topics: Topics, request_id: str, ok: bool, result: bytes = b"", error_type: str | None = None,
                   message: str | None = None) -> Message:
     reply = {"request_id": request_id, "ok": ok, "result": result, "error_type": error_type, "message": message}
@@ -60,6 +67,13 @@ def messages_for(
     if kind == "ActivityRetried":
         original = scheduled(event["activity_id"])
         return [task_message(topics, workflow_id, wf_type, original, event["attempt"], at)] if original else []
+    if kind == "ActivityCancelRequested":
+        return [cancel_message(topics, workflow_id, run, event["activity_id"], "the workflow no longer awaits it")]
+    if kind == "ChildCancelRequested":
+        return [_command(
+            topics, "CancelWorkflow", event["child_id"], f"{workflow_id}:{run}:{event['seq']}:cancel", at,
+            reason=f"parent {workflow_id} no longer awaits it",
+        )]
     if kind == "ChildStarted":
         return [_command(
             topics, "StartWorkflow", event["child_id"], f"{workflow_id}:{run}:{event['seq']}:start", at,
@@ -108,7 +122,29 @@ def messages_for_history(topics: Topics, workflow_id: str, history: list[dict], 
             out.extend(messages_for(topics, workflow_id, e, runs_started.get(e.get("run_id")), by_activity.get))
         if e["type"] in ("WorkflowCancelled", "WorkflowTerminated", "WorkflowTimedOut"):
             out.extend(_close_children(topics, workflow_id, history, e))
+        if (e["type"] == "CancelRequested" or e["type"] in BY_TERMINAL_EVENT) and not e.get("copied"):
+            out.extend(_cancel_open_activities(topics, workflow_id, history, events, e))
     return out
+
+
+def _cancel_open_activities(topics: Topics, workflow_id: str, history: list[dict], events: list[dict], at: dict) -> list[Message]:
+    """A cancelled (or ended) run cancels its activities still in flight: scheduled before ``at`` and
+    neither settled nor cancelled since. Derived from history, so a restore sends the same again."""
+    run = at.get("run_id")
+    same_run = {e["seq"]: e for e in (*history, *events) if e.get("run_id") == run}
+    open_: dict[int, None] = {}
+    for seq in sorted(same_run):
+        if seq >= at["seq"]:
+            break
+        e = same_run[seq]
+        if e["type"] == "ActivityScheduled":
+            open_[e["activity_id"]] = None
+        elif e["type"] in ("ActivityCompleted", "ActivityFailed", "ActivityCancelRequested"):
+            open_.pop(e["activity_id"], None)
+        elif e["type"] == "CancelRequested":
+            open_.clear()
+    reason = f"workflow {workflow_id}: {at['type']}"
+    return [cancel_message(topics, workflow_id, run or "", aid, reason) for aid in open_]
 
 
 def _close_children(topics: Topics, workflow_id: str, history: list[dict], closed: dict) -> list[Message]:

@@ -93,6 +93,22 @@ class WorkflowCancelled(WorkflowError, asyncio.CancelledError):
         self.reason = reason
 
 
+class ActivityCancelled(WorkflowError):
+    """Raised by ``heartbeat()`` inside an activity whose owner no longer wants its result.
+
+    The workflow cancelled it: it lost a ``workflow.first`` race (or an ``asyncio.wait_for`` timed out), or
+    the workflow itself was cancelled or ended. Heartbeating is how a long activity learns this, so it can
+    stop early and clean up; whatever it returns or raises afterwards is ignored by the workflow.
+    """
+
+    def __init__(self, workflow_id: str, activity_id: int, name: str = "") -> None:
+        what = f"activity {name} ({activity_id})" if name else f"activity {activity_id}"
+        super().__init__(f"{what} of workflow {workflow_id} was cancelled")
+        self.workflow_id = workflow_id
+        self.activity_id = activity_id
+        self.name = name
+
+
 class WorkflowTerminated(WorkflowError):
     def __init__(self, workflow_id: str, reason: str | None = None) -> None:
         super().__init__(f"workflow {workflow_id} was terminated" + (f": {reason}" if reason else ""))

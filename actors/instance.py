@@ -130,14 +130,18 @@ class WorkflowInstance:
         elif kind == "ActivityRetried":
             self._awaiting_retry.pop(event["activity_id"], None)
             self._attempts[event["activity_id"]] = event["attempt"]
-        elif kind in ("ActivityCompleted", "ActivityFailed"):
+        elif kind in ("ActivityCompleted", "ActivityFailed", "ActivityCancelRequested"):
+            # A cancelled activity is settled for the owner: no retry, and a late outcome is ignored.
             self._attempts.pop(event["activity_id"], None)
             self._awaiting_retry.pop(event["activity_id"], None)
+        elif kind == "CancelRequested":
+            self._attempts.clear()  # a cancelled workflow cancels every activity in flight (API.md §9)
+            self._awaiting_retry.clear()
         elif kind == "TimerStarted":
             self._open_timers[event["seq"]] = None
         elif kind == "WorkflowStarted" and event.get("start_at"):
             self._open_timers[event["seq"]] = None  # start_delay: released by TimerFired(timer_id=1)
-        elif kind == "TimerFired":
+        elif kind in ("TimerFired", "TimerCancelled"):
             self._open_timers.pop(event["timer_id"], None)
         elif kind == "WorkflowBlocked":
             self._blocked_recorded = True

@@ -423,6 +423,10 @@ class Node:
         for m in messages:
             if self._worker is not None and m.topic.startswith(self._activity_prefix) and self._worker.try_local(m.value, self._local_outcomes.put):
                 continue  # eager dispatch: our own worker serves this queue and has room
+            if self._worker is not None and m.topic == self.topics.cancels:
+                # Our own worker may be running it (eager dispatch): tell it now; others read the topic.
+                c = codec.decode(m.value, "metamorph.ActivityCancel")
+                self._worker.cancel(c["workflow_id"], c["run_id"], c["activity_id"])
             kafka_producer.send(m.topic, key=m.key.encode(), value=m.value, partition=self._partition(m))
             sent += 1
         if sent:
@@ -433,6 +437,8 @@ class Node:
 
         if m.topic in (self.topics.commands, self.topics.replies) or m.topic.startswith(f"{self.namespace}.activities."):
             return partition_for(m.key, self.partitions)
+        if m.topic == self.topics.cancels:
+            return 0
         return None
 
     # -- actors ------------------------------------------------------------------------------------------

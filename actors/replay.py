@@ -46,7 +46,7 @@ DECISIONS = frozenset(
     {
         "ActivityScheduled", "TimerStarted", "ChildStarted", "ExternalSignalSent", "SideEffectRecorded",
         "VersionMarker", "UpdateCompleted", "WorkflowCompleted", "WorkflowFailed", "WorkflowContinued",
-        "WorkflowCancelled",
+        "WorkflowCancelled", "TimerCancelled", "ActivityCancelRequested", "ChildCancelRequested",
     }
 )
 #: Events that feed the code; after each the code runs until it blocks.
@@ -89,13 +89,16 @@ class _ContinueAsNew(BaseException):
 class WFuture:
     """A deterministic future: resolved only by the driver, awaited only by workflow code."""
 
-    __slots__ = ("_done", "_result", "_exc", "_callbacks", "__weakref__")
+    __slots__ = ("_done", "_result", "_exc", "_callbacks", "_canceller", "__weakref__")
 
     def __init__(self) -> None:
         self._done = False
         self._result: Any = None
         self._exc: BaseException | None = None
         self._callbacks: list[Callable[[WFuture], None]] = []
+        #: Stops what the future stands for (records e.g. TimerCancelled); returns True if the future is
+        #: then settled by its owner (a task's coroutine sees CancelledError and decides its own outcome).
+        self._canceller: Callable[[], bool] | None = None
 
     def done(self) -> bool:
         return self._done
@@ -120,6 +123,24 @@ class WFuture:
             cb(self)
         else:
             self._callbacks.append(cb)
+
+    def cancel(self) -> bool:
+        """Cancel what this future stands for, as ``asyncio.Future.cancel`` does; False if already done.
+
+        A timer stops, an activity is told to stop (its late result is ignored), a child workflow is
+        cancelled, a task gets ``CancelledError`` at its await point. Each is a recorded decision, taken
+        at the same point of the code on every replay.
+        """
+        if self._done:
+            return False
+        canceller, self._canceller = self._canceller, None
+        if canceller is not None and canceller():
+            return True
+        self.set_exception(asyncio.CancelledError())
+        return True
+
+    def cancelled(self) -> bool:
+        return self._done and isinstance(self._exc, asyncio.CancelledError)
 
     def remove_done_callback(self, cb: Callable[[WFuture], None]) -> None:
         if cb in self._callbacks:
@@ -150,6 +171,7 @@ class _Task:
         self.future = WFuture()
         self.waiting_on: WFuture | None = None
         self._wake = lambda fut: run._ready.append((self, None))
+        self.future._canceller = self.cancel
 
     def step(self, exc: BaseException | None) -> None:
         self.waiting_on = None
@@ -180,7 +202,21 @@ class _Task:
         if self.waiting_on is not None:
             self.waiting_on.remove_done_callback(self._wake)
             self.waiting_on = None
-        self.run._ready.append((self, exc))
+        ready = self.run._ready
+        for i, (task, _exc) in enumerate(ready):
+            if task is self:  # already woken (or not yet started): the exception replaces that step
+                ready[i] = (self, exc)
+                return
+        ready.append((self, exc))
+
+    def cancel(self) -> bool:
+        """``asyncio.Task.cancel``: the awaited future is cancelled and CancelledError is thrown in at the
+        await; the coroutine may catch it, so the task's future settles when the coroutine ends."""
+        waiting = self.waiting_on
+        self.interrupt(asyncio.CancelledError())
+        if waiting is not None:
+            waiting.cancel()
+        return True
 
 
 def _to_future(run: WorkflowRun, item: Any) -> WFuture:
@@ -190,7 +226,13 @@ def _to_future(run: WorkflowRun, item: Any) -> WFuture:
         return run.spawn(item).future
     if hasattr(item, "__await__"):
         return run.spawn(_await(item)).future
-    raise TypeError(f"workflow.all() takes awaitables, got {item!r}")
+    raise TypeError(f"workflow.all()/first() take awaitables, got {item!r}")
+
+
+def _cancel_all(futures: Iterable[WFuture]) -> bool:
+    for f in futures:
+        f.cancel()
+    return False
 
 
 async def _await(item: Any) -> Any:
@@ -393,6 +435,13 @@ class WorkflowRun:
         if self._main is not None:
             # WorkflowCancelled is an asyncio.CancelledError too: code catching either sees the cancel.
             self._main.interrupt(WorkflowCancelled(self.workflow_id, event.get("reason")))
+        # Activities in flight are cancelled with the workflow (API.md §9): the owner tells their workers
+        # (dispatch.py, from this same event, so no decision is recorded and histories written before this
+        # existed replay unchanged) and ignores their late results; code awaiting one sees CancelledError.
+        for key in sorted(k for k in self._pending if k[0] == "activity"):
+            fut = self._pending.pop(key)
+            fut._canceller = None
+            fut.set_exception(asyncio.CancelledError())
 
     def _call_handler(self, fn: Callable[..., Any], args: list[Any]) -> Any:
         """Run a signal/update handler inside the workflow context; async handlers become tasks."""
@@ -530,7 +579,14 @@ class WorkflowRun:
         fut = WFuture()
         self._pending[("activity", event["seq"])] = fut
         self._pending_names[event["seq"]] = name
+        fut._canceller = lambda: self._cancel_pending(("activity", event["seq"]), "ActivityCancelRequested", {"activity_id": event["seq"]})
         return fut
+
+    def _cancel_pending(self, key: tuple[str, int], kind: str, body: dict) -> bool:
+        """Record that a pending activity, timer or child is no longer wanted; its future is then cancelled."""
+        if self._pending.pop(key, None) is not None and self.finished is None:
+            self._decide(kind, body, match=tuple(body))
+        return False
 
     def start_timer(self, duration: float | timedelta) -> WFuture:
         secs = seconds(duration) or 0.0
@@ -541,6 +597,7 @@ class WorkflowRun:
         fire_at = int((self.now.timestamp() + secs) * 1000)
         event = self._decide("TimerStarted", {"timer_id": self._peek_seq(), "fire_at": fire_at})
         self._pending[("timer", event["seq"])] = fut
+        fut._canceller = lambda: self._cancel_pending(("timer", event["seq"]), "TimerCancelled", {"timer_id": event["seq"]})
         return fut
 
     def _peek_seq(self) -> int:
@@ -558,9 +615,17 @@ class WorkflowRun:
             fut.set_result(True)
             return fut
         self._conditions.append((condition, fut))
-        if timeout is not None:
-            timer = self.start_timer(timeout)
+        timer = self.start_timer(timeout) if timeout is not None else None
+        if timer is not None:
             timer.add_done_callback(lambda _t: fut.set_result(False))
+
+        def cancel() -> bool:
+            self._conditions[:] = [(c, f) for c, f in self._conditions if f is not fut]
+            if timer is not None:
+                timer.cancel()
+            return False
+
+        fut._canceller = cancel
         return fut
 
     def start_child(self, ref: type | str, args: tuple, child_id: str | None) -> ChildHandle:
@@ -579,6 +644,8 @@ class WorkflowRun:
         fut = WFuture()
         self._pending[("child", event["seq"])] = fut
         self._children[event["seq"]] = event["child_id"]
+        body = {"child_ref": event["seq"], "child_id": event["child_id"]}
+        fut._canceller = lambda: self._cancel_pending(("child", body["child_ref"]), "ChildCancelRequested", body)
         return ChildHandle(self, event["child_id"], fut)
 
     def signal_external(self, target_id: str, name: str, args: tuple) -> WFuture:
@@ -633,6 +700,103 @@ class WorkflowRun:
 
         for f in futures:
             f.add_done_callback(settled)
+        result._canceller = lambda: _cancel_all(futures)
+        return result
+
+    def first(self, items: Iterable[Any]) -> WFuture:
+        """Settle with ``(index, value)`` of the first awaitable to finish (its exception if it failed) and
+        cancel the others. Which one is first is decided by the order inputs are applied (ties: input
+        order), so a replay of the history takes the same branch and records the same cancellations."""
+        futures = [_to_future(self, item) for item in items]
+        if not futures:
+            raise ValueError("workflow.first() needs at least one awaitable")
+        result = WFuture()
+        decided = [False]
+
+        def settled(index: int, f: WFuture) -> None:
+            if decided[0]:
+                return
+            decided[0] = True  # before cancelling: the losers settle (cancelled) inside this call
+            for j, other in enumerate(futures):
+                if j != index:
+                    other.cancel()
+            exc = f.exception()
+            if exc is not None:
+                result.set_exception(exc)
+            else:
+                result.set_result((index, f.result()))
+
+        for i, f in enumerate(futures):
+            f.add_done_callback(lambda fut, i=i: settled(i, fut))
+            if decided[0]:
+                break
+        result._canceller = lambda: _cancel_all(futures)
+        return result
+
+    def wait_for(self, item: Any, timeout: float | timedelta | None) -> WFuture:
+        """``asyncio.wait_for`` in workflow code: a race against a durable timer; on timeout the awaitable
+        is cancelled and ``asyncio.TimeoutError`` raised."""
+        fut = _to_future(self, item)
+        if timeout is None:
+            return fut
+        raced = self.first([fut, self.start_timer(timeout)])
+        result = WFuture()
+
+        def done(r: WFuture) -> None:
+            exc = r.exception()
+            if exc is not None:
+                result.set_exception(exc)
+            elif r.result()[0] == 1:
+                result.set_exception(TimeoutError())  # asyncio.TimeoutError since 3.11
+            else:
+                result.set_result(r.result()[1])
+
+        raced.add_done_callback(done)
+        result._canceller = lambda: _cancel_all([raced])
+        return result
+
+    def wait_set(self, items: Iterable[Any], timeout: float | timedelta | None, return_when: str) -> WFuture:
+        """``asyncio.wait`` in workflow code: settles with ``(done, pending)`` sets of futures.
+
+        With ``FIRST_COMPLETED`` it is ``first()``'s machinery: the pending ones are cancelled (API.md §10),
+        so a lost race stops its timers, activities and children. ``ALL_COMPLETED`` / ``FIRST_EXCEPTION``
+        leave pending futures alone, as asyncio does; a ``timeout`` is a durable timer, stopped if not needed.
+        """
+        futures = list(dict.fromkeys(_to_future(self, item) for item in items))
+        if not futures:
+            raise ValueError("asyncio.wait() needs at least one awaitable")
+        if return_when not in (asyncio.FIRST_COMPLETED, asyncio.FIRST_EXCEPTION, asyncio.ALL_COMPLETED):
+            raise ValueError(f"invalid return_when value: {return_when!r}")
+        timer = self.start_timer(timeout) if timeout is not None else None
+        result = WFuture()
+        finished = [False]
+
+        def check(_f: WFuture | None = None) -> None:
+            if finished[0]:
+                return
+            done = [f for f in futures if f.done()]
+            if return_when == asyncio.FIRST_COMPLETED:
+                ready = bool(done)
+            elif return_when == asyncio.FIRST_EXCEPTION:
+                ready = len(done) == len(futures) or any(f.exception() is not None and not f.cancelled() for f in done)
+            else:
+                ready = len(done) == len(futures)
+            if not ready and not (timer is not None and timer.done()):
+                return
+            finished[0] = True
+            pending = [f for f in futures if not f.done()]
+            if timer is not None:
+                timer.cancel()
+            if return_when == asyncio.FIRST_COMPLETED:
+                _cancel_all(pending)
+            result.set_result((set(done), set(pending)))
+
+        for f in futures:
+            f.add_done_callback(check)
+        if timer is not None:
+            timer.add_done_callback(check)
+        check()
+        result._canceller = lambda: _cancel_all([*futures, *([timer] if timer is not None else [])])
         return result
 
     def rng(self) -> _random.Random:

@@ -56,8 +56,19 @@ class _Beats:
 class WorkflowEnvironment:
     """Runs workflows deterministically in one thread with a virtual clock."""
 
-    def __init__(self, start: datetime | None = None, activity_overrides: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, start: datetime | None = None, activity_overrides: dict[str, Any] | None = None,
+        activity_durations: dict[str, float] | None = None,
+    ) -> None:
+        """``activity_durations``: virtual seconds an activity (by name) takes, so a race against a timer
+        can go either way; others finish at once. A task cancelled before its time is up never runs."""
         self.now = start or datetime(2030, 1, 1, tzinfo=UTC)
+        self.durations = dict(activity_durations or {})
+        #: ``(workflow_id, run_id, activity_id)`` of every activity the workflows cancelled.
+        self.cancelled_activities: set[tuple[str, str, int]] = set()
+        #: Names of tasks dropped because they were cancelled before they ran.
+        self.dropped_activities: list[str] = []
+        self._cancelled_timers: set[tuple[str, str, int]] = set()
         self.topics = Topics("test")
         self.instances: dict[str, WorkflowInstance] = {}
         self.histories: dict[str, list[dict]] = {}
@@ -193,14 +204,20 @@ class WorkflowEnvironment:
             self._route(message)
 
     def advance_to_next_timer(self) -> bool:
-        if not self._timers:
-            return False
-        at, _, command = heapq.heappop(self._timers)
-        self.now = max(self.now, at)
-        command["at"] = self.now
-        self._inbox.append(command)
-        self.run_until_idle()
-        return True
+        while self._timers:
+            at, _, command = heapq.heappop(self._timers)
+            timer_key = (command["workflow_id"], command.get("run_id"), command.get("timer_id"))
+            if command["type"] == "FireTimer" and command.get("kind") == "timer" and timer_key in self._cancelled_timers:
+                continue  # a stopped timer: no time passes for it
+            self.now = max(self.now, at)
+            if command["type"] == "_RunActivity":
+                self._run_activity(command["task"], delayed=True)
+            else:
+                command["at"] = self.now
+                self._inbox.append(command)
+            self.run_until_idle()
+            return True
+        return False
 
     def _schedule_timers(self, wid: str, e: dict) -> None:
         kind = e["type"]
@@ -215,6 +232,8 @@ class WorkflowEnvironment:
         elif kind == "ActivityAttemptFailed":
             at = datetime.fromtimestamp(e["retry_at"] / 1000, UTC)
             self._timer(at, wid, e["run_id"], "retry", e["activity_id"], e["attempt"] + 1)
+        elif kind == "TimerCancelled":
+            self._cancelled_timers.add((wid, e["run_id"], e["timer_id"]))
 
     def _timer(self, at: datetime, wid: str, run: str, kind: str, timer_id: int, attempt: int) -> None:
         command = {"type": "FireTimer", "command_id": f"t{next(self._seq)}", "workflow_id": wid, "at": at,
@@ -233,8 +252,18 @@ class WorkflowEnvironment:
             self._deliver_reply(message)
         elif name == "metamorph.ActivityTask":
             self._run_activity(codec.decode(message.value))
+        elif name == "metamorph.ActivityCancel":
+            c = codec.decode(message.value)
+            self.cancelled_activities.add((c["workflow_id"], c["run_id"], c["activity_id"]))
 
-    def _run_activity(self, task: dict) -> None:
+    def _run_activity(self, task: dict, delayed: bool = False) -> None:
+        if not delayed and self.durations.get(task["name"]):
+            at = self.now + timedelta(seconds=self.durations[task["name"]])
+            heapq.heappush(self._timers, (at, next(self._seq), {"type": "_RunActivity", "workflow_id": task["workflow_id"], "task": task}))
+            return
+        if (task["workflow_id"], task["run_id"], task["activity_id"]) in self.cancelled_activities:
+            self.dropped_activities.append(task["name"])
+            return
         args = payloads.decode(task["input"]) or []
         kwargs = payloads.decode(task["kwargs"] or b"{}") or {}
         self.activity_calls.append((task["name"], task["attempt"], args))

@@ -2,7 +2,8 @@
 
 Every call is answered by the run driving the current thread (see ``replay.py``), so the same code is a
 live execution or a replay without knowing which. Inside workflow code only these awaitables (plus
-``asyncio.gather`` / ``asyncio.sleep``, mapped to ``all`` / ``timer``) may be awaited; real I/O, clocks,
+``asyncio.gather`` / ``asyncio.sleep`` / ``asyncio.wait`` / ``asyncio.wait_for``, mapped to ``all`` / ``timer``
+/ ``first``) may be awaited; real I/O, clocks,
 threads or random numbers inside workflow code break replay — put them in activities or ``side_effect``.
 """
 
@@ -19,7 +20,7 @@ from .definitions import ActivityOptions
 from .replay import DEFAULT_VERSION, ChildHandle, WFuture, current_run, raise_continue_as_new
 
 __all__ = [
-    "DEFAULT_VERSION", "ActivityOptions", "ChildHandle", "activity", "all", "child", "start_child", "timer",
+    "DEFAULT_VERSION", "ActivityOptions", "ChildHandle", "activity", "all", "first", "child", "start_child", "timer",
     "sleep", "wait", "side_effect", "now", "uuid4", "random", "get_version", "continue_as_new", "info",
 ]
 
@@ -32,6 +33,16 @@ def activity(fn_or_name: Callable[..., Any] | str, *args: Any, options: Activity
 def all(awaitables: Iterable[Any], *, return_exceptions: bool = False) -> WFuture:  # noqa: A001 - API name
     """Run concurrently; results in input order; the first failure (in input order) after all settle."""
     return current_run().all(awaitables, return_exceptions)
+
+
+def first(awaitables: Iterable[Any]) -> WFuture:
+    """Race: ``(index, value)`` of the first awaitable to finish, or its exception if it failed.
+
+    The others are cancelled: a timer stops, a queued activity task is dropped and a running one sees
+    ``ActivityCancelled`` at its next ``heartbeat()``, a child workflow is cancelled, a coroutine gets
+    ``CancelledError`` at its await. Replay-safe: a replay takes the same branch and cancels the same ones.
+    """
+    return current_run().first(awaitables)
 
 
 async def child(wf: type | str, *args: Any, id: str | None = None) -> Any:  # noqa: A002 - API name

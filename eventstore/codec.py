@@ -28,6 +28,7 @@ TOP_LEVEL = (
     "metamorph.ActivityTask",
     "metamorph.Reply",
     "metamorph.DeadLetter",
+    "metamorph.ActivityCancel",
 )
 
 

@@ -139,8 +139,13 @@ class PartitionStore:
         if kind in ("ActivityScheduled", "ActivityRetried"):
             attempt = e.get("attempt", 1) if kind == "ActivityRetried" else 1
             cur.execute("INSERT OR REPLACE INTO in_flight VALUES (?, ?, ?, ?)", (wid, run, e["activity_id"], attempt))
-        elif kind in ("ActivityAttemptFailed", "ActivityCompleted", "ActivityFailed"):
+        elif kind in ("ActivityAttemptFailed", "ActivityCompleted", "ActivityFailed", "ActivityCancelRequested"):
             cur.execute("DELETE FROM in_flight WHERE workflow_id=? AND run_id=? AND activity_id=?", (wid, run, e["activity_id"]))
+        elif kind == "CancelRequested":  # the workflow's activities in flight are cancelled with it
+            cur.execute("DELETE FROM in_flight WHERE workflow_id=? AND run_id=?", (wid, run))
+            cur.execute(
+                "DELETE FROM timers WHERE workflow_id=? AND run_id=? AND kind IN ('timeout','heartbeat','retry')", (wid, run)
+            )
         put = "INSERT OR REPLACE INTO timers VALUES (?, ?, ?, ?, ?, ?)"
         if kind == "WorkflowStarted":
             if e.get("start_at"):  # start_delay: the first step waits for this timer (id = the event's seq)
@@ -149,7 +154,7 @@ class PartitionStore:
                 cur.execute(put, (wid, run, "deadline", 0, 0, e["timeout_at"]))
         elif kind == "TimerStarted":
             cur.execute(put, (wid, run, "timer", e["timer_id"], 0, e["fire_at"]))
-        elif kind == "TimerFired":
+        elif kind in ("TimerFired", "TimerCancelled"):
             cur.execute("DELETE FROM timers WHERE workflow_id=? AND run_id=? AND kind='timer' AND timer_id=?", (wid, run, e["timer_id"]))
         elif kind == "ActivityScheduled":
             cur.execute(
@@ -168,7 +173,7 @@ class PartitionStore:
         elif kind == "ActivityAttemptFailed":
             self._clear_activity(cur, wid, run, e["activity_id"])
             cur.execute(put, (wid, run, "retry", e["activity_id"], e["attempt"] + 1, e["retry_at"]))
-        elif kind in ("ActivityCompleted", "ActivityFailed"):
+        elif kind in ("ActivityCompleted", "ActivityFailed", "ActivityCancelRequested"):
             self._clear_activity(cur, wid, run, e["activity_id"])
 
     @staticmethod

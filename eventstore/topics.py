@@ -35,6 +35,7 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     "deadletter": {"retention.ms": str(30 * _DAY_MS)},
     "ingress": {"retention.ms": str(7 * _DAY_MS)},
     "activities": {"retention.ms": str(7 * _DAY_MS)},
+    "cancels": {"retention.ms": str(_DAY_MS)},
 }
 
 
@@ -77,6 +78,11 @@ class Topics:
     def ingress(self) -> str:
         """JSON start/signal commands from any producer (``actors.ingress``), keyed by workflow id."""
         return f"{self.namespace}.ingress"
+
+    @property
+    def cancels(self) -> str:
+        """Activity cancellations, read by every worker of the namespace (one partition, no group)."""
+        return f"{self.namespace}.cancels"
 
     def activities(self, queue: str) -> str:
         return f"{self.namespace}.activities.{queue}"
@@ -202,6 +208,7 @@ def ensure_topics(
             # P, like commands: keyed by workflow id, so one id's ingress records stay in order, and the
             # forwarders (one per node, in their own group) scale out exactly as the nodes do.
             t.ingress: partitions,
+            t.cancels: 1,
             **{t.activities(q): partitions for q in queues},
         }
         missing = [n for n in want if n not in set(client.list_topics())]
@@ -220,8 +227,10 @@ def ensure_topics(
                     "creating %s with replication factor 1 on a cluster of %d brokers: losing one broker "
                     "loses workflow histories; use --replication-factor 3", namespace, brokers,
                 )
-            kinds = {t.commands: "commands", t.events: "events", t.replies: "replies", t.deadletter: "deadletter",
-                     t.ingress: "ingress"}  # fmt: skip
+            kinds = {
+                t.commands: "commands", t.events: "events", t.replies: "replies", t.deadletter: "deadletter",
+                t.ingress: "ingress", t.cancels: "cancels",
+            }  # fmt: skip
             new = [
                 NewTopic(n, want[n], rf, topic_configs={
                     **TOPIC_CONFIGS[kinds.get(n, "activities")], "min.insync.replicas": str(isr),

@@ -201,6 +201,17 @@ UPDATE timers SET status = 'fired', fired_at = %(at)s
 WHERE workflow_id = %(workflow_id)s AND run_id = %(run_id)s AND timer_id = %(timer_id)s
 """
 
+_ACTIVITY_CANCELLED = """
+UPDATE activities SET status = 'cancelled', finished_at = %(at)s
+WHERE workflow_id = %(workflow_id)s AND run_id = %(run_id)s AND status IN ('scheduled', 'retrying')
+  AND (%(activity_id)s::bigint IS NULL OR activity_id = %(activity_id)s::bigint)
+"""
+
+_TIMER_CANCELLED = """
+UPDATE timers SET status = 'cancelled', fired_at = %(at)s
+WHERE workflow_id = %(workflow_id)s AND run_id = %(run_id)s AND timer_id = %(timer_id)s AND status = 'started'
+"""
+
 _NOTIFY = "SELECT pg_notify(%s, %s)"
 
 _run_update_sql: dict[tuple[str, ...], str] = {}
@@ -376,6 +387,15 @@ def _timer_fired(cur: Cursor, event: dict, key: dict, data: dict) -> None:
     cur.execute(_TIMER_FIRED, {**key, "timer_id": event["timer_id"], "at": event["at"]})
 
 
+def _activity_cancelled(cur: Cursor, event: dict, key: dict, data: dict) -> None:
+    """A lost race cancels one activity; a cancelled workflow (CancelRequested) all of its open ones."""
+    cur.execute(_ACTIVITY_CANCELLED, {**key, "activity_id": event.get("activity_id"), "at": event["at"]})
+
+
+def _timer_cancelled(cur: Cursor, event: dict, key: dict, data: dict) -> None:
+    cur.execute(_TIMER_CANCELLED, {**key, "timer_id": event["timer_id"], "at": event["at"]})
+
+
 def _child_started(cur: Cursor, event: dict, key: dict, data: dict) -> None:
     cur.execute(_RELATIONSHIP, {
         "parent_id": event["workflow_id"], "parent_run_id": event["run_id"], "kind": "child",
@@ -398,4 +418,7 @@ _HANDLERS = {
     "TimerStarted": _timer_started,
     "TimerFired": _timer_fired,
     "ChildStarted": _child_started,
+    "ActivityCancelRequested": _activity_cancelled,
+    "CancelRequested": _activity_cancelled,
+    "TimerCancelled": _timer_cancelled,
 }
