@@ -27,6 +27,7 @@ CARRIED_BY = {
     "metamorph.ActivityTask": "<ns>.activities.<queue>",
     "metamorph.Reply": "<ns>.replies",
     "metamorph.DeadLetter": "<ns>.deadletter",
+    "metamorph.ActivityCancel": "<ns>.cancels",
 }
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 
