@@ -11,6 +11,7 @@ from .errors import (
     ChildWorkflowFailed,
     NondeterminismError,
     NonRetryableError,
+    PayloadTooLarge,
     QueryFailed,
     VersionNotSupported,
     WorkflowCancelled,
@@ -41,7 +42,8 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
 
 __all__ = [
     "ActivityFailed", "ActivityInfo", "ActivityOptions", "ChildWorkflowFailed", "Client", "NonRetryableError",
-    "NondeterminismError", "QueryFailed", "VersionNotSupported", "Workflow", "WorkflowCancelled", "WorkflowError",
-    "WorkflowFailed", "WorkflowHandle", "WorkflowNotFound", "WorkflowSummary", "WorkflowTerminated", "activity",
-    "activity_info", "heartbeat", "query", "signal", "update", "webhook", "workflow",
+    "NondeterminismError", "PayloadTooLarge", "QueryFailed", "VersionNotSupported", "Workflow",
+    "WorkflowCancelled", "WorkflowError", "WorkflowFailed", "WorkflowHandle", "WorkflowNotFound",
+    "WorkflowSummary", "WorkflowTerminated", "activity", "activity_info", "heartbeat", "query", "signal",
+    "update", "webhook", "workflow",
 ]

@@ -25,7 +25,14 @@ from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
 
 from .definitions import workflow_type_name
-from .errors import QueryFailed, WorkflowCancelled, WorkflowFailed, WorkflowNotFound, WorkflowTerminated
+from .errors import (
+    PayloadTooLarge,
+    QueryFailed,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowTerminated,
+)
 from .instance import utcnow
 
 log = logging.getLogger(__name__)
@@ -92,6 +99,20 @@ class Client:
         except KafkaError as exc:
             raise ConnectionError(f"Kafka did not accept the {kind} command: {exc}") from exc
 
+    @staticmethod
+    def _payload(what: str, args: tuple | list) -> bytes:
+        """Encode user arguments, refusing here what a node could not decode or PostgreSQL could not store.
+
+        The converter raises ``PayloadError`` (a ValueError) for lone surrogates and excessive nesting;
+        anything above ``METAMORPH_MAX_PAYLOAD`` raises ``PayloadTooLarge``. Refused before any send, so a
+        bad payload never reaches Kafka to be dead-lettered later.
+        """
+        data = payloads.encode(list(args))
+        limit = payloads.max_payload()
+        if len(data) > limit:
+            raise PayloadTooLarge(what, len(data), limit)
+        return data
+
     def _pool(self) -> Any:
         """A small connection pool, so concurrent callers (threads, the HTTP API) read in parallel."""
         with self._lock:
@@ -134,12 +155,13 @@ class Client:
     def _request(self, kind: str, workflow_id: str, name: str, args: tuple, timeout: float) -> Any:
         # No existence check against the projections first: the owning node knows every id of its
         # partition and answers an unknown one with WorkflowNotFound, which saves a read per query.
+        data = self._payload(f"arguments of {kind} {name!r}", args)
         with self._lock:
             if self._replies is None:
                 self._replies = _Replies(self.kafka, self.topics)
         request_id = str(uuid.uuid4())
         waiter = self._replies.expect(request_id)
-        self._send(kind, workflow_id, request_id=request_id, name=name, input=payloads.encode(list(args)))
+        self._send(kind, workflow_id, request_id=request_id, name=name, input=data)
         reply = self._replies.wait(request_id, waiter, timeout)
         if reply is None:
             raise TimeoutError(f"no answer to {kind} {name!r} of {workflow_id} within {timeout}s")
@@ -175,7 +197,7 @@ class Client:
         """Start a workflow; returns once the start command is durably in Kafka."""
         type_name = workflow_type_name(wf)
         workflow_id = id or str(uuid.uuid4())
-        data = payloads.encode(list(args))
+        data = self._payload(f"arguments of {type_name}", args)
         self._send("StartWorkflow", workflow_id, f"start:{workflow_id}", workflow_type=type_name, input=data)
         if self.postgres:
             from projections.migrate import record_pending
@@ -272,8 +294,9 @@ class WorkflowHandle:
                 terminals.forget(self.id, wake)
 
     def signal(self, name: str, *args: Any) -> None:
+        data = self._client._payload(f"arguments of signal {name!r}", args)
         self._client._check_exists(self.id)
-        self._client._send("SignalWorkflow", self.id, name=name, input=payloads.encode(list(args)))
+        self._client._send("SignalWorkflow", self.id, name=name, input=data)
 
     def query(self, name: str, *args: Any, timeout: float = 10) -> Any:
         return self._client._request("QueryWorkflow", self.id, name, args, timeout)

@@ -144,11 +144,19 @@ class WorkflowInstance:
         for command in commands:
             at = now or utcnow()
             before = len(out.events)
+            unknown = self.run_id is None
             try:
                 getattr(self, f"_cmd_{command['type']}")(command, at, out)
             except Exception as exc:  # a bug or bad input in one command must not lose the batch
                 log.exception("command %s for %s failed", command["type"], self.workflow_id)
-                if self.run_id is not None and self.terminal is None:
+                if unknown and len(out.events) == before:
+                    # A first start that failed before recording anything: forget it, so the id is not
+                    # blocked (a later start of it must run); the command is dead-lettered with the reason.
+                    self.run_id = self.workflow_type = self.terminal = None
+                    self.run, self.history, self.parent = None, [], {}
+                    self._reset_bookkeeping()
+                    out.rejected.append((command, f"{type(exc).__name__}: {exc}"))
+                elif self.run_id is not None and self.terminal is None:
                     out.events.append(self._system("CommandRejected", _rejection(command, exc)))
                 else:
                     out.rejected.append((command, f"{type(exc).__name__}: {exc}"))
@@ -208,6 +216,13 @@ class WorkflowInstance:
         continuing = cmd.get("continued_from") and cmd.get("continued_from") == self.run_id and self.terminal == "WorkflowContinued"
         if self.run_id is not None and not continuing:
             return  # an existing id: a duplicate start runs nothing twice
+        try:
+            # Decoded before anything is recorded: a start whose input cannot be read (too deep, too big,
+            # not JSON) never creates the workflow, so its id stays free for a later valid start.
+            args = payloads.decode(cmd["input"]) or []
+        except payloads.PayloadError as exc:
+            out.rejected.append((cmd, f"undecodable input: {exc}"))
+            return
         self.run_id = cmd.get("run_id") or str(uuid.uuid4())
         self.workflow_type = cmd["workflow_type"]
         self.parent = {k: cmd.get(k) for k in ("parent_id", "parent_run_id", "parent_ref")}
@@ -221,7 +236,6 @@ class WorkflowInstance:
         }
         try:
             cls = workflow_class(cmd["workflow_type"])
-            args = payloads.decode(cmd["input"]) or []
             if not isinstance(args, list):
                 raise TypeError(f"workflow arguments must be a JSON list, got {type(args).__name__}")
             check_arguments(cls.execute, [None, *args])
