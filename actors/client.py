@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,6 +41,12 @@ log = logging.getLogger(__name__)
 TERMINAL = ("completed", "failed", "cancelled", "terminated")
 #: How long result() waits for a workflow id to appear in the projections before calling it unknown.
 _NOT_FOUND_GRACE = 5.0
+#: How many ids a client remembers having started (to answer ``pending`` before the projector has them).
+_REMEMBERED_STARTS = 10_000
+#: How long an existence check before a command may wait for PostgreSQL, and how long after it did not
+#: answer commands skip the check altogether (they need only Kafka).
+_CHECK_TIMEOUT = 1.0
+_CHECK_BACKOFF = 5.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,10 @@ class Client:
         self._replies: _Replies | None = None
         self._terminal_listener: _Terminals | None = None
         self._lock = threading.Lock()
+        # Ids this client started, with when and as what: the start is durable in Kafka, so until the
+        # projector has the row these ids are `pending` (accepted), not unknown. Bounded, oldest dropped.
+        self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
+        self._pg_unanswered_until = 0.0
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _kafka(self) -> Any:
@@ -125,8 +136,8 @@ class Client:
                                      connect_kwargs={"connect_timeout": 5}, timeout=5)
             return self._pg_pool
 
-    def _with_conn(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(conn, ...)`` on a pooled connection.
+    def _with_conn(self, fn: Any, *args: Any, _timeout: float | None = None, **kwargs: Any) -> Any:
+        """Run ``fn(conn, ...)`` on a pooled connection (waiting at most ``_timeout`` s for one, if given).
 
         Connections are not checked on checkout (a round trip per read); a read that fails on a dead one
         (PostgreSQL restarted) makes the pool check all its idle connections and is tried once more.
@@ -135,7 +146,7 @@ class Client:
 
         for attempt in (1, 2):
             try:
-                with self._pool().connection() as conn:
+                with self._pool().connection(timeout=_timeout) as conn:
                     return fn(conn, *args, **kwargs)
             except PoolTimeout as exc:
                 raise ConnectionError(f"PostgreSQL at {_redact(self.postgres or '')} is unreachable: {exc}") from exc
@@ -182,15 +193,32 @@ class Client:
             return self._terminal_listener
 
     def _check_exists(self, workflow_id: str) -> None:
-        """Refuse commands to unknown ids when the projections can tell; a Kafka-only client just sends."""
-        if self.postgres:
-            self._require(workflow_id)
+        """Refuse commands to unknown ids when the projections can tell at once; never wait for PostgreSQL.
 
-    def _require(self, workflow_id: str) -> dict:
-        row = self._read("get_workflow", workflow_id)
-        if row is None:
+        Commands need only Kafka (issue 15): an id this client started exists, and when PostgreSQL does not
+        answer within ``_CHECK_TIMEOUT`` the command is sent unchecked (and for ``_CHECK_BACKOFF`` seconds
+        after, without asking) — the owning node dead-letters a command for an id it does not know, as it
+        does for a Kafka-only client.
+        """
+        if not self.postgres or workflow_id in self._started or time.monotonic() < self._pg_unanswered_until:
+            return
+        try:
+            self._require(workflow_id, _timeout=_CHECK_TIMEOUT)
+        except ConnectionError as exc:
+            self._pg_unanswered_until = time.monotonic() + _CHECK_BACKOFF
+            log.warning("sending a command to %s unchecked: %s", workflow_id, exc)
+
+    def _require(self, workflow_id: str, _timeout: float | None = None) -> dict:
+        row = self._read("get_workflow", workflow_id, _timeout=_timeout)
+        if row is not None:
+            with self._lock:
+                self._started.pop(workflow_id, None)  # projected: the row is the truth from now on
+            return row
+        with self._lock:
+            started = self._started.get(workflow_id)
+        if started is None:
             raise WorkflowNotFound(workflow_id)
-        return row
+        return _pending_row(workflow_id, *started)
 
     # -- the API -----------------------------------------------------------------------------------------
     def start(self, wf: type | str, *args: Any, id: str | None = None) -> WorkflowHandle:  # noqa: A002 - API name
@@ -199,13 +227,23 @@ class Client:
         workflow_id = id or str(uuid.uuid4())
         data = self._payload(f"arguments of {type_name}", args)
         self._send("StartWorkflow", workflow_id, f"start:{workflow_id}", workflow_type=type_name, input=data)
-        if self.postgres:
+        # Started once Kafka has it: PostgreSQL is not needed. This client answers `pending` for the id until
+        # the projector has the row; other clients (the CLI, the HTTP API) see it sooner through a `pending`
+        # row, written here only if PostgreSQL answers at once (it used to wait 5 s when it was down).
+        with self._lock:
+            self._started[workflow_id] = (type_name, utcnow())
+            self._started.move_to_end(workflow_id)
+            while len(self._started) > _REMEMBERED_STARTS:
+                self._started.popitem(last=False)
+        if self.postgres and time.monotonic() >= self._pg_unanswered_until:
             from projections.migrate import record_pending
 
             try:
-                self._with_conn(record_pending, workflow_id, type_name, list(args))
-            except Exception:  # the projector writes the row anyway; this only makes `pending` visible sooner
-                log.warning("could not record %s as pending", workflow_id, exc_info=True)
+                self._with_conn(record_pending, workflow_id, type_name, list(args), _timeout=_CHECK_TIMEOUT)
+            except Exception as exc:  # the projector writes the row anyway; this only makes it visible sooner
+                if isinstance(exc, ConnectionError):
+                    self._pg_unanswered_until = time.monotonic() + _CHECK_BACKOFF
+                log.warning("could not record %s as pending: %s", workflow_id, exc)
         return WorkflowHandle(self, workflow_id)
 
     def get(self, id: str) -> WorkflowHandle:  # noqa: A002
@@ -326,6 +364,16 @@ class WorkflowHandle:
     def exceptions(self) -> list[dict]:
         self._client._require(self.id)
         return self._client._read("exceptions", self.id)
+
+
+def _pending_row(workflow_id: str, type_name: str, at: datetime) -> dict:
+    """A ``workflows`` row as the projection will show it before the run starts: status ``pending``."""
+    return {
+        "id": workflow_id, "run_id": None, "type": type_name, "status": "pending", "input": None, "output": None,
+        "error_type": None, "error_message": None, "error_traceback": None, "parent_id": None,
+        "parent_run_id": None, "continued_from": None, "created_at": at, "updated_at": at, "started_at": None,
+        "closed_at": None,
+    }
 
 
 def _outcome(workflow_id: str, row: dict) -> Any:
