@@ -62,3 +62,41 @@ def test_status_right_after_start_is_pending_before_anything_projected(kafka_ser
         assert done.wait(10)
         assert isinstance(outcome[0], TimeoutError), outcome  # pending, not unknown
 
+
+def test_the_node_has_dead_letters_acknowledged_before_it_commits(tmp_path):
+    """A dead letter only buffered when the offset commit happens is lost by a crash (issue 15, item 7)."""
+    from collections import namedtuple
+
+    from kafka import TopicPartition
+
+    from actors.node import Node, _Owned
+
+    order: list[str] = []
+
+    class Future:
+        def get(self, timeout=None):
+            order.append("ack")
+
+    class Producer:
+        def send(self, topic, key=None, value=None, partition=None, headers=None):
+            order.append(f"send {topic}")
+            return Future()
+
+        def flush(self, timeout=None):
+            order.append("flush")
+
+    class Log:
+        kafka_producer = Producer()
+
+    class Consumer:
+        def commit(self, offsets):
+            order.append("commit")
+
+    node = Node("127.0.0.1:9", "dl", data_dir=tmp_path)
+    node._log = Log()  # type: ignore[assignment]
+    node.partitions = 1
+    node._owned = {0: _Owned(store=None, epoch=1)}  # type: ignore[arg-type]
+    record = namedtuple("Record", "offset key value")(7, b"k", b"not a metamorph record")
+    node._handle_records(Consumer(), {TopicPartition("dl.commands", 0): [record]})  # type: ignore[arg-type]
+    assert order[0] == "send dl.deadletter" and order[-1] == "commit", order
+    assert "ack" in order and order.index("ack") < order.index("commit"), order
