@@ -12,6 +12,7 @@ from .errors import (
     ChildWorkflowFailed,
     NondeterminismError,
     NonRetryableError,
+    PayloadTooLarge,
     QueryFailed,
     VersionNotSupported,
     WorkflowAlreadyStarted,
@@ -45,7 +46,7 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
 
 __all__ = [
     "ActivityCancelled", "ActivityFailed", "ActivityInfo", "ActivityOptions", "ChildWorkflowFailed", "Client",
-    "NonRetryableError", "NondeterminismError", "QueryFailed", "VersionNotSupported", "Workflow",
+    "NonRetryableError", "NondeterminismError", "PayloadTooLarge", "QueryFailed", "VersionNotSupported", "Workflow",
     "WorkflowAlreadyStarted", "WorkflowCancelled", "WorkflowError", "WorkflowFailed", "WorkflowHandle",
     "WorkflowNotFound", "WorkflowNotRunning", "WorkflowSummary", "WorkflowTerminated", "WorkflowTimedOut", "activity",
     "activity_info", "heartbeat", "query", "signal", "update", "webhook", "workflow",

@@ -29,6 +29,7 @@ from kafka.structs import OffsetAndMetadata
 
 from eventstore import codec, groups, metrics, payloads
 from eventstore import events as ev
+from eventstore.deadletter import DeadLetters
 from eventstore.log import MAX_RECORD_BYTES, producer
 from eventstore.topics import Topics, leave_group, partition_for
 
@@ -197,6 +198,7 @@ class _QueueWorker(threading.Thread):
         self.queue_name = queue_name
         self.topics = worker.topics
         self.producer = worker.producer
+        self.dead = DeadLetters(worker.producer, worker.topics.deadletter, "worker")
         self.done: queue.Queue = queue.Queue()
         self.idle: list[pykka.ActorRef] = []
         self.in_flight = 0
@@ -276,7 +278,7 @@ class _QueueWorker(threading.Thread):
         try:
             task = codec.decode(rec.value, "metamorph.ActivityTask")
         except codec.DecodeError as exc:
-            self.worker.deadletter(tp, rec, f"undecodable activity task: {exc}")
+            self.dead.add(tp.topic, tp.partition, rec.offset, f"undecodable activity task: {exc}", rec.key, rec.value, "undecodable")
             return
         self.pending[tp].add(rec.offset)
         self.in_flight += 1
@@ -369,6 +371,9 @@ class _QueueWorker(threading.Thread):
             nxt = min(pending) if pending else self.seen.get(tp, -1) + 1
             if nxt > 0:
                 commits[tp] = OffsetAndMetadata(nxt, "", -1)
+        # Dead letters acknowledged before the commit moves past their records; if one was not, this raises
+        # and the consumer is replaced, so the records are read (and dead-lettered) again.
+        self.dead.flush()
         try:
             consumer.commit(commits)
         except Exception as exc:  # rebalanced away: the next owner re-runs these tasks (at-least-once)
@@ -544,8 +549,3 @@ class ActivityWorker:
     def local_in_flight(self) -> int:
         return sum(t.local_in_flight for t in self._threads)
 
-    def deadletter(self, tp: TopicPartition, rec: Any, reason: str) -> None:
-        record = {"source_topic": tp.topic, "partition": tp.partition, "offset": rec.offset, "reason": reason, "key": rec.key, "value": rec.value or b""}
-        self.producer.send(self.topics.deadletter, key=rec.key, value=codec.encode("metamorph.DeadLetter", record))
-        metrics.deadlettered.labels("worker", "undecodable").inc()
-        log.warning("dead-lettered %s[%d]@%d: %s", tp.topic, tp.partition, rec.offset, reason)

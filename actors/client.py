@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from eventstore.topics import Topics, partition_for
 
 from .definitions import seconds, workflow_type_name
 from .errors import (
+    PayloadTooLarge,
     QueryFailed,
     WorkflowAlreadyStarted,
     WorkflowCancelled,
@@ -43,6 +45,12 @@ log = logging.getLogger(__name__)
 TERMINAL = tuple(str(s) for s in statuses.ALL if s in statuses.FINAL)
 #: How long result() waits for a workflow id to appear in the projections before calling it unknown.
 _NOT_FOUND_GRACE = 5.0
+#: How many ids a client remembers having started (to answer ``pending`` before the projector has them).
+_REMEMBERED_STARTS = 10_000
+#: How long an existence check before a command may wait for PostgreSQL, and how long after it did not
+#: answer commands skip the check altogether (they need only Kafka).
+_CHECK_TIMEOUT = 1.0
+_CHECK_BACKOFF = 5.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,10 @@ class Client:
         self._replies: _Replies | None = None
         self._terminal_listener: _Terminals | None = None
         self._lock = threading.Lock()
+        # Ids this client started, with when and as what: the start is durable in Kafka, so until the
+        # projector has the row these ids are `pending` (accepted), not unknown. Bounded, oldest dropped.
+        self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
+        self._pg_unanswered_until = 0.0
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _kafka(self) -> Any:
@@ -101,6 +113,20 @@ class Client:
         except KafkaError as exc:
             raise ConnectionError(f"Kafka did not accept the {kind} command: {exc}") from exc
 
+    @staticmethod
+    def _payload(what: str, args: tuple | list) -> bytes:
+        """Encode user arguments, refusing here what a node could not decode or PostgreSQL could not store.
+
+        The converter raises ``PayloadError`` (a ValueError) for lone surrogates and excessive nesting;
+        anything above ``METAMORPH_MAX_PAYLOAD`` raises ``PayloadTooLarge``. Refused before any send, so a
+        bad payload never reaches Kafka to be dead-lettered later.
+        """
+        data = payloads.encode(list(args))
+        limit = payloads.max_payload()
+        if len(data) > limit:
+            raise PayloadTooLarge(what, len(data), limit)
+        return data
+
     def _pool(self) -> Any:
         """A small connection pool, so concurrent callers (threads, the HTTP API) read in parallel."""
         with self._lock:
@@ -113,8 +139,8 @@ class Client:
                                      connect_kwargs={"connect_timeout": 5}, timeout=5)
             return self._pg_pool
 
-    def _with_conn(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(conn, ...)`` on a pooled connection.
+    def _with_conn(self, fn: Any, *args: Any, _timeout: float | None = None, **kwargs: Any) -> Any:
+        """Run ``fn(conn, ...)`` on a pooled connection (waiting at most ``_timeout`` s for one, if given).
 
         Connections are not checked on checkout (a round trip per read); a read that fails on a dead one
         (PostgreSQL restarted) makes the pool check all its idle connections and is tried once more.
@@ -123,7 +149,7 @@ class Client:
 
         for attempt in (1, 2):
             try:
-                with self._pool().connection() as conn:
+                with self._pool().connection(timeout=_timeout) as conn:
                     return fn(conn, *args, **kwargs)
             except PoolTimeout as exc:
                 raise ConnectionError(f"PostgreSQL at {_redact(self.postgres or '')} is unreachable: {exc}") from exc
@@ -149,10 +175,11 @@ class Client:
     def _request(self, kind: str, workflow_id: str, name: str, args: tuple, timeout: float) -> Any:
         # No existence check against the projections first: the owning node knows every id of its
         # partition and answers an unknown one with WorkflowNotFound, which saves a read per query.
+        data = self._payload(f"arguments of {kind} {name!r}", args)
         self._reply_listener()
         request_id = str(uuid.uuid4())
         waiter = self._replies.expect(request_id)
-        self._send(kind, workflow_id, request_id=request_id, name=name, input=payloads.encode(list(args)))
+        self._send(kind, workflow_id, request_id=request_id, name=name, input=data)
         reply = self._replies.wait(request_id, waiter, timeout)  # type: ignore[union-attr]
         if reply is None:
             raise TimeoutError(f"no answer to {kind} {name!r} of {workflow_id} within {timeout}s")
@@ -167,21 +194,38 @@ class Client:
             return self._terminal_listener
 
     def _check_running(self, workflow_id: str, operation: str) -> None:
-        """Refuse a command that could do nothing, when the projections can tell (a Kafka-only client
-        just sends): an unknown id raises WorkflowNotFound, an ended workflow WorkflowNotRunning.
+        """Refuse a command that could do nothing, when the projections can tell at once: an unknown id
+        raises WorkflowNotFound, an ended workflow WorkflowNotRunning (``continued`` is not refused: the
+        command goes to the run that continues it). Never waits for PostgreSQL.
 
-        ``continued`` is not refused: the command goes to the run that continues it.
+        Commands need only Kafka (issue 15): an id this client started and the projector has not seen yet
+        counts as ``pending``, and when PostgreSQL does not
+        answer within ``_CHECK_TIMEOUT`` the command is sent unchecked (and for ``_CHECK_BACKOFF`` seconds
+        after, without asking) — the owning node dead-letters a command for an id it does not know, as it
+        does for a Kafka-only client.
         """
-        if self.postgres:
-            status = self._require(workflow_id)["status"]
-            if status in statuses.FINAL:
-                raise WorkflowNotRunning(workflow_id, status, operation)
+        if not self.postgres or time.monotonic() < self._pg_unanswered_until:
+            return
+        try:
+            status = self._require(workflow_id, _timeout=_CHECK_TIMEOUT)["status"]
+        except ConnectionError as exc:
+            self._pg_unanswered_until = time.monotonic() + _CHECK_BACKOFF
+            log.warning("sending a command to %s unchecked: %s", workflow_id, exc)
+            return
+        if status in statuses.FINAL:
+            raise WorkflowNotRunning(workflow_id, status, operation)
 
-    def _require(self, workflow_id: str) -> dict:
-        row = self._read("get_workflow", workflow_id)
-        if row is None:
+    def _require(self, workflow_id: str, _timeout: float | None = None) -> dict:
+        row = self._read("get_workflow", workflow_id, _timeout=_timeout)
+        if row is not None:
+            with self._lock:
+                self._started.pop(workflow_id, None)  # projected: the row is the truth from now on
+            return row
+        with self._lock:
+            started = self._started.get(workflow_id)
+        if started is None:
             raise WorkflowNotFound(workflow_id)
-        return row
+        return _pending_row(workflow_id, *started)
 
     # -- the API -----------------------------------------------------------------------------------------
     def start(
@@ -216,7 +260,7 @@ class Client:
         update_reply = None
         type_name = workflow_type_name(wf)
         workflow_id = id or str(uuid.uuid4())
-        data = payloads.encode(list(args))
+        data = self._payload(f"arguments of {type_name}", args)
         decide = "if_running" in options or "if_closed" in options or _update is not None
         # Every start with options is its own command (a second signal-with-start is a second signal); a
         # plain start keeps the id-derived command id that makes its re-sends collapse.
@@ -231,7 +275,7 @@ class Client:
             if _update is not None:
                 update_id = str(uuid.uuid4())
                 update_waiter = replies.expect(update_id)
-                options.update(start_update=_update[0], start_update_input=payloads.encode(list(_update[1])),
+                options.update(start_update=_update[0], start_update_input=self._payload(f"arguments of update {_update[0]!r}", _update[1]),
                                update_request_id=update_id)
             self._send("StartWorkflow", workflow_id, command_id, workflow_type=type_name, input=data,
                        request_id=request_id, **options)
@@ -249,13 +293,23 @@ class Client:
                 update_reply = replies.wait(update_id, update_waiter, _update[2])
                 if update_reply is None:
                     raise TimeoutError(f"no answer to update {_update[0]!r} of {workflow_id} within {_update[2]}s")
-        if self.postgres:
+        # Started once Kafka has it: PostgreSQL is not needed. This client answers `pending` for the id until
+        # the projector has the row; other clients (the CLI, the HTTP API) see it sooner through a `pending`
+        # row, written here only if PostgreSQL answers at once (it used to wait 5 s when it was down).
+        with self._lock:
+            self._started[workflow_id] = (type_name, utcnow())
+            self._started.move_to_end(workflow_id)
+            while len(self._started) > _REMEMBERED_STARTS:
+                self._started.popitem(last=False)
+        if self.postgres and time.monotonic() >= self._pg_unanswered_until:
             from projections.migrate import record_pending
 
             try:
-                self._with_conn(record_pending, workflow_id, type_name, list(args))
-            except Exception:  # the projector writes the row anyway; this only makes `pending` visible sooner
-                log.warning("could not record %s as pending", workflow_id, exc_info=True)
+                self._with_conn(record_pending, workflow_id, type_name, list(args), _timeout=_CHECK_TIMEOUT)
+            except Exception as exc:  # the projector writes the row anyway; this only makes it visible sooner
+                if isinstance(exc, ConnectionError):
+                    self._pg_unanswered_until = time.monotonic() + _CHECK_BACKOFF
+                log.warning("could not record %s as pending: %s", workflow_id, exc)
         return WorkflowHandle(self, workflow_id, run_id), update_reply
 
     def update_with_start(
@@ -384,8 +438,9 @@ class WorkflowHandle:
 
     def signal(self, name: str, *args: Any) -> None:
         """Send a signal; WorkflowNotRunning if the workflow has ended (nothing would handle it)."""
+        data = self._client._payload(f"arguments of signal {name!r}", args)
         self._client._check_running(self.id, f"signal {name!r}")
-        self._client._send("SignalWorkflow", self.id, name=name, input=payloads.encode(list(args)))
+        self._client._send("SignalWorkflow", self.id, name=name, input=data)
 
     def query(self, name: str, *args: Any, timeout: float = 10) -> Any:
         return self._client._request("QueryWorkflow", self.id, name, args, timeout)
@@ -430,6 +485,16 @@ def command_record(kind: str, workflow_id: str, command_id: str | None = None, *
     """
     envelope = ev.command(kind, workflow_id, command_id or str(uuid.uuid4()), utcnow(), **body)
     return check_size(f"{kind} command for {workflow_id}", codec.encode("metamorph.CommandEnvelope", envelope))
+
+
+def _pending_row(workflow_id: str, type_name: str, at: datetime) -> dict:
+    """A ``workflows`` row as the projection will show it before the run starts: status ``pending``."""
+    return {
+        "id": workflow_id, "run_id": None, "type": type_name, "status": "pending", "input": None, "output": None,
+        "error_type": None, "error_message": None, "error_traceback": None, "parent_id": None,
+        "parent_run_id": None, "continued_from": None, "created_at": at, "updated_at": at, "started_at": None,
+        "closed_at": None,
+    }
 
 
 def _outcome(workflow_id: str, row: dict) -> Any:

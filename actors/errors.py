@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from eventstore.payloads import PayloadTooLargeError
+
 
 class WorkflowError(Exception):
     """Base of every Metamorph error a user may catch."""
@@ -167,3 +169,11 @@ class QueryFailed(WorkflowError):
         super().__init__(f"{error_type}: {message}")
         self.error_type = error_type
         self.message = message
+
+
+class PayloadTooLarge(WorkflowError, PayloadTooLargeError):
+    """Arguments above ``METAMORPH_MAX_PAYLOAD`` (default 2 MiB), refused by the client before any send.
+
+    Also a ``ValueError`` (and ``eventstore.log.PayloadTooLargeError``), so callers that already caught the
+    record-size error keep working.
+    """

@@ -46,6 +46,7 @@ from starlette.routing import Route
 
 from eventstore import metrics
 from eventstore.log import PayloadTooLargeError
+from eventstore.payloads import PayloadError
 
 from . import webhooks
 from .errors import QueryFailed, WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning
@@ -235,7 +236,7 @@ async def _body(request: Request) -> dict:
         return {}
     try:
         body = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
@@ -428,6 +429,7 @@ def _handlers() -> dict[Any, Callable[[Request, Exception], Any]]:
         ValueError: handler(400, "BadRequest"),
         PayloadTooLargeError: handler(413, "PayloadTooLarge"),
         BodyTooLarge: handler(413, "PayloadTooLarge"),
+        PayloadError: handler(400, "BadRequest"),  # arguments the client refuses (lone surrogates, too deep)
         ConnectionError: handler(503, "Unavailable"),
         KafkaError: handler(503, "Unavailable"),
         psycopg.OperationalError: handler(503, "Unavailable"),

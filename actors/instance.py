@@ -157,11 +157,19 @@ class WorkflowInstance:
         for command in commands:
             at = now or utcnow()
             before = len(out.events)
+            unknown = self.run_id is None
             try:
                 getattr(self, f"_cmd_{command['type']}")(command, at, out)
             except Exception as exc:  # a bug or bad input in one command must not lose the batch
                 log.exception("command %s for %s failed", command["type"], self.workflow_id)
-                if self.run_id is not None and self.terminal is None:
+                if unknown and len(out.events) == before:
+                    # A first start that failed before recording anything: forget it, so the id is not
+                    # blocked (a later start of it must run); the command is dead-lettered with the reason.
+                    self.run_id = self.workflow_type = self.terminal = None
+                    self.run, self.history, self.parent = None, [], {}
+                    self._reset_bookkeeping()
+                    out.rejected.append((command, f"{type(exc).__name__}: {exc}"))
+                elif self.run_id is not None and self.terminal is None:
                     out.events.append(self._system("CommandRejected", _rejection(command, exc)))
                 else:
                     out.rejected.append((command, f"{type(exc).__name__}: {exc}"))
@@ -225,8 +233,16 @@ class WorkflowInstance:
         of them wins. A start carrying ``request_id`` is answered on ``<ns>.replies`` with the decision.
         """
         continuing = cmd.get("continued_from") and cmd.get("continued_from") == self.run_id and self.terminal == "WorkflowContinued"
+        try:
+            # Decoded before anything is decided or recorded: a start whose input cannot be read (too deep,
+            # too big, not JSON) never creates or replaces a run, so its id stays free for a later valid start.
+            args = payloads.decode(cmd["input"]) or []
+        except payloads.PayloadError as exc:
+            out.rejected.append((cmd, f"undecodable input: {exc}"))
+            self._start_reply(cmd, out, "PayloadError", f"undecodable input: {exc}")
+            return
         if continuing or self.run_id is None:
-            self._begin_run(cmd, at, out)
+            self._begin_run(cmd, at, out, args)
             self._start_reply(cmd, out)
             return
         if self.history and self.history[0].get("command_id") == cmd["command_id"]:
@@ -249,7 +265,7 @@ class WorkflowInstance:
                     ended["status"] = "terminated"
                     self.run = None
                     out.events.append(ended)
-                self._begin_run(cmd, at, out)
+                self._begin_run(cmd, at, out, args)
                 self._start_reply(cmd, out)
                 return
             if cmd.get("start_signal"):  # signal-with-start of an open run: the signal goes to it
@@ -260,7 +276,7 @@ class WorkflowInstance:
             return
         status = self.status
         if if_closed == "allow" or (if_closed == "allow_failed" and status in UNSUCCESSFUL):
-            self._begin_run(cmd, at, out)
+            self._begin_run(cmd, at, out, args)
             self._start_reply(cmd, out)
         elif if_closed == "use_existing":
             self._start_reply(cmd, out)
@@ -284,7 +300,7 @@ class WorkflowInstance:
                       "input": cmd.get("start_update_input") or payloads.encode([])}
             self._cmd_UpdateWorkflow(update, cmd.get("at") or utcnow(), out)
 
-    def _begin_run(self, cmd: dict, at: datetime, out: Outcome) -> None:
+    def _begin_run(self, cmd: dict, at: datetime, out: Outcome, args: Any) -> None:
         """A new run of this id: WorkflowStarted, then the code's first decisions (unless it must wait)."""
         self.run_id = cmd.get("run_id") or str(uuid.uuid4())
         self.workflow_type = cmd["workflow_type"]
@@ -306,7 +322,6 @@ class WorkflowInstance:
         rejected_signal = None
         try:
             cls = workflow_class(cmd["workflow_type"])
-            args = payloads.decode(cmd["input"]) or []
             if not isinstance(args, list):
                 raise TypeError(f"workflow arguments must be a JSON list, got {type(args).__name__}")
             check_arguments(cls.execute, [None, *args])

@@ -34,6 +34,7 @@ from kafka.structs import OffsetAndMetadata
 
 from eventstore import codec, groups, metrics
 from eventstore import events as ev
+from eventstore.deadletter import DeadLetters
 from eventstore.log import TYPE_HEADER, EventLog, LogTruncatedError, check_not_truncated, producer
 from eventstore.store import PartitionStore
 from eventstore.topics import Topics, ensure_topics, leave_group, partition_for
@@ -103,6 +104,7 @@ class Node:
         self._thread: threading.Thread | None = None
         self._worker: Any = None
         self._log: EventLog | None = None
+        self._dead: DeadLetters | None = None
         self._consumer: KafkaConsumer | None = None
         self.error: BaseException | None = None
         self._broker = groups.BrokerWatch("node")
@@ -264,6 +266,7 @@ class Node:
         self._owned[partition] = _Owned(store, epoch)
         metrics.restored_records.labels(str(partition)).inc(store.restored_records)
         self._redispatch(store, tail)
+        self._flush_dead_letters()
         blocked = store.blocked()
         if blocked:  # new code may have been deployed: try each blocked workflow again
             self._process({partition: OrderedDict((wid, []) for wid in blocked)})
@@ -341,6 +344,7 @@ class Node:
             commits[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
             metrics.commands_consumed.labels(str(tp.partition)).inc(len(records))
         self._process(groups)
+        self._flush_dead_letters()  # acknowledged before the offsets move past the records they replace
         try:
             consumer.commit(commits)
         except CommitFailedError:
@@ -390,6 +394,7 @@ class Node:
         # these events in the log tail, and restore sends their messages again.
         offsets = self._append(events)
         self._send(messages)
+        self._flush_dead_letters()  # rejected commands: durable before the checkpoint and any commit
         for partition in set(events) | set(fired) | set(heartbeats):
             owned = self._owned.get(partition)
             if owned is None:
@@ -550,11 +555,14 @@ class Node:
     def _deadletter(self, topic: str, partition: int, offset: int, reason: str, key: bytes | None, value: bytes, label: str) -> Any:
         """Send a DeadLetter record; returns the send's future (the ingress forwarder waits for its ack)."""
         assert self._log is not None
-        record = {"source_topic": topic, "partition": partition, "offset": offset, "reason": reason, "key": key, "value": value or b""}
-        future = self._log.kafka_producer.send(self.topics.deadletter, key=key, value=codec.encode("metamorph.DeadLetter", record))
-        metrics.deadlettered.labels("node", label).inc()
-        log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
-        return future
+        if self._dead is None:
+            self._dead = DeadLetters(self._log.kafka_producer, self.topics.deadletter, "node")
+        return self._dead.add(topic, partition, offset, reason, key, value, label)
+
+    def _flush_dead_letters(self) -> None:
+        """Wait for the broker to acknowledge the dead letters sent so far; raises (no commit) if it did not."""
+        if self._dead is not None:
+            self._dead.flush()
 
     def _deadletter_command(self, command: dict, reason: str) -> None:
         body = {k: v for k, v in command.items() if k not in ("type", "command_id", "workflow_id", "at")}

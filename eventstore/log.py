@@ -16,6 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from . import codec
+from .payloads import PayloadTooLargeError as PayloadTooLargeError  # re-exported: callers catch it here
 from .topics import Topics, partition_for
 
 log = logging.getLogger(__name__)
@@ -25,14 +26,6 @@ TYPE_HEADER = "metamorph-type"
 
 #: Largest encoded record we hand to Kafka; brokers default to ~1 MiB per message.
 MAX_RECORD_BYTES = 900 * 1024
-
-
-class PayloadTooLargeError(ValueError):
-    """A record above MAX_RECORD_BYTES: refused before it reaches the broker, naming the size."""
-
-    def __init__(self, what: str, size: int) -> None:
-        super().__init__(f"{what} is {size} bytes encoded; the limit is {MAX_RECORD_BYTES} bytes")
-        self.size = size
 
 
 def producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
@@ -58,8 +51,9 @@ def producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
 
 
 def check_size(what: str, data: bytes) -> bytes:
+    """Refuse a record above MAX_RECORD_BYTES before it reaches the broker (which would refuse it later)."""
     if len(data) > MAX_RECORD_BYTES:
-        raise PayloadTooLargeError(what, len(data))
+        raise PayloadTooLargeError(what, len(data), MAX_RECORD_BYTES)
     return data
 
 

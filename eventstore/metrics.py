@@ -82,6 +82,14 @@ dependency_errors = Counter("metamorph_dependency_errors_total", "Failed calls t
 projector_events = Counter("metamorph_projector_events_total", "Events applied to the projections", ["partition"])
 projector_batch_seconds = Histogram("metamorph_projector_batch_duration_seconds", "One projector transaction", buckets=_LATENCY)
 projector_lag = Gauge("metamorph_projector_lag_records", "Events not yet projected", ["partition"])
+projector_failures = Counter(
+    "metamorph_projector_failures_total",
+    "Projector batches that failed for a reason other than PostgreSQL being down (retried, never skipped)",
+    ["error_type"],
+)
+projector_stalled = Gauge(
+    "metamorph_projector_stalled", "1 while the projector retries a batch its own code failed on (a projection bug)"
+)
 
 # -- HTTP API (metamorph serve) ---------------------------------------------------------------------------
 http_requests = Counter("metamorph_http_requests_total", "HTTP API requests", ["route", "status"])

@@ -2,12 +2,26 @@
 
 JSON is the default because it is what users can read in the history and the HTTP API; a team with other
 needs (dataclasses, pydantic, encryption) installs its own converter once per process.
+
+Payloads come from anyone who can write to Kafka, so the JSON converter checks size and nesting depth
+*before* it parses (the C parser recurses: JSON nested ~1,000 deep raises RecursionError, which is not an
+error any caller expects, and deeper still can exhaust a node thread's small stack). It also refuses
+strings with lone surrogates (``"\\udcff"``): Python accepts them, PostgreSQL's jsonb does not, so they would
+be accepted at the start and dead-lettered by the projector later, leaving the workflow invisible.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from typing import Any, Protocol
+
+#: Largest encoded payload accepted (``METAMORPH_MAX_PAYLOAD``, bytes); API.md section 11.
+DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
+#: Deepest nesting of arrays/objects accepted (``METAMORPH_MAX_PAYLOAD_DEPTH``), far below the recursion
+#: limit.
+DEFAULT_MAX_DEPTH = 100
 
 
 class PayloadConverter(Protocol):
@@ -20,22 +34,101 @@ class PayloadError(ValueError):
     """A value the converter cannot encode (or bytes it cannot decode)."""
 
 
+class PayloadTooLargeError(PayloadError):
+    """An encoded payload (or record) above its size limit: refused before it travels, naming the size."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} is {size} bytes encoded; the limit is {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+def max_payload() -> int:
+    """The payload size limit in bytes (``METAMORPH_MAX_PAYLOAD``, default 2 MiB)."""
+    return _env_int("METAMORPH_MAX_PAYLOAD", DEFAULT_MAX_PAYLOAD)
+
+
+def max_depth() -> int:
+    """The nesting depth limit (``METAMORPH_MAX_PAYLOAD_DEPTH``, default 100)."""
+    return _env_int("METAMORPH_MAX_PAYLOAD_DEPTH", DEFAULT_MAX_DEPTH)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number of bytes") from None
+
+
 class JsonConverter:
-    """Compact JSON; tuples come back as lists, as with every JSON round trip."""
+    """Compact JSON; tuples come back as lists, as with every JSON round trip.
+
+    Both directions enforce the same limits (size, depth, no lone surrogates), so what a client can send
+    is exactly what a node can read and PostgreSQL can store.
+    """
 
     def encode(self, value: Any) -> bytes:
         try:
-            return json.dumps(value, separators=(",", ":"), default=_default).encode()
+            text = json.dumps(value, separators=(",", ":"), default=_default)
+        except RecursionError:
+            raise PayloadError(f"cannot encode {type(value).__name__} as JSON: nested too deep") from None
         except (TypeError, ValueError) as exc:
             raise PayloadError(f"cannot encode {type(value).__name__} as JSON: {exc}") from exc
+        data = text.encode()
+        _check_depth(data)
+        if _MAYBE_SURROGATE.search(data):
+            _check_surrogates(value)
+        return data
 
     def decode(self, data: bytes) -> Any:
         if not data:
             return None
+        if len(data) > max_payload():
+            raise PayloadTooLargeError("payload", len(data), max_payload())
+        _check_depth(data)
         try:
-            return json.loads(data)
+            value = json.loads(data)
         except ValueError as exc:
             raise PayloadError(f"payload is not JSON: {exc}") from exc
+        if _MAYBE_SURROGATE.search(data):
+            _check_surrogates(value)
+        return value
+
+
+#: Tokens that matter for nesting: an escape (skips the escaped character), a quote, a bracket.
+_TOKENS = re.compile(rb'\\.|["\[\]{}]', re.DOTALL)
+#: A JSON escape of a UTF-16 surrogate; only then can a decoded string hold a lone one.
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_depth(data: bytes) -> None:
+    """Refuse JSON text nested deeper than :func:`max_depth`, without parsing it (linear, no recursion)."""
+    limit = max_depth()
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return  # cannot be deeper than the number of openers: the common case costs two C scans
+    depth, in_string = 0, False
+    for match in _TOKENS.finditer(data):
+        token = match.group()
+        if token == b'"':
+            in_string = not in_string
+        elif in_string or token[0:1] == b"\\":
+            continue
+        elif token in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                raise PayloadError(f"payload is nested more than {limit} deep (METAMORPH_MAX_PAYLOAD_DEPTH)")
+        else:
+            depth -= 1
+
+
+def _check_surrogates(value: Any) -> None:
+    """Refuse strings holding a lone UTF-16 surrogate (not valid Unicode; PostgreSQL rejects them)."""
+    try:
+        json.dumps(value, ensure_ascii=False, default=_default).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode()
+        raise PayloadError(f"payload contains a lone surrogate ({bad}): not valid Unicode, refused") from None
 
 
 def _default(value: Any) -> Any:

@@ -1,8 +1,10 @@
 """The one row a client writes itself: a workflow it has just started, before the projector has seen it.
 
 Why: ``client.start()`` returns once the StartWorkflow command is durable in Kafka, but the projection of
-the resulting WorkflowStarted can lag behind. Without this row an immediate ``status()`` would say "not
-found" for a workflow that certainly exists. The row says ``pending`` with no run; the projector's upsert of
+the resulting WorkflowStarted can lag behind. Without this row an immediate ``status()`` from another client
+(the CLI, the HTTP API) would say "not found" for a workflow that certainly exists. The write is best effort:
+starting needs Kafka only, so a client skips it when PostgreSQL does not answer at once (and answers
+``pending`` for its own starts from memory). The row says ``pending`` with no run; the projector's upsert of
 the real start replaces it (and never the other way round: a row that already exists is left alone).
 """
 

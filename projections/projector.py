@@ -7,9 +7,12 @@ the offsets in PostgreSQL. Each transaction also locks the offset rows of its pa
 below the stored offset, so even two projectors that briefly both believe they own a partition (a rebalance, a
 zombie) cannot apply an event twice.
 
-Faults: an undecodable record goes to ``<ns>.deadletter`` with the reason and is skipped; PostgreSQL going
-away rolls the batch back and retries it (same records) with capped exponential backoff; exceptions from the
-Kafka client are logged and retried. The loop never stops on bad input.
+Faults: an undecodable record, or an event whose data PostgreSQL refuses, goes to ``<ns>.deadletter`` with
+the reason (acknowledged by the broker before the offsets move, and never while a transaction is open) and
+is skipped; PostgreSQL going away rolls the batch back and retries it (same records) with capped exponential
+backoff; exceptions from the Kafka client are logged and retried. The projector's own errors (a bug in a
+projection: ValueError, TypeError, KeyError...) are not bad input: the batch is retried, so the partition
+stalls loudly (error log, ``metamorph_projector_stalled``) instead of skipping data. The loop never stops.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
 from eventstore import codec, groups, metrics
+from eventstore.deadletter import DeadLetters
 from eventstore.events import decode_event, encode_event
 from eventstore.fencing import Fence
 from eventstore.log import LogTruncatedError, check_not_truncated, end_offsets, producer
@@ -40,15 +44,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Errors that belong to one event's data rather than to PostgreSQL being unavailable: the event is
-#: dead-lettered instead of blocking the projector forever.
+#: Errors by which PostgreSQL refuses one event's data (rather than being unavailable): the event is
+#: dead-lettered instead of blocking the projector forever. Python errors (ValueError, TypeError, KeyError)
+#: are not here on purpose: raised by the projector's own code, they are bugs, and a bug stalls the batch.
 _EVENT_ERRORS = (
     psycopg.DataError,
     psycopg.IntegrityError,
     psycopg.errors.ProgramLimitExceeded,  # e.g. an id too long for an index entry
-    ValueError,
-    TypeError,
-    KeyError,
 )
 #: PostgreSQL unavailable (down, restarting, connection cut) or a transient conflict: retry the batch.
 _PG_DOWN = (psycopg.OperationalError, psycopg.InterfaceError)
@@ -56,6 +58,18 @@ _PG_DOWN = (psycopg.OperationalError, psycopg.InterfaceError)
 
 class _Stopped(Exception):
     """The stop event was set while waiting to retry; the batch is abandoned (it is re-read later)."""
+
+
+class _Unprojectable(Exception):
+    """Events PostgreSQL refused; raised out of the batch's transaction, which rolls back.
+
+    The batch is then dead-lettered (outside any transaction, acknowledged) and applied again without them,
+    so no broker round trip happens while row locks are held.
+    """
+
+    def __init__(self, bad: list[tuple[Any, str, str, int, int, dict]]) -> None:
+        super().__init__(f"{len(bad)} event(s) refused by PostgreSQL")
+        self.bad = bad
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -125,6 +139,7 @@ class Projector:
         self._stop = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
+        self._dead: DeadLetters | None = None
         self._conn: psycopg.Connection | None = None
         self._migrated = False
         self._unpositioned: set[TopicPartition] = set()
@@ -192,6 +207,7 @@ class Projector:
             except Exception:
                 log.debug("closing the dead-letter producer failed", exc_info=True)
             self._producer = None
+            self._dead = None
         self._drop_connection()
 
     def __enter__(self) -> Projector:
@@ -346,7 +362,15 @@ class Projector:
                     items.append((tp.partition, rec.offset, event))
         if dead:
             self._deadletter(dead)
-        applied = self._retry_pg(lambda conn: self._apply_batch(conn, items, ends))
+        refused: set[tuple[int, int]] = set()
+        while True:
+            todo = [item for item in items if (item[0], item[1]) not in refused] if refused else items
+            try:
+                applied = self._retry_pg(lambda conn, todo=todo: self._apply_batch(conn, todo, ends))
+                break
+            except _Unprojectable as exc:  # the transaction rolled back: dead-letter, then apply the rest
+                self._deadletter_events(exc.bad)
+                refused.update((partition, offset) for _, _, _, partition, offset, _ in exc.bad)
         self._commit_kafka(ends)
         self.events_applied += applied
         self.batches += 1
@@ -429,7 +453,11 @@ class Projector:
         return fresh
 
     def _apply_events(self, conn: psycopg.Connection, cur: psycopg.Cursor, todo: list[tuple[int, int, dict]]) -> int:
-        """Apply in a pipeline; if an event's data is refused, redo them one by one and dead-letter the bad."""
+        """Apply in a pipeline; if an event's data is refused, redo them one by one to find the bad ones.
+
+        Bad ones are raised as ``_Unprojectable`` (rolling the whole transaction back): they are dead-lettered
+        by the caller once no transaction is open, and the batch is applied again without them.
+        """
         if not todo:
             return 0
         try:
@@ -449,8 +477,8 @@ class Projector:
                           event["workflow_id"], partition, offset, exc)
                 bad.append((None, "unprojectable", f"{type(exc).__name__}: {exc}", partition, offset, event))
         if bad:
-            self._deadletter_events(bad)
-        return len(todo) - len(bad)
+            raise _Unprojectable(bad)
+        return len(todo)
 
     # -- dead letters ------------------------------------------------------------------------------------
 
@@ -474,29 +502,24 @@ class Projector:
         self._send_letters(letters)
 
     def _send_letters(self, letters: list[tuple[str, dict]]) -> None:
-        """Produce and wait (at least once): a crash before the batch commits re-sends, never loses."""
+        """Produce and wait for the acknowledgement (at least once): called before the batch's transaction
+        commits and never while one is open, so a crash re-sends a letter but never loses one."""
         delay = 0.1
         while True:
             try:
-                if self._producer is None:
-                    self._producer = producer(self.kafka)
-                futures = [
-                    self._producer.send(self.topics.deadletter, key=letter["key"],
-                                        value=codec.encode("metamorph.DeadLetter", letter))
-                    for _, letter in letters
-                ]
-                self._producer.flush()
-                for f in futures:
-                    f.get(timeout=30)
+                if self._dead is None:
+                    self._producer = self._producer or producer(self.kafka)
+                    self._dead = DeadLetters(self._producer, self.topics.deadletter, "projector")
+                for kind, letter in letters:
+                    self._dead.add(letter["source_topic"], letter["partition"], letter["offset"], letter["reason"],
+                                   letter["key"], letter["value"], kind)
+                self._dead.flush()
                 break
             except Exception as exc:
                 log.warning("projector %s: dead-letter produce failed (%s); retrying in %.1fs",
                             self.namespace, exc, delay)
-                metrics.dependency_errors.labels("projector", "kafka").inc()
                 self._sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
-        for kind, _ in letters:
-            metrics.deadlettered.labels("projector", kind).inc()
         self.deadlettered += len(letters)
 
     # -- PostgreSQL --------------------------------------------------------------------------------------
@@ -537,11 +560,16 @@ class Projector:
         delay = 0.1
         while True:
             try:
-                return self._pg(fn)
-            except _Stopped:
+                result = self._pg(fn)
+                metrics.projector_stalled.set(0)
+                return result
+            except (_Stopped, _Unprojectable):
                 raise
-            except Exception:
-                log.exception("projector %s: batch failed; retrying in %.1fs", self.namespace, delay)
+            except Exception as exc:
+                log.exception("projector %s: batch failed (a projection bug stalls here, nothing is skipped); "
+                              "retrying in %.1fs", self.namespace, delay)
+                metrics.projector_failures.labels(type(exc).__name__).inc()
+                metrics.projector_stalled.set(1)
                 self._drop_connection()
                 self._sleep(delay)
                 delay = min(delay * 2, self.max_backoff)

@@ -660,3 +660,69 @@ def test_client_reads_come_back_after_a_postgres_restart(writer: Writer, kafka: 
         client.close()
         stop.set()
         thread.join(15)
+
+
+def test_a_projection_bug_stalls_the_partition_instead_of_dead_lettering(
+    writer: Writer, projector: Projector, kafka: str, pg_url: str, namespace: str, monkeypatch: Any
+) -> None:
+    """Only undecodable input is dead-lettered; the projector's own KeyError must not skip data (issue 15)."""
+    from eventstore import metrics
+    from projections import projector as projector_module
+
+    writer.run("buggy", "b1", [started("app.Order", [1])])
+    real = projector_module.apply_event
+
+    def broken(cur: Any, event: dict, *args: Any) -> Any:
+        if event["workflow_id"] == "buggy":
+            raise KeyError("a bug in a projection")
+        return real(cur, event, *args)
+
+    monkeypatch.setattr(projector_module, "apply_event", broken)
+    failures = metrics.projector_failures.labels("KeyError")._value.get()
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            projector.run_once(500)
+        except BaseException as exc:  # _Stopped once the test sets the stop event
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_until(lambda: metrics.projector_failures.labels("KeyError")._value.get() >= failures + 2, 20, "retries")
+    assert thread.is_alive(), outcome  # stalled on the batch, retrying
+    assert metrics.projector_stalled._value.get() == 1
+    assert projector.deadlettered == 0
+    assert stored_offsets(pg_url, namespace).get(writer.log.partition_of("buggy"), 0) == 0
+    projector._stop.set()
+    thread.join(10)
+    monkeypatch.setattr(projector_module, "apply_event", real)  # the fix is deployed
+    projector._stop.clear()
+    drain(projector, kafka, pg_url, namespace)
+    assert projector.deadlettered == 0 and metrics.projector_stalled._value.get() == 0
+    with connect(pg_url, namespace) as conn:
+        assert read.get_workflow(conn, "buggy")["status"] == "running"  # type: ignore[index]
+
+
+def test_dead_letters_are_acknowledged_outside_any_transaction(
+    writer: Writer, projector: Projector, kafka: str, pg_url: str, namespace: str, monkeypatch: Any
+) -> None:
+    """No broker round trip while the batch's transaction holds row locks; acknowledged before it commits."""
+    huge = os.urandom(10_000).hex()  # a run id PostgreSQL refuses to index
+    writer.run("bad", huge, [started("app.Order", [1])])
+    writer.run("fine", "f1", [started("app.Order", [2])])
+    seen: list[Any] = []
+    real = Projector._send_letters
+
+    def spy(self: Projector, letters: list) -> None:
+        seen.append(self._conn.info.transaction_status if self._conn is not None else None)
+        real(self, letters)
+        seen.append(self._dead.pending if self._dead is not None else "no writer")
+
+    monkeypatch.setattr(Projector, "_send_letters", spy)
+    drain(projector, kafka, pg_url, namespace)
+    assert projector.deadlettered == 1
+    assert seen == [psycopg.pq.TransactionStatus.IDLE, 0], seen
+    with connect(pg_url, namespace) as conn:
+        assert read.get_workflow(conn, "bad") is None
+        assert read.get_workflow(conn, "fine")["status"] == "running"  # type: ignore[index]
