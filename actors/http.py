@@ -47,7 +47,7 @@ from starlette.routing import Route
 from eventstore import metrics
 from eventstore.log import PayloadTooLargeError
 
-from . import webhooks
+from . import schedules_http, webhooks
 from .errors import QueryFailed, WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning
 from .routing import IdRoute, route_path
 
@@ -529,6 +529,7 @@ def create_app(
         IdRoute(wid + "/terminate", api.terminate, methods=["POST"]),
         IdRoute(wid + "/retry", api.retry, methods=["POST"]),
         IdRoute(wid, api.get_workflow, methods=["GET"]),
+        *schedules_http.routes(client, _body, JSON),
         *webhooks.routes(client, webhooks.WebhookAuth.configure(webhook_auth, webhook_token, webhook_secret)),
     ]
     app = Starlette(
@@ -792,8 +793,9 @@ def openapi_document() -> dict:
             )
         },
     }
+    paths.update(schedules_http.openapi_paths(_op, _json, _errors, _path_param, _body_schema))
     for path, ops in paths.items():
-        if path.startswith("/workflows"):
+        if path.startswith(("/workflows", "/schedules")):
             for method, op in ops.items():
                 acts = method != "get" and not path.endswith("/query/{name}")
                 op["responses"].update(_errors(401, 403) if acts else _errors(401))
