@@ -5,6 +5,7 @@ Everything a user needs is importable from here: the authoring API (``Workflow``
 """
 
 from . import _asyncio_compat, workflow
+from . import schedules as _schedules  # noqa: F401 - registers metamorph.Schedule on every node
 from .definitions import ActivityOptions, Workflow, activity, query, signal, update
 from .errors import (
     ActivityCancelled,
@@ -37,6 +38,8 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
         from . import activities
 
         return getattr(activities, name)
+    if name == "ScheduleHandle":
+        return _schedules.ScheduleHandle
     if name == "webhook":
         from . import webhooks
 
@@ -46,7 +49,8 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
 
 __all__ = [
     "ActivityCancelled", "ActivityFailed", "ActivityInfo", "ActivityOptions", "ChildWorkflowFailed", "Client",
-    "NonRetryableError", "NondeterminismError", "PayloadTooLarge", "QueryFailed", "VersionNotSupported", "Workflow",
+    "NonRetryableError", "NondeterminismError", "PayloadTooLarge", "QueryFailed", "ScheduleHandle",
+    "VersionNotSupported", "Workflow",
     "WorkflowAlreadyStarted", "WorkflowCancelled", "WorkflowError", "WorkflowFailed", "WorkflowHandle",
     "WorkflowNotFound", "WorkflowNotRunning", "WorkflowSummary", "WorkflowTerminated", "WorkflowTimedOut", "activity",
     "activity_info", "heartbeat", "query", "signal", "update", "webhook", "workflow",

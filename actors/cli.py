@@ -580,6 +580,56 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    """``metamorph schedule create|describe|list|pause|resume|trigger|delete`` (API.md §8)."""
+    action = args.schedule_command
+    if action == "create":
+        from .schedules import check_schedule_id, make_spec
+
+        spec = {"cron": args.cron, "every": args.every, "timezone": args.timezone, "overlap": args.overlap,
+                "catchup_window": args.catchup_window, "jitter": args.jitter}
+        check_schedule_id(args.id)
+        make_spec(args.type, (), **spec)  # bad input is refused before connecting
+        with _client(args, kafka=True, postgres=False) as client:
+            handle = client.schedule(args.id, args.type, *map(_json_arg, args.args), paused=args.paused, **spec)
+            info = handle.describe()
+        _emit(args, info, lambda: _schedule_text(info))
+        return EXIT_OK
+    if action == "list":
+        with _client(args, kafka=True) as client:
+            items = client.list_schedules()
+        _emit(args, items, lambda: "\n".join(
+            f"{i['id']:<32} {'paused' if i.get('paused') else 'active':<7} next {(i.get('next_runs') or ['-'])[0]}"
+            for i in items) or "no schedules")
+        return EXIT_OK
+    with _client(args, kafka=True, postgres=False) as client:
+        handle = client.get_schedule(args.id)
+        if action == "describe":
+            info = handle.describe()
+            _emit(args, info, lambda: _schedule_text(info))
+            return EXIT_OK
+        if action == "pause":
+            handle.pause(args.note)
+        elif action == "trigger":
+            run_id = handle.trigger()
+            _emit(args, {"id": args.id, "run_id": run_id}, run_id)
+            return EXIT_OK
+        else:
+            getattr(handle, action)()
+    _emit(args, {"id": args.id, "done": action}, f"schedule {args.id}: {action}d" if action.endswith("e") else f"schedule {args.id}: {action}")
+    return EXIT_OK
+
+
+def _schedule_text(info: dict) -> str:
+    spec = info["spec"]
+    when = f"cron {spec['cron']!r} ({spec['timezone']})" if spec.get("cron") else f"every {spec['every']:g}s"
+    lines = [f"schedule {info['id']}: {spec['workflow_type']} {when}, overlap {spec['overlap']}"
+             + (" [paused]" if info.get("paused") else "")]
+    lines += [f"  next   {t}" for t in info.get("next_runs", [])]
+    lines += [f"  recent {r['id']} {r['status']}" for r in info.get("recent_runs", [])]
+    return "\n".join(lines)
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     """Replay histories (files, or the last N runs of a type from PostgreSQL) against the --app code.
 
@@ -887,6 +937,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     p.add_argument("--reason")
     command("retry", _cmd_retry, "reset a failed workflow", out).add_argument("id", metavar="ID")
+
+    p = command("schedule", _cmd_schedule, "create, describe, list, pause, resume, trigger or delete schedules")
+    actions = p.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
+    c = actions.add_parser("create", parents=[out], help="create a schedule (an existing id is updated)")
+    c.add_argument("id", metavar="SCHEDULE_ID")
+    c.add_argument("type", metavar="TYPE", help="workflow type each firing starts")
+    c.add_argument("args", nargs="*", metavar="JSON_ARGS")
+    c.add_argument("--cron", help="5-field cron expression (minute hour day month weekday)")
+    c.add_argument("--every", type=float, metavar="S", help="fixed interval in seconds")
+    c.add_argument("--timezone", default="UTC", help="IANA time zone of --cron (default UTC)")
+    c.add_argument("--overlap", default="skip", help="skip (default), buffer_one, allow_all, cancel_other, terminate_other")
+    c.add_argument("--catchup-window", type=float, default=3600.0, metavar="S")
+    c.add_argument("--jitter", type=float, default=0.0, metavar="S")
+    c.add_argument("--paused", action="store_true")
+    actions.add_parser("list", parents=[out], help="every schedule")
+    for action, text in (("describe", "spec, next and recent runs"), ("pause", "stop firing"), ("resume", "fire again"),
+                         ("trigger", "fire now"), ("delete", "end the schedule (started runs go on)")):
+        a = actions.add_parser(action, parents=[out], help=text)
+        a.add_argument("id", metavar="SCHEDULE_ID")
+        if action == "pause":
+            a.add_argument("--note")
 
     p = command(
         "schemas",

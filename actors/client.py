@@ -15,7 +15,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
@@ -38,6 +38,9 @@ from .errors import (
     WorkflowTimedOut,
 )
 from .instance import IF_CLOSED, IF_RUNNING, utcnow
+
+if TYPE_CHECKING:
+    from .schedules import ScheduleHandle
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +339,30 @@ class Client:
 
     def get(self, id: str) -> WorkflowHandle:  # noqa: A002
         return WorkflowHandle(self, id)
+
+    # -- schedules (API.md §8; the logic lives in schedules.py) -------------------------------------------
+    def schedule(
+        self, schedule_id: str, wf: type | str, *args: Any, cron: str | None = None, every: float | timedelta | None = None,
+        timezone: str = "UTC", overlap: str = "skip", catchup_window: float | timedelta = 3600.0,
+        jitter: float | timedelta = 0, start_at: datetime | None = None, end_at: datetime | None = None, paused: bool = False,
+    ) -> ScheduleHandle:
+        """Create (or, for an existing id, update) a schedule (API.md §8): exactly one of ``cron`` (5 fields,
+        in ``timezone``) or ``every`` (seconds). Bad input raises ValueError before anything is sent."""
+        from .schedules import create
+
+        return create(self, schedule_id, wf, args, paused=paused, cron=cron, every=every, timezone=timezone, overlap=overlap,
+                      catchup_window=catchup_window, jitter=jitter, start_at=start_at, end_at=end_at)
+
+    def get_schedule(self, schedule_id: str) -> ScheduleHandle:
+        from .schedules import ScheduleHandle, check_schedule_id
+
+        return ScheduleHandle(self, check_schedule_id(schedule_id))
+
+    def list_schedules(self) -> list[dict]:
+        """Every schedule not deleted, as ``describe()`` dicts, by id."""
+        from .schedules import list_all
+
+        return list_all(self)
 
     def list(self, status: str | None = None, type: str | None = None, limit: int = 100) -> list[WorkflowSummary]:  # noqa: A002
         """Workflows newest first; an unknown ``status`` raises ValueError before anything is read."""

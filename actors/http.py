@@ -48,7 +48,7 @@ from eventstore import metrics
 from eventstore.log import PayloadTooLargeError
 from eventstore.payloads import PayloadError
 
-from . import webhooks
+from . import schedules_http, webhooks
 from .errors import QueryFailed, WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning
 from .routing import IdRoute, route_path
 
@@ -531,6 +531,7 @@ def create_app(
         IdRoute(wid + "/terminate", api.terminate, methods=["POST"]),
         IdRoute(wid + "/retry", api.retry, methods=["POST"]),
         IdRoute(wid, api.get_workflow, methods=["GET"]),
+        *schedules_http.routes(client, _body, JSON),
         *webhooks.routes(client, webhooks.WebhookAuth.configure(webhook_auth, webhook_token, webhook_secret)),
     ]
     app = Starlette(
@@ -794,8 +795,9 @@ def openapi_document() -> dict:
             )
         },
     }
+    paths.update(schedules_http.openapi_paths(_op, _json, _errors, _path_param, _body_schema))
     for path, ops in paths.items():
-        if path.startswith("/workflows"):
+        if path.startswith(("/workflows", "/schedules")):
             for method, op in ops.items():
                 acts = method != "get" and not path.endswith("/query/{name}")
                 op["responses"].update(_errors(401, 403) if acts else _errors(401))

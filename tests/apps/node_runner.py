@@ -8,6 +8,7 @@ import signal
 import threading
 
 import tests.apps.runtime_app  # noqa: F401 - registers the workflows and activities
+import tests.apps.schedules_app  # noqa: F401 - targets of the schedule tests
 from actors.node import Node
 
 
