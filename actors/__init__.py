@@ -5,7 +5,7 @@ Everything a user needs is importable from here: the authoring API (``Workflow``
 """
 
 from . import _asyncio_compat, workflow
-from .definitions import ActivityOptions, Workflow, activity, query, signal, update
+from .definitions import ActivityOptions, Workflow, activity, query, queue, signal, update
 from .errors import (
     ActivityCancelled,
     ActivityFailed,
@@ -48,5 +48,5 @@ __all__ = [
     "NonRetryableError", "NondeterminismError", "QueryFailed", "VersionNotSupported", "Workflow",
     "WorkflowAlreadyStarted", "WorkflowCancelled", "WorkflowError", "WorkflowFailed", "WorkflowHandle",
     "WorkflowNotFound", "WorkflowNotRunning", "WorkflowSummary", "WorkflowTerminated", "WorkflowTimedOut", "activity",
-    "activity_info", "heartbeat", "query", "signal", "update", "webhook", "workflow",
+    "activity_info", "heartbeat", "query", "queue", "signal", "update", "webhook", "workflow",
 ]
