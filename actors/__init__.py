@@ -6,7 +6,7 @@ Everything a user needs is importable from here: the authoring API (``Workflow``
 
 from . import _asyncio_compat, workflow
 from . import schedules as _schedules  # noqa: F401 - registers metamorph.Schedule on every node
-from .definitions import ActivityOptions, Workflow, activity, query, signal, update
+from .definitions import ActivityOptions, Workflow, activity, query, queue, signal, update
 from .errors import (
     ActivityCancelled,
     ActivityFailed,
@@ -53,5 +53,5 @@ __all__ = [
     "VersionNotSupported", "Workflow",
     "WorkflowAlreadyStarted", "WorkflowCancelled", "WorkflowError", "WorkflowFailed", "WorkflowHandle",
     "WorkflowNotFound", "WorkflowNotRunning", "WorkflowSummary", "WorkflowTerminated", "WorkflowTimedOut", "activity",
-    "activity_info", "heartbeat", "query", "signal", "update", "webhook", "workflow",
+    "activity_info", "heartbeat", "query", "queue", "signal", "update", "webhook", "workflow",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import heapq
 import logging
 import os
 import queue
@@ -19,12 +20,12 @@ import threading
 import time
 import traceback
 import uuid
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
-from kafka import KafkaConsumer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from eventstore import codec, groups, metrics, payloads
@@ -33,7 +34,7 @@ from eventstore.deadletter import DeadLetters
 from eventstore.log import MAX_RECORD_BYTES, producer
 from eventstore.topics import Topics, leave_group, partition_for
 
-from .definitions import ActivityDefinition, activities, check_arguments
+from .definitions import ActivityDefinition, QueueLimits, activities, check_arguments, queue_limits, share
 from .errors import ActivityCancelled, NonRetryableError
 from .instance import utcnow
 
@@ -102,10 +103,13 @@ def heartbeat(details: Any = None) -> None:
 
 
 class _Outcome:
-    __slots__ = ("tp", "offset", "task", "ok", "result", "error", "seconds", "sink")
+    __slots__ = ("tp", "offset", "task", "ok", "result", "error", "seconds", "sink", "gated", "waited", "beat_at")
 
     def __init__(self, tp: TopicPartition | None, offset: int, task: dict, sink: Any = None) -> None:
         self.tp, self.offset, self.task, self.sink = tp, offset, task, sink
+        self.gated = False  # went through the flow-control gate (queue limits, key): holds a slot while running
+        self.waited = False  # was held for a slot or its key before it ran
+        self.beat_at = 0.0  # last "still waiting" heartbeat sent for it (monotonic)
         self.ok = False
         self.result: bytes = b""
         self.error: tuple[str, str, str, bool] | None = None  # type, message, traceback, non-retryable
@@ -211,6 +215,7 @@ class _QueueWorker(threading.Thread):
         self.local_in_flight = 0
         self._local_lock = threading.Lock()
         self.local_idle: list[pykka.ActorRef] = []
+        self.gate = _Gate(self, queue_limits(queue_name))
 
     def send_command(self, workflow_id: str, kind: str, command_id: str, **body: Any) -> None:
         envelope = ev.command(kind, workflow_id, command_id, utcnow(), **body)
@@ -245,21 +250,26 @@ class _QueueWorker(threading.Thread):
             max_poll_records=self.worker.concurrency,
             fetch_max_wait_ms=_FETCH_WAIT_MS,
         )
-        consumer.subscribe([self.topics.activities(self.queue_name)])
+        consumer.subscribe([self.topics.activities(self.queue_name)], listener=_Rebalance(self))
         self.pending.clear()
         self.seen.clear()
         try:
             while not self.worker.stopping.is_set():
-                full = self.in_flight >= self.worker.concurrency
+                # Tasks held by the gate are not running: they must not stop us from reading the tasks of
+                # other keys and priorities behind them (up to a bound on what is held in memory).
+                full = self.in_flight - self.gate.held >= self.worker.concurrency or self.gate.held >= _MAX_HELD
                 assigned = consumer.assignment()
                 if full:
                     consumer.pause(*assigned)
                 elif consumer.paused():
                     consumer.resume(*consumer.paused())
                 wait = 0 if not self.done.empty() else (50 if self.in_flight else 100)
+                wait = self.gate.poll_wait_ms(wait)
                 for tp, records in groups.poll(consumer, wait).items():
                     for rec in records:
                         self._submit(tp, rec)
+                self.gate.admit()
+                self.gate.keep_alive()
                 now = time.monotonic()
                 if now - self._gauged > 1.0:
                     self._gauged = now
@@ -268,6 +278,7 @@ class _QueueWorker(threading.Thread):
                 self._drain(consumer, block=self.in_flight > 0 and full)
         finally:
             self._drain(consumer, block=False)
+            self.gate.forget_held()  # the next consumer reads them again from the committed offsets
             metrics.forget_lag(consumer, "worker")
             consumer.close(autocommit=False)
             if self.worker.stopping.is_set():
@@ -282,7 +293,11 @@ class _QueueWorker(threading.Thread):
             return
         self.pending[tp].add(rec.offset)
         self.in_flight += 1
-        self._execute(_Outcome(tp, rec.offset, task))
+        out = _Outcome(tp, rec.offset, task)
+        if self.gate.limits is not None or task.get("key"):
+            self.gate.hold(out)
+        else:
+            self._execute(out)
 
     def submit_local(self, task: dict, sink: Any) -> bool:
         """Run a task handed over by the node in this process (eager dispatch); False when saturated."""
@@ -367,6 +382,9 @@ class _QueueWorker(threading.Thread):
         for out in finished:
             self.in_flight -= 1
             self.pending[out.tp].discard(out.offset)
+            if out.gated:
+                self.gate.release(out)
+        self.gate.admit()
         for tp, pending in self.pending.items():
             nxt = min(pending) if pending else self.seen.get(tp, -1) + 1
             if nxt > 0:
@@ -412,6 +430,203 @@ class _QueueWorker(threading.Thread):
             out.sink(ev.flat_command(ev.command(kind, workflow_id, command_id, utcnow(), **body)))
 
         return send
+
+
+#: How many tasks one queue worker holds in memory while they wait for a slot or their key; beyond it the
+#: consumer pauses and further tasks wait in the topic (where, as for any unread task, the owner's
+#: start-to-close timer already runs).
+_MAX_HELD = int(os.environ.get("METAMORPH_MAX_HELD_TASKS", "10000"))
+_DEFAULT_PRIORITY = 5
+
+
+class _Gate:
+    """Flow control of one queue worker (API.md §9): cluster-wide queue limits, per-key exclusion, priority.
+
+    The queue's limits are split by partition (``definitions.share``): this worker may run ``concurrency``
+    share attempts at once and start at most ``rate`` share attempts in any window of the rate's unit
+    (a sliding-window log rather than a token bucket, because the shares of a bucket's bursts add up to more
+    than the limit in one window; the log's cannot). Shares are re-computed on every rebalance.
+
+    Keyed tasks run one at a time per key, in arrival order: the first of a key waits here for a slot, the
+    others wait behind it. Among tasks waiting for a slot, lower priority runs first (FIFO within one).
+    A held task is not an attempt: it is sent no timeout, and the owner is told by "waiting" heartbeats,
+    which move its start-to-close deadline (``PartitionStore.heartbeat``). Everything here runs on the
+    queue worker's consumer thread (rebalance callbacks included), so it needs no lock.
+    """
+
+    def __init__(self, worker: _QueueWorker, limits: QueueLimits | None) -> None:
+        self.worker = worker
+        self.limits = limits
+        self.ready: list[tuple[int, int, _Outcome]] = []  # heap of (priority, arrival, task) free to start
+        self.behind: dict[str, deque[_Outcome]] = {}  # key -> tasks waiting for the one holding the key
+        self.running = 0
+        self._running_keys: set[str] = set()
+        self.starts: deque[float] = deque()  # start times inside the current rate window
+        self.arrival = 0
+        self.owned: set[int] = set()
+        self.concurrency: int | None = None
+        self.rate: int | None = None
+        self._shares(set())
+
+    def forget_held(self) -> None:
+        self.revoked({out.tp.partition for out in self._held() if out.tp is not None})
+
+    def _held(self) -> list[_Outcome]:
+        return [entry[2] for entry in self.ready] + [o for q in self.behind.values() for o in q]
+
+    @property
+    def held(self) -> int:
+        return len(self.ready) + sum(len(q) for q in self.behind.values())
+
+    def _shares(self, owned: set[int]) -> None:
+        self.owned = owned
+        if self.limits is None:
+            return
+        routed = self.limits.routed_partitions(self.worker.worker.partitions)
+        if self.limits.concurrency is not None:
+            self.concurrency = share(self.limits.concurrency, owned, routed)
+        if self.limits.rate is not None:
+            self.rate = share(self.limits.rate, owned, routed)
+
+    def assigned(self, partitions: set[int]) -> None:
+        self._shares(partitions)
+        if self.limits is not None:
+            log.info(
+                "activity worker %s owns partitions %s of queue %s: concurrency share %s of %s, rate share %s of %s per %gs",
+                self.worker.worker.name, sorted(partitions), self.limits.name, self.concurrency, self.limits.concurrency,
+                self.rate, self.limits.rate, self.limits.per,
+            )
+
+    def revoked(self, partitions: set[int]) -> None:
+        """Tasks held for revoked partitions are forgotten: their offsets were never committed past them,
+        so the partitions' next owner reads and runs them (running ones finish here, at-least-once)."""
+        def gone(out: _Outcome) -> bool:
+            return out.tp is not None and out.tp.partition in partitions
+
+        dropped = [out for _, _, out in self.ready if gone(out)]
+        self.ready = [entry for entry in self.ready if not gone(entry[2])]
+        heapq.heapify(self.ready)
+        for key, waiting in list(self.behind.items()):
+            dropped.extend(out for out in waiting if gone(out))
+            self.behind[key] = deque(out for out in waiting if not gone(out))
+        for out in dropped:
+            key = out.task.get("key")
+            if key and key in self.behind and not self.behind[key] and not self._key_running(key):
+                del self.behind[key]
+            self.worker.in_flight -= 1
+            self.worker.pending[out.tp].discard(out.offset)
+        self._shares(self.owned - partitions)
+
+    def _key_running(self, key: str) -> bool:
+        return any(out.task.get("key") == key for _, _, out in self.ready) or key in self._running_keys
+
+    def hold(self, out: _Outcome) -> None:
+        out.gated = True
+        key = out.task.get("key")
+        if key:
+            if key in self.behind:  # the key is taken (waiting for a slot or running): wait behind it
+                out.waited = True
+                self.behind[key].append(out)
+                return
+            self.behind[key] = deque()
+        self._ready(out)
+
+    def _ready(self, out: _Outcome) -> None:
+        priority = out.task.get("priority")
+        self.arrival += 1
+        heapq.heappush(self.ready, (_DEFAULT_PRIORITY if priority is None else priority, self.arrival, out))
+
+    def release(self, out: _Outcome) -> None:
+        """``out`` finished (or was dropped): its slot is free, and the next task of its key may go."""
+        self.running -= 1
+        key = out.task.get("key")
+        if key:
+            self._running_keys.discard(key)
+            waiting = self.behind.get(key)
+            if waiting:
+                self._ready(waiting.popleft())
+            else:
+                self.behind.pop(key, None)
+
+    def _rate_room(self, now: float) -> bool:
+        if self.rate is None or self.limits is None:
+            return True
+        while self.starts and self.starts[0] <= now - self.limits.per:
+            self.starts.popleft()
+        return len(self.starts) < self.rate
+
+    def admit(self) -> None:
+        """Start waiting tasks, lowest priority number first, while this worker's shares allow."""
+        while self.ready:
+            if self.concurrency is not None and self.running >= self.concurrency:
+                return
+            if self.worker.in_flight - self.held >= self.worker.worker.concurrency:
+                return  # --activity-concurrency still caps what runs in this process
+            out = self.ready[0][2]
+            cancelled = self.worker.worker.was_cancelled(_key(out.task))
+            now = time.monotonic()
+            if not cancelled and not self._rate_room(now):
+                return
+            heapq.heappop(self.ready)
+            self.running += 1
+            key = out.task.get("key")
+            if key:
+                self._running_keys.add(key)
+            if not cancelled:
+                if self.rate is not None:
+                    self.starts.append(now)
+                if out.waited:
+                    self._beat(out)  # its start-to-close timeout counts from now
+            self.worker._execute(out)
+
+    def poll_wait_ms(self, wait: int) -> int:
+        """Wake up when the rate window lets the next waiting task start."""
+        if self.ready and self.rate is not None and self.limits is not None and self.starts and len(self.starts) >= self.rate:
+            until = self.starts[0] + self.limits.per - time.monotonic()
+            return max(0, min(wait, int(until * 1000) + 1))
+        return wait
+
+    def keep_alive(self) -> None:
+        """Tell owners that held tasks are waiting, not running, before their timeouts could fire."""
+        now = time.monotonic()
+        sent = False
+        for out in self._held():
+            limits = [t for t in (out.task.get("timeout"), out.task.get("heartbeat_timeout")) if t]
+            if not limits:
+                continue
+            if out.beat_at == 0.0:
+                out.waited = True
+            if now - out.beat_at >= max(0.2, min(limits) / 3):
+                self._beat(out, flush=False)
+                sent = True
+        if sent:
+            self.worker.producer.flush()
+
+    def _beat(self, out: _Outcome, flush: bool = True) -> None:
+        task = out.task
+        if not (task.get("timeout") or task.get("heartbeat_timeout")):
+            return
+        out.beat_at = time.monotonic()
+        wid, run, aid, attempt = task["workflow_id"], task["run_id"], task["activity_id"], task["attempt"]
+        self.worker.send_command(
+            wid, "HeartbeatActivity", f"{wid}:{run}:{aid}:{attempt}:wait:{uuid.uuid4().hex[:8]}",
+            run_id=run, activity_id=aid, attempt=attempt, details=payloads.encode(None), waiting=True,
+        )
+        if flush:
+            self.worker.producer.flush()
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Re-shares the queue's limits whenever the group moves partitions (called inside ``poll``)."""
+
+    def __init__(self, worker: _QueueWorker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.worker.gate.revoked({tp.partition for tp in revoked})
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.worker.gate.assigned({tp.partition for tp in assigned})
 
 
 def _key(task: dict) -> tuple[str, str, int]:
@@ -474,6 +689,10 @@ class ActivityWorker:
         task = codec.decode(value, "metamorph.ActivityTask")
         worker = self._by_queue.get(task["queue"])
         if worker is None or not worker.started.is_set():
+            return False
+        if task.get("key") or queue_limits(task["queue"]) is not None:
+            # Flow control is the partition owner's (API.md §9): a limited queue's or a keyed task goes
+            # through the topic, so the worker that owns its partition counts it against its share.
             return False
         return worker.submit_local(task, sink)
 

@@ -25,7 +25,7 @@ from eventstore import events as ev
 from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
 
-from .definitions import seconds, workflow_type_name
+from .definitions import check_priority, seconds, workflow_type_name
 from .errors import (
     PayloadTooLarge,
     QueryFailed,
@@ -243,6 +243,7 @@ class Client:
         start_delay: float | timedelta | None = None,
         timeout: float | timedelta | None = None,
         decision_timeout: float = 30.0,
+        priority: int | None = None,
     ) -> WorkflowHandle:
         """Start a workflow; returns once the start command is durably in Kafka (API.md §3, §6).
 
@@ -250,9 +251,10 @@ class Client:
         state, so concurrent starts have one winner) and this waits for its answer on ``<ns>.replies`` (up
         to ``decision_timeout`` seconds): ``WorkflowAlreadyStarted`` when refused. ``start_signal`` travels
         in the same command (signal-with-start, atomic); ``start_delay`` and ``timeout`` become durable
-        timers of the owner.
+        timers of the owner. ``priority`` (0 first .. 9; default 5) orders the run's activity tasks against
+        others waiting on the same queue (API.md §6, §9).
         """
-        options = _start_options(if_running, if_closed, start_signal, start_signal_args, start_delay, timeout)
+        options = _start_options(if_running, if_closed, start_signal, start_signal_args, start_delay, timeout, priority)
         return self._start(wf, args, id, options, decision_timeout)[0]
 
     def _start(
@@ -555,12 +557,12 @@ def _reply_value(workflow_id: str, kind: str, name: str, reply: dict) -> Any:
 
 #: start()'s option defaults, for callers that pass options as a mapping (update_with_start, the test env).
 _START_DEFAULTS: dict[str, Any] = {"if_running": "use_existing", "if_closed": "use_existing", "start_signal": None,
-                                   "start_signal_args": (), "start_delay": None, "timeout": None}
+                                   "start_signal_args": (), "start_delay": None, "timeout": None, "priority": None}
 
 
 def _start_options(
     if_running: str, if_closed: str, start_signal: str | None, start_signal_args: Any,
-    start_delay: float | timedelta | None, timeout: float | timedelta | None,
+    start_delay: float | timedelta | None, timeout: float | timedelta | None, priority: int | None = None,
 ) -> dict[str, Any]:
     """The StartWorkflow fields for ``start()``'s options (only those not at their default), checked here so
     a typo fails at the caller with ValueError instead of travelling to a node."""
@@ -582,6 +584,9 @@ def _start_options(
         options["start_signal_input"] = payloads.encode(list(start_signal_args))
     elif start_signal_args:
         raise ValueError("start_signal_args given without start_signal")
+    check_priority(priority)
+    if priority is not None:
+        options["priority"] = priority
     for name, value, zero_ok in (("start_delay", start_delay, True), ("timeout", timeout, False)):
         if value is None:
             continue

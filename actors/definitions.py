@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -28,6 +28,22 @@ class ActivityOptions:
     timeout: float | timedelta | None = None
     heartbeat_timeout: float | timedelta | None = None
     non_retryable: tuple[type[BaseException] | str, ...] | None = None
+    #: Tasks with the same key never run at the same time anywhere, and run in the order they were
+    #: scheduled (API.md §9): the key is the task's Kafka key, so one partition owner serialises it.
+    key: str | None = None
+    #: 0 (first) .. 9 among tasks waiting in a worker; None = the workflow's priority (default 5).
+    priority: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.key is not None and (not isinstance(self.key, str) or not self.key):
+            raise ValueError("key must be a non-empty string")
+        check_priority(self.priority)
+
+
+def check_priority(priority: int | None) -> None:
+    """Priorities are 0 (highest) .. 9; anything else is a caller's mistake, refused where it is made."""
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9):
+        raise ValueError(f"priority must be an integer 0 (highest) .. 9, not {priority!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +56,8 @@ class ActivityDefinition:
     timeout: float | None = None
     heartbeat_timeout: float | None = None
     non_retryable: tuple[str, ...] = ()
+    key: str | None = None
+    priority: int | None = None
 
     @property
     def is_async(self) -> bool:
@@ -72,6 +90,67 @@ def _error_names(classes: tuple[type[BaseException] | str, ...]) -> tuple[str, .
 
 
 _activities: dict[str, ActivityDefinition] = {}
+_queues: dict[str, QueueLimits] = {}
+
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueLimits:
+    """Cluster-wide limits of one activity queue (API.md §9), split among its workers by partition."""
+
+    name: str
+    concurrency: int | None = None
+    #: At most ``rate`` task starts in any window of ``per`` seconds.
+    rate: int | None = None
+    per: float = 1.0
+
+    def routed_partitions(self, partitions: int) -> int:
+        """How many of the queue's partitions carry its tasks: every partition that carries tasks must get
+        at least one unit of each limit, so a limit smaller than the partition count narrows the routing
+        (``queue("x", concurrency=1)`` puts every task on partition 0, and one worker runs them)."""
+        return max(1, min(partitions, *(n for n in (self.concurrency, self.rate) if n is not None)))
+
+
+def share(limit: int, owned: Iterable[int], routed: int) -> int:
+    """A worker's share of ``limit`` for the partitions it owns out of the ``routed`` ones.
+
+    Partition p gets ``limit // routed``, plus one if ``p < limit % routed`` (the remainder goes to the
+    lowest partitions), so the shares of all partitions add up to exactly ``limit`` whatever the
+    assignment, and every routed partition gets at least one (``routed <= limit``).
+    """
+    base, rest = divmod(limit, routed)
+    return sum(base + (1 if p < rest else 0) for p in set(owned) if 0 <= p < routed)
+
+
+def parse_rate(rate: str) -> tuple[int, float]:
+    """``"N/s"``, ``"N/m"``, ``"N/h"`` -> (N, window seconds); ValueError for anything else."""
+    count, sep, unit = rate.strip().partition("/") if isinstance(rate, str) else ("", "", "")
+    if not sep or unit not in _RATE_UNITS or not count.isdigit() or int(count) <= 0:
+        raise ValueError(f"rate_limit must look like '20/s', '60/m' or '1000/h' with a count above 0, not {rate!r}")
+    return int(count), _RATE_UNITS[unit]
+
+
+def queue(name: str, concurrency: int | None = None, rate_limit: str | None = None) -> QueueLimits:
+    """Declare limits for the activity queue ``name`` that hold across all its workers together.
+
+    Declared in the app module that every node and worker imports, so each process knows them without a
+    coordination service; each worker takes the share of the partitions it owns (``share``).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("queue name must be a non-empty string")
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
+        raise ValueError(f"concurrency must be an integer of at least 1, not {concurrency!r}")
+    rate, per = parse_rate(rate_limit) if rate_limit is not None else (None, 1.0)
+    limits = QueueLimits(name, concurrency, rate, per)
+    _queues[name] = limits
+    return limits
+
+
+def queue_limits(name: str) -> QueueLimits | None:
+    """The limits declared for queue ``name`` (None: unlimited, the per-process concurrency only)."""
+    limits = _queues.get(name)
+    return limits if limits is not None and (limits.concurrency or limits.rate) else None
 _workflows: dict[str, type] = {}
 
 

@@ -18,6 +18,8 @@ from eventstore import events as ev
 from eventstore.statuses import BY_TERMINAL_EVENT
 from eventstore.topics import Topics
 
+from .definitions import queue_limits
+
 
 @dataclass(frozen=True)
 class Message:
@@ -31,14 +33,24 @@ def _command(topics: Topics, kind: str, target: str, command_id: str, at: dateti
     return Message(topics.commands, target, codec.encode("metamorph.CommandEnvelope", envelope))
 
 
-def task_message(topics: Topics, workflow_id: str, workflow_type: str, scheduled: dict, attempt: int, at: datetime) -> Message:
+def task_message(
+    topics: Topics, workflow_id: str, workflow_type: str, scheduled: dict, attempt: int, at: datetime,
+    priority: int | None = None,
+) -> Message:
+    """One attempt's task. Its Kafka key is the activity's ``key`` when it has one (one partition, so one
+    owner serialises the key, API.md §9), else the workflow id; ``priority`` is the run's (from its start),
+    which the activity's own overrides. Tasks of a queue with limits and no key are keyed by activity, so a
+    workflow's fan-out spreads over the partitions (and so over every worker's share of the limits)."""
+    key = scheduled.get("key")
+    record_key = key or (f"{workflow_id}/{scheduled['activity_id']}" if queue_limits(scheduled["queue"]) else workflow_id)
     task = {
         "workflow_id": workflow_id, "run_id": scheduled["run_id"], "workflow_type": workflow_type,
         "activity_id": scheduled["activity_id"], "attempt": attempt, "name": scheduled["name"],
         "queue": scheduled["queue"], "input": scheduled["input"], "kwargs": scheduled.get("kwargs") or b"{}",
         "timeout": scheduled["timeout"], "heartbeat_timeout": scheduled["heartbeat_timeout"], "scheduled_at": at,
+        "key": key, "priority": scheduled.get("priority") if scheduled.get("priority") is not None else priority,
     }
-    return Message(topics.activities(scheduled["queue"]), workflow_id, codec.encode("metamorph.ActivityTask", task))
+    return Message(topics.activities(scheduled["queue"]), record_key, codec.encode("metamorph.ActivityTask", task))
 
 
 def cancel_message(topics: Topics, workflow_id: str, run_id: str, activity_id: int, reason: str | None = None) -> Message:
@@ -62,11 +74,12 @@ def messages_for(
     run = event.get("run_id") or ""
     at = event["at"]
     wf_type = (started or {}).get("workflow_type", "")
+    priority = (started or {}).get("priority")
     if kind == "ActivityScheduled":
-        return [task_message(topics, workflow_id, wf_type, event, 1, at)]
+        return [task_message(topics, workflow_id, wf_type, event, 1, at, priority)]
     if kind == "ActivityRetried":
         original = scheduled(event["activity_id"])
-        return [task_message(topics, workflow_id, wf_type, original, event["attempt"], at)] if original else []
+        return [task_message(topics, workflow_id, wf_type, original, event["attempt"], at, priority)] if original else []
     if kind == "ActivityCancelRequested":
         return [cancel_message(topics, workflow_id, run, event["activity_id"], "the workflow no longer awaits it")]
     if kind == "ChildCancelRequested":
@@ -95,6 +108,7 @@ def messages_for(
             workflow_type=wf_type, input=event["input"], run_id=event["new_run_id"], continued_from=run,
             parent_id=parent, parent_run_id=(started or {}).get("parent_run_id"), parent_ref=(started or {}).get("parent_ref"),
             timeout_at=(started or {}).get("timeout_at"),  # the execution timeout spans the whole chain
+            priority=priority,
         )]
     if parent and kind in ("WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled", "WorkflowTerminated", "WorkflowTimedOut"):
         body: dict[str, object] = {"run_id": (started or {}).get("parent_run_id") or "", "child_ref": started.get("parent_ref") or 0}  # type: ignore[union-attr]

@@ -53,7 +53,8 @@ class Outcome:
 
     events: list[dict] = field(default_factory=list)  # engine events, in order, of possibly several runs
     replies: list[Reply] = field(default_factory=list)
-    heartbeats: list[tuple[int, int, datetime]] = field(default_factory=list)  # (activity_id, attempt, at)
+    #: (activity_id, attempt, at) or, from a task still waiting for a queue slot, (..., True)
+    heartbeats: list[tuple] = field(default_factory=list)
     rejected: list[tuple[dict, str]] = field(default_factory=list)  # commands with no workflow to apply to
 
 
@@ -317,7 +318,7 @@ class WorkflowInstance:
             "input": cmd["input"], "command_id": cmd["command_id"], **self.parent,
             "continued_from": cmd.get("continued_from"), "timeout_at": timeout_at,
             "start_at": ms(at + timedelta(seconds=delay)) if delay > 0 else None,
-            "start_signal": None, "start_signal_input": None,
+            "start_signal": None, "start_signal_input": None, "priority": cmd.get("priority"),
         }
         rejected_signal = None
         try:
@@ -477,7 +478,8 @@ class WorkflowInstance:
 
     def _cmd_HeartbeatActivity(self, cmd: dict, at: datetime, out: Outcome) -> None:
         if self._current_attempt(cmd):
-            out.heartbeats.append((cmd["activity_id"], cmd["attempt"], at))
+            beat = (cmd["activity_id"], cmd["attempt"], at)
+            out.heartbeats.append((*beat, True) if cmd.get("waiting") else beat)
 
     def _cmd_ResolveChild(self, cmd: dict, at: datetime, out: Outcome) -> None:
         if not self._live() or cmd.get("run_id") != self.run_id or ("child", cmd["child_ref"]) not in self.run._pending:  # type: ignore[union-attr]

@@ -40,6 +40,7 @@ from eventstore.store import PartitionStore
 from eventstore.topics import Topics, ensure_topics, leave_group, partition_for
 
 from .actor import Result, WorkflowActor
+from .definitions import queue_limits
 from .dispatch import Message, messages_for_history, task_message
 from .instance import utcnow
 
@@ -304,7 +305,7 @@ class Node:
             started = next((e for e in history if e["type"] == "WorkflowStarted" and e["run_id"] == run), None)
             scheduled = next((e for e in history if e["type"] == "ActivityScheduled" and e["activity_id"] == activity_id and e["run_id"] == run), None)
             if started is not None and scheduled is not None:
-                messages.append(task_message(self.topics, wid, started["workflow_type"], scheduled, attempt, now))
+                messages.append(task_message(self.topics, wid, started["workflow_type"], scheduled, attempt, now, started.get("priority")))
         self._send(messages)
 
     def _release(self, partitions: list[int]) -> None:
@@ -382,8 +383,8 @@ class Node:
                 _count(e, result.workflow_type or "?", result.started_at)
             events[partition].extend(result.events)
             messages.extend(result.messages)
-            for aid, attempt, at in result.heartbeats:
-                heartbeats[partition].append((wid, result.run_id or "", aid, attempt, at))
+            for beat in result.heartbeats:  # (activity_id, attempt, at[, waiting])
+                heartbeats[partition].append((wid, result.run_id or "", *beat))
             for command, reason in result.rejected:
                 metrics.rejected_commands.labels(command["type"]).inc()
                 self._deadletter_command(command, reason)
@@ -440,7 +441,11 @@ class Node:
     def _partition(self, m: Message) -> int | None:
         from eventstore.topics import partition_for
 
-        if m.topic in (self.topics.commands, self.topics.replies) or m.topic.startswith(f"{self.namespace}.activities."):
+        if m.topic.startswith(self._activity_prefix):
+            # A queue with limits uses only as many partitions as each limit can give one unit to (API.md §9).
+            limits = queue_limits(m.topic.removeprefix(self._activity_prefix))
+            return partition_for(m.key, limits.routed_partitions(self.partitions) if limits else self.partitions)
+        if m.topic in (self.topics.commands, self.topics.replies):
             return partition_for(m.key, self.partitions)
         if m.topic == self.topics.cancels:
             return 0

@@ -573,6 +573,7 @@ class WorkflowRun:
             "activity_id": 0, "name": name, "queue": queue, "input": payloads.encode(list(args)),
             "kwargs": payloads.encode(kwargs), "tries": tries, "backoff": [float(b) for b in backoff],
             "timeout": timeout, "heartbeat_timeout": hb, "non_retryable": list(non_retryable),
+            "key": options.key if options else None, "priority": options.priority if options else None,
         }
         body["activity_id"] = self._peek_seq()
         event = self._decide("ActivityScheduled", body, match=("name",))

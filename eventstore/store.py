@@ -191,10 +191,20 @@ class PartitionStore:
             (wid, run, aid),
         )
 
-    def heartbeat(self, beats: Iterable[tuple[str, str, int, int, datetime]]) -> None:
-        """Push heartbeat deadlines of attempts in flight: ``(wid, run, activity_id, attempt, at)``."""
+    def heartbeat(self, beats: Iterable[tuple]) -> None:
+        """Push heartbeat deadlines of attempts in flight: ``(wid, run, activity_id, attempt, at[, waiting])``.
+
+        ``waiting``: the attempt has not started, it waits in a worker for a queue slot (API.md §9). Such
+        a wait is not part of the attempt, so its start-to-close deadline moves to ``at`` + timeout too."""
         with self._lock:
-            for wid, run, aid, attempt, at in beats:
+            for wid, run, aid, attempt, at, *waiting in beats:
+                if waiting and waiting[0]:
+                    self._db.execute(
+                        "UPDATE timers SET fire_at = ? + COALESCE((SELECT CAST(timeout * 1000 AS INTEGER) FROM activity_options o"
+                        " WHERE o.workflow_id=timers.workflow_id AND o.run_id=timers.run_id AND o.activity_id=timers.timer_id), 0)"
+                        " WHERE workflow_id=? AND run_id=? AND kind='timeout' AND timer_id=? AND attempt=?",
+                        (_ms(at), wid, run, aid, attempt),
+                    )
                 self._db.execute(
                     "UPDATE timers SET fire_at = ? + COALESCE((SELECT CAST(heartbeat_timeout * 1000 AS INTEGER) FROM activity_options o"
                     " WHERE o.workflow_id=timers.workflow_id AND o.run_id=timers.run_id AND o.activity_id=timers.timer_id), 0)"
