@@ -508,13 +508,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
         page = client.list(status=args.status, type=args.type, limit=args.limit, search=_search_option(args),
                            started_after=args.after, started_before=args.before, cursor=args.cursor)
     rows = [asdict(s) for s in page]
-    table = [[r["id"], r["type"], r["status"], _when(r["created_at"]), _when(r["updated_at"]),
-              " ".join(f"{k}={_show(v)}" for k, v in sorted(r["search"].items()))] for r in rows]
-    _emit(
-        args,
-        rows,
-        lambda: _table(table, ["ID", "TYPE", "STATUS", "CREATED", "UPDATED", "SEARCH"]) if rows else "no workflows",
-    )
+    header = ["ID", "TYPE", "STATUS", "CREATED", "UPDATED"]
+    table = [[r["id"], r["type"], r["status"], _when(r["created_at"]), _when(r["updated_at"])] for r in rows]
+    if any(r["search"] for r in rows):  # the column only when there is something to show in it
+        header.append("SEARCH")
+        for line, r in zip(table, rows, strict=True):
+            line.append(" ".join(f"{k}={_show(v)}" for k, v in sorted(r["search"].items())))
+    _emit(args, rows, lambda: _table(table, header) if rows else "no workflows")
     if page.next_cursor:
         print(f"next_cursor: {page.next_cursor}", file=sys.stderr, flush=True)
     return EXIT_OK
