@@ -41,15 +41,16 @@ def test_a_replay_of_upserts_matches_and_takes_the_recorded_values():
     assert replay(env.history(wid), Tagged) == "waiting"
 
     class Forgetful(Workflow):  # the same steps without the upserts: a replay mismatch, reported
-        name = "search.Tagged"
+        name = "search.Forgetful"  # its own name: registering "search.Tagged" would replace the real one
 
         async def execute(self, stage: str = "new", continue_once: bool = False) -> str:
             await workflow.timer(0.05)
             await workflow.wait(lambda: False)
             return stage
 
+    history = [{**e, "workflow_type": "search.Forgetful"} if e["type"] == "WorkflowStarted" else e for e in env.history(wid)]
     with pytest.raises(NondeterminismError) as info:
-        replay(env.history(wid), Forgetful)
+        replay(history, Forgetful)
     assert "AttributesUpserted" in str(info.value)
 
 
