@@ -1,8 +1,8 @@
 """The ``metamorph`` command line: run the processes, and start and steer workflows from a shell or script.
 
 Process commands: ``init``, ``node``, ``worker``, ``projector``, ``serve``, ``dev``, ``demo``.
-Client commands: ``start``, ``signal``, ``query``, ``update``, ``status``, ``result``, ``list``,
-``history``, ``exceptions``, ``cancel``, ``terminate``, ``retry`` (human output; ``--json`` for scripts).
+Client commands: ``start``, ``signal``, ``query``, ``update``, ``status``, ``result``, ``list``, ``count``,
+``batch``, ``history``, ``exceptions``, ``cancel``, ``terminate``, ``retry`` (human output; ``--json`` for scripts).
 Checks and interop: ``replay`` (recorded histories against new code), ``schemas`` (export the Avro schemas).
 
 Connection options on every command: ``--kafka`` (``METAMORPH_KAFKA``, default ``127.0.0.1:9092``),
@@ -430,7 +430,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
         handle = client.start(
             args.type, *map(_json_arg, args.args), id=args.id, if_running=args.if_running, if_closed=args.if_closed,
             start_signal=args.start_signal, start_signal_args=[_json_arg(a) for a in args.start_signal_arg or ()],
-            start_delay=args.start_delay, timeout=args.timeout,
+            start_delay=args.start_delay, timeout=args.timeout, search=_start_search(args.search),
+            memo=json.loads(args.memo) if args.memo else None,
         )
         _emit(args, {"id": handle.id, "type": args.type, "run_id": handle.run_id}, handle.id)
     return EXIT_OK
@@ -499,16 +500,56 @@ def _cmd_result(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    """One page, newest first; the next page's cursor goes to stderr (``next_cursor: C``) so that stdout
+    stays the table, or with --json the list of rows scripts already parse."""
     from dataclasses import asdict
 
     with _client(args) as client:
-        rows = [asdict(s) for s in client.list(status=args.status, type=args.type, limit=args.limit)]
+        page = client.list(status=args.status, type=args.type, limit=args.limit, search=_search_option(args),
+                           started_after=args.after, started_before=args.before, cursor=args.cursor)
+    rows = [asdict(s) for s in page]
+    header = ["ID", "TYPE", "STATUS", "CREATED", "UPDATED"]
     table = [[r["id"], r["type"], r["status"], _when(r["created_at"]), _when(r["updated_at"])] for r in rows]
-    _emit(
-        args,
-        rows,
-        lambda: _table(table, ["ID", "TYPE", "STATUS", "CREATED", "UPDATED"]) if rows else "no workflows",
-    )
+    if any(r["search"] for r in rows):  # the column only when there is something to show in it
+        header.append("SEARCH")
+        for line, r in zip(table, rows, strict=True):
+            line.append(" ".join(f"{k}={_show(v)}" for k, v in sorted(r["search"].items())))
+    _emit(args, rows, lambda: _table(table, header) if rows else "no workflows")
+    if page.next_cursor:
+        print(f"next_cursor: {page.next_cursor}", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+def _start_search(items: list[str] | None) -> dict[str, Any] | None:
+    """``--search key=value`` of ``start``: attributes to set, so only ``=``."""
+    from .search import filters_from_text
+
+    filters = filters_from_text(items) or {}
+    for key, (op, _value) in filters.items():
+        if op != "=":
+            raise ValueError(f"start --search {key!r}: attributes are set with key=value, not {op!r}")
+    return {key: value for key, (_op, value) in filters.items()} or None
+
+
+def _search_option(args: argparse.Namespace) -> dict[str, Any] | None:
+    from .search import filters_from_text
+
+    return filters_from_text(args.search)
+
+
+def _cmd_count(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        n = client.count(status=args.status, type=args.type, search=_search_option(args),
+                         started_after=args.after, started_before=args.before)
+    _emit(args, {"count": n}, str(n))
+    return EXIT_OK
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    with _client(args, kafka=True) as client:
+        n = client.batch(args.action, status=args.status, type=args.type, search=_search_option(args),
+                         reason=args.reason, signal=args.signal, args=[_json_arg(a) for a in args.arg or ()])
+    _emit(args, {"action": args.action, "count": n}, f"{args.action}: {n} workflow{'s' if n != 1 else ''}")
     return EXIT_OK
 
 
@@ -909,6 +950,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--start-signal-arg", action="append", metavar="JSON", help="an argument of the start signal (repeat)")
     p.add_argument("--start-delay", type=float, metavar="S", help="seconds before the first step")
     p.add_argument("--timeout", type=float, metavar="S", help="seconds the whole execution may take (then timed_out)")
+    p.add_argument("--search", action="append", metavar="KEY=VALUE",
+                   help="a search attribute (value JSON if it parses, else a string; repeat)")
+    p.add_argument("--memo", metavar="JSON", help="memo: a JSON object shown with the workflow")
 
     for name, text in (("signal", "send a signal"), ("query", "ask a query"), ("update", "run an update")):
         p = command(name, _cmd_signal if name == "signal" else _cmd_query, text, out)
@@ -924,10 +968,28 @@ def _parser() -> argparse.ArgumentParser:
     p = command("result", _cmd_result, "wait for the end and print the output (exit 1 if it failed)", out)
     p.add_argument("id", metavar="ID")
     p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (exit 4)")
-    p = command("list", _cmd_list, "list workflows, newest first", out)
-    p.add_argument("--status")
-    p.add_argument("--type")
+    def filters(p: argparse.ArgumentParser, times: bool = True) -> None:
+        p.add_argument("--status")
+        p.add_argument("--type")
+        p.add_argument("--search", action="append", metavar="FILTER",
+                       help="search attribute filter: key=value, key!=value, key>N (<, <=, >=), 'key in a,b'; "
+                            "values are JSON when they parse (repeat: all must match)")
+        if times:
+            p.add_argument("--after", metavar="ISO", help="only workflows started at or after this time")
+            p.add_argument("--before", metavar="ISO", help="only workflows started before this time")
+
+    p = command("list", _cmd_list, "list workflows, newest first (one page; the next page's cursor on stderr)", out)
+    filters(p)
     p.add_argument("--limit", type=_positive_int, default=100)
+    p.add_argument("--cursor", metavar="C", help="the next_cursor printed by the previous page of the same query")
+    p = command("count", _cmd_count, "count the workflows matching the list filters", out)
+    filters(p)
+    p = command("batch", _cmd_batch, "cancel, terminate or signal every open workflow matching the filters", out)
+    p.add_argument("action", metavar="ACTION", help="cancel | terminate | signal")
+    filters(p, times=False)
+    p.add_argument("--reason", help="terminate: the reason recorded")
+    p.add_argument("--signal", metavar="NAME", help="signal: the signal name")
+    p.add_argument("--arg", action="append", metavar="JSON", help="signal: an argument (repeat)")
     command("history", _cmd_history, "the current run's events (--json: the replayable history `replay` reads)", out).add_argument("id", metavar="ID")
     command(
         "exceptions", _cmd_exceptions, "failed activity attempts and the workflow's failure", out

@@ -13,8 +13,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -25,6 +25,7 @@ from eventstore import events as ev
 from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
 
+from . import search as _search
 from .definitions import check_priority, seconds, workflow_type_name
 from .errors import (
     PayloadTooLarge,
@@ -63,6 +64,28 @@ class WorkflowSummary:
     status: str
     created_at: datetime | None
     updated_at: datetime | None
+    search: dict[str, Any] = field(default_factory=dict)
+    memo: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    parent_id: str | None = None
+    closed_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, r: dict) -> WorkflowSummary:
+        return cls(r["id"], r["type"], r["status"], r.get("created_at"), r.get("updated_at"), r.get("search") or {},
+                   r.get("memo") or {}, r.get("run_id"), r.get("parent_id"), r.get("closed_at"))
+
+
+class WorkflowPage(list):  # noqa: FURB189 - a list that also carries the cursor of the next page
+    """One page of ``client.list``: a ``list[WorkflowSummary]`` with ``.next_cursor`` (None on the last page)."""
+
+    def __init__(self, items: Any = (), next_cursor: str | None = None) -> None:
+        super().__init__(items)
+        self.next_cursor = next_cursor
+
+#: Batch actions (API.md §7) this version can carry out; pause/resume need handle.pause, not here yet.
+BATCH_ACTIONS = ("cancel", "terminate", "signal")
+_BATCH_LATER = ("pause", "resume")
 
 
 class Client:
@@ -242,6 +265,8 @@ class Client:
         start_signal_args: Any = (),
         start_delay: float | timedelta | None = None,
         timeout: float | timedelta | None = None,
+        search: dict[str, Any] | None = None,
+        memo: dict[str, Any] | None = None,
         decision_timeout: float = 30.0,
         priority: int | None = None,
     ) -> WorkflowHandle:
@@ -252,16 +277,22 @@ class Client:
         to ``decision_timeout`` seconds): ``WorkflowAlreadyStarted`` when refused. ``start_signal`` travels
         in the same command (signal-with-start, atomic); ``start_delay`` and ``timeout`` become durable
         timers of the owner. ``priority`` (0 first .. 9; default 5) orders the run's activity tasks against
-        others waiting on the same queue (API.md §6, §9).
+        others waiting on the same queue (API.md §6, §9). ``search`` (indexed attributes: str, int, float,
+        bool, ISO datetime string; a ValueError naming the key otherwise) and ``memo`` (any JSON object)
+        are recorded in WorkflowStarted.
         """
         options = _start_options(if_running, if_closed, start_signal, start_signal_args, start_delay, timeout, priority)
-        return self._start(wf, args, id, options, decision_timeout)[0]
+        return self._start(wf, args, id, options, decision_timeout, attributes=_attributes(search, memo))[0]
 
     def _start(
         self, wf: type | str, args: tuple, id: str | None, options: dict[str, Any], decision_timeout: float,  # noqa: A002
-        _update: tuple[str, tuple, float] | None = None,
+        _update: tuple[str, tuple, float] | None = None, attributes: dict[str, str] | None = None,
     ) -> tuple[WorkflowHandle, dict | None]:
-        """Send the start; wait for the node's decision when it matters (and for a start update's answer)."""
+        """Send the start; wait for the node's decision when it matters (and for a start update's answer).
+
+        ``attributes`` (search/memo JSON) travel with the start but are not a policy: a plain start that
+        carries them keeps the id-derived command id, so its re-sends still collapse.
+        """
         update_reply = None
         type_name = workflow_type_name(wf)
         workflow_id = id or str(uuid.uuid4())
@@ -270,6 +301,7 @@ class Client:
         # Every start with options is its own command (a second signal-with-start is a second signal); a
         # plain start keeps the id-derived command id that makes its re-sends collapse.
         command_id = f"start:{workflow_id}:{uuid.uuid4()}" if options or _update else f"start:{workflow_id}"
+        options = {**options, **(attributes or {})}
         if not decide:
             self._send("StartWorkflow", workflow_id, command_id, workflow_type=type_name, input=data, **options)
             run_id = None
@@ -334,8 +366,10 @@ class Client:
         if isinstance(update_args, str | bytes) or not isinstance(update_args, list | tuple):
             raise ValueError("update_args must be a list or tuple of arguments")
         decision_timeout = start_options.pop("decision_timeout", 30.0)
+        attributes = _attributes(start_options.pop("search", None), start_options.pop("memo", None))
         options = _start_options(**{**_START_DEFAULTS, **start_options})
-        handle, reply = self._start(wf, args, id, options, decision_timeout, (update, tuple(update_args), timeout))
+        handle, reply = self._start(wf, args, id, options, decision_timeout, (update, tuple(update_args), timeout),
+                                    attributes=attributes)
         assert reply is not None
         return handle, _reply_value(id, "UpdateWorkflow", update, reply)
 
@@ -366,12 +400,115 @@ class Client:
 
         return list_all(self)
 
-    def list(self, status: str | None = None, type: str | None = None, limit: int = 100) -> list[WorkflowSummary]:  # noqa: A002
-        """Workflows newest first; an unknown ``status`` raises ValueError before anything is read."""
-        if status is not None:
-            statuses.parse_many(status)
-        rows = self._read("list_workflows", status=status, type=type, limit=limit)
-        return [WorkflowSummary(r["id"], r["type"], r["status"], r.get("created_at"), r.get("updated_at")) for r in rows]
+    def list(
+        self,
+        status: str | None = None,
+        type: str | None = None,  # noqa: A002 - API name
+        limit: int = 100,
+        *,
+        search: dict[str, Any] | None = None,
+        started_after: datetime | str | None = None,
+        started_before: datetime | str | None = None,
+        cursor: str | None = None,
+    ) -> WorkflowPage:
+        """One page of workflows, newest first (API.md §7); ``.next_cursor`` fetches the next, None on the last.
+
+        Keyset pagination on (created_at, id): a page does not shift when new workflows arrive. Filters:
+        ``search={"customer": "c-7", "amount": (">", 100)}`` (operators ``=``, ``!=``, ``<``, ``<=``,
+        ``>``, ``>=``, ``in``), ``started_after`` (inclusive) / ``started_before`` (exclusive) on the
+        workflow's creation time. Unknown statuses or operators, and a cursor that is not the
+        ``next_cursor`` of the same query, raise ValueError before anything is read.
+        """
+        return self._list_page(status, type, limit, search=search, started_after=started_after,
+                               started_before=started_before, cursor=cursor)
+
+    def _list_page(
+        self, status: str | None, type: str | None, limit: int, *, search: dict[str, Any] | None = None,  # noqa: A002
+        started_after: datetime | str | None = None, started_before: datetime | str | None = None,
+        cursor: str | None = None, parent_id: str | None = None, offset: int = 0, raw: bool = False,
+    ) -> WorkflowPage:
+        """``list`` plus what the HTTP API also offers (``parent_id``, the older ``offset`` paging, ``raw``
+        rows with every summary column)."""
+        filters = _filters(status, type, search, started_after, started_before, parent_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, not {limit!r}")
+        scope = _cursor_scope(filters)
+        after = _search.decode_cursor(cursor, scope) if cursor is not None else None
+        rows = self._read("list_workflows", limit=limit + 1, offset=offset, after=after, **filters)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _search.encode_cursor(rows[-1]["created_at"], rows[-1]["id"], scope) if more else None
+        return WorkflowPage(rows if raw else [WorkflowSummary.from_row(r) for r in rows], next_cursor)
+
+    def count(
+        self,
+        status: str | None = None,
+        type: str | None = None,  # noqa: A002 - API name
+        *,
+        search: dict[str, Any] | None = None,
+        started_after: datetime | str | None = None,
+        started_before: datetime | str | None = None,
+    ) -> int:
+        """How many workflows match the filters of ``list`` (all pages)."""
+        filters = _filters(status, type, search, started_after, started_before, None)
+        return self._read("count_workflows", **filters)
+
+    def batch(
+        self,
+        action: str,
+        *,
+        status: str | None = None,
+        type: str | None = None,  # noqa: A002 - API name
+        search: dict[str, Any] | None = None,
+        reason: str | None = None,
+        signal: str | None = None,
+        args: Any = (),
+    ) -> int:
+        """Cancel, terminate or signal every open workflow matching the filters; returns how many were sent
+        the command. Workflows that have already ended are skipped (not counted): acting on them would do
+        nothing. ``signal`` names the signal of the ``"signal"`` action and ``args`` its arguments.
+        """
+        if action in _BATCH_LATER:
+            raise ValueError(f"batch action {action!r} is not available: this version has no pause/resume")
+        if action not in BATCH_ACTIONS:
+            raise ValueError(f"unknown batch action {action!r}; expected one of: {', '.join(BATCH_ACTIONS)}")
+        if action == "signal":
+            if not isinstance(signal, str) or not signal:
+                raise ValueError("batch action 'signal' needs signal= (the signal name)")
+            if isinstance(args, str | bytes) or not isinstance(args, list | tuple):
+                raise ValueError("args must be a list or tuple of the signal's arguments")
+            body: dict[str, Any] = {"name": signal, "input": payloads.encode(list(args))}
+            kind = "SignalWorkflow"
+        elif signal is not None or args:
+            raise ValueError(f"signal and args are only for the 'signal' action, not {action!r}")
+        else:
+            kind = "CancelWorkflow" if action == "cancel" else "TerminateWorkflow"
+            body = {"reason": reason}
+        if reason is not None and not isinstance(reason, str):
+            raise ValueError("reason must be a string")
+        open_statuses = [str(s) for s in statuses.ALL if s not in statuses.FINAL]
+        wanted = [s for s in (statuses.parse_many(status) if status is not None else open_statuses) if str(s) in open_statuses]
+        if not wanted:
+            return 0
+        filters = _filters([str(s) for s in wanted], type, search, None, None, None)
+        kafka_producer = self._kafka()
+        sent, after = 0, None
+        while True:
+            rows = self._read("list_workflows", limit=500, after=after, **filters)
+            futures = [
+                kafka_producer.send(self.topics.commands, key=r["id"].encode(), value=command_record(kind, r["id"], **body),
+                                    partition=partition_for(r["id"], self._partitions or 1))
+                for r in rows
+            ]
+            for future in futures:
+                try:
+                    future.get(timeout=30)
+                except KafkaError as exc:
+                    raise ConnectionError(f"Kafka did not accept a batch {action} command ({sent} sent): {exc}") from exc
+                sent += 1
+            if len(rows) < 500:
+                return sent
+            after = (datetime.fromisoformat(rows[-1]["created_at"]), rows[-1]["id"])
 
     def close(self) -> None:
         if self._replies is not None:
@@ -598,6 +735,56 @@ def _start_options(
         if secs > 0:
             options[name] = secs
     return options
+
+
+def _attributes(search: dict[str, Any] | None, memo: dict[str, Any] | None) -> dict[str, str]:
+    """The StartWorkflow fields for ``search`` and ``memo`` (JSON text), checked at the caller."""
+    out = {}
+    if search is not None:
+        text = _search.dumps(_search.check_search(search))
+        if text:
+            out["search"] = text
+    if memo is not None:
+        text = _search.dumps(_search.check_memo(memo))
+        if text:
+            out["memo"] = text
+    return out
+
+
+def _when(name: str, value: datetime | str | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"{name} must be timezone-aware")
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+        except ValueError:
+            raise ValueError(f"{name} must be an ISO-8601 time, not {value!r}") from None
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    raise ValueError(f"{name} must be a datetime or an ISO-8601 string, not {type(value).__name__}")
+
+
+def _filters(
+    status: Any, type: str | None, search: dict[str, Any] | None,  # noqa: A002
+    started_after: datetime | str | None, started_before: datetime | str | None, parent_id: str | None,
+) -> dict[str, Any]:
+    """list/count/batch filters, checked (ValueError) before anything is read."""
+    if status is not None:
+        statuses.parse_many(status)
+    if type is not None and not isinstance(type, str):
+        raise ValueError("type must be a workflow type name")
+    return {"status": status, "type": type, "search": _search.parse_filters(search),
+            "started_after": _when("started_after", started_after),
+            "started_before": _when("started_before", started_before), "parent_id": parent_id}
+
+
+def _cursor_scope(filters: dict[str, Any]) -> list[Any]:
+    """What a cursor is bound to: the filters of the query it pages."""
+    status = filters["status"]
+    status = sorted(str(s) for s in statuses.parse_many(status)) if status is not None else None
+    return [status, filters["type"], filters["search"], filters["started_after"], filters["started_before"],
+            filters["parent_id"]]
 
 
 def _redact(conninfo: str) -> str:

@@ -270,6 +270,15 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
     return value
 
 
+def _list_filters(request: Request) -> dict[str, Any]:
+    """``search`` (repeatable ``key=value``, ``amount>100``...), ``started_after``, ``started_before``."""
+    from .search import filters_from_text
+
+    q = request.query_params
+    return {"search": filters_from_text(q.getlist("search")),
+            "started_after": q.get("started_after") or None, "started_before": q.get("started_before") or None}
+
+
 def _start_options(body: dict) -> dict[str, Any]:
     """The API.md §6 start options of a start body, shape-checked; the Client checks their values (400)."""
     options: dict[str, Any] = {}
@@ -286,6 +295,11 @@ def _start_options(body: dict) -> dict[str, Any]:
         if body.get(name) is not None:
             if isinstance(body[name], bool) or not isinstance(body[name], int | float):
                 raise BadRequest(f'"{name}" must be a number of seconds')
+            options[name] = body[name]
+    for name in ("search", "memo"):
+        if body.get(name) is not None:
+            if not isinstance(body[name], dict):
+                raise BadRequest(f'"{name}" must be a JSON object')
             options[name] = body[name]
     return options
 
@@ -307,27 +321,50 @@ class _Api:
         return JSON(openapi_document())
 
     async def list_workflows(self, request: Request) -> Response:
+        """A page of workflows: ``cursor`` (keyset, stable while workflows arrive) or the older ``offset``."""
         limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
         offset = _int_param(request, "offset", 0, 0, 2**31 - 1)
         q = request.query_params
-        rows = await self._call(
-            self.client._read,
-            "list_workflows",
-            status=q.get("status") or None,
-            type=q.get("type") or None,
-            limit=limit,
-            offset=offset,
-            parent_id=q.get("parent_id") or None,
+        if offset and q.get("cursor"):
+            raise BadRequest("pass either cursor or offset, not both")
+        page = await self._call(
+            self.client._list_page, q.get("status") or None, q.get("type") or None, limit, offset=offset,
+            parent_id=q.get("parent_id") or None, cursor=q.get("cursor") or None, raw=True, **_list_filters(request),
         )
-        more = len(rows) == limit
+        rows = list(page)
+        more = page.next_cursor is not None
         return JSON(
             {
                 "workflows": rows,
                 "limit": limit,
                 "offset": offset,
                 "next_offset": offset + limit if more else None,
+                "next_cursor": page.next_cursor,
             }
         )
+
+    async def count(self, request: Request) -> Response:
+        q = request.query_params
+        n = await self._call(self.client.count, q.get("status") or None, q.get("type") or None, **_list_filters(request))
+        return JSON({"count": n})
+
+    async def batch(self, request: Request) -> Response:
+        """Act on every open workflow matching the filters (mutating: a read-only token gets 403)."""
+        body = await _body(request)
+        action = body.get("action")
+        if not isinstance(action, str) or not action:
+            raise BadRequest('"action" is required: cancel, terminate or signal')
+        for name in ("status", "type", "reason", "signal"):
+            if body.get(name) is not None and not isinstance(body[name], str):
+                raise BadRequest(f'"{name}" must be a string')
+        search = body.get("search")
+        if search is not None and not isinstance(search, dict):
+            raise BadRequest('"search" must be a JSON object of attribute filters')
+        n = await self._call(
+            self.client.batch, action, status=body.get("status"), type=body.get("type"), search=search,
+            reason=body.get("reason"), signal=body.get("signal"), args=_args(body),
+        )
+        return JSON({"action": action, "count": n})
 
     async def start(self, request: Request) -> Response:
         body = await _body(request)
@@ -522,6 +559,9 @@ def create_app(
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/workflows", api.list_workflows, methods=["GET"]),
         Route("/workflows", api.start, methods=["POST"]),
+        # Before the "{id}" routes, which would take "count" and "batch" for workflow ids.
+        Route("/workflows/count", api.count, methods=["GET"]),
+        Route("/workflows/batch", api.batch, methods=["POST"]),
         # The suffixed routes before the bare one: "{id}" matches "a/b/history" too.
         IdRoute(wid + "/history", api.history, methods=["GET"]),
         IdRoute(wid + "/signal/{name}", api.signal, methods=["POST"]),
@@ -653,6 +693,13 @@ def _op(
 
 def openapi_document() -> dict:
     """The hand-written OpenAPI 3.1 description of every route of :func:`create_app`."""
+    filter_params = [
+        {**_query_param("search", {"type": "array", "items": {"type": "string"}},
+                        "Search attribute filter (repeat): key=value, key!=value, key>N, key<=N, 'key in a,b'"),
+         "style": "form", "explode": True},
+        _query_param("started_after", {"type": "string", "format": "date-time"}, "Started at or after"),
+        _query_param("started_before", {"type": "string", "format": "date-time"}, "Started before"),
+    ]
     wid = _path_param("id", "Workflow id")
     name = _path_param("name", "Handler (method) name")
     accepted = _json(_ref("Accepted"), "Accepted: the command is durably in Kafka")
@@ -696,6 +743,8 @@ def openapi_document() -> dict:
                         "Page size",
                     ),
                     _query_param("offset", {"type": "integer", "minimum": 0, "default": 0}, "Rows to skip"),
+                    _query_param("cursor", {"type": "string"}, "next_cursor of the previous page (keyset paging)"),
+                    *filter_params,
                 ],
             ),
             "post": _op(
@@ -704,6 +753,23 @@ def openapi_document() -> dict:
                 {"201": _json(_ref("Started"), "Start command accepted"), **_errors(400, 409, 413, 503, 504)},
                 body=_body_schema(_ref("StartRequest"), required=True),
             ),
+        },
+        "/workflows/count": {
+            "get": _op(
+                "countWorkflows",
+                "How many workflows match the list filters",
+                {"200": _json(_ref("Count"), "The count"), **_errors(400, 503)},
+                params=[_query_param("status", _ref("Status"), "Only this status"),
+                        _query_param("type", {"type": "string"}, "Only this workflow type"), *filter_params],
+            )
+        },
+        "/workflows/batch": {
+            "post": _op(
+                "batchWorkflows",
+                "Cancel, terminate or signal every open workflow matching the filters",
+                {"200": _json(_ref("BatchResult"), "How many were acted on"), **_errors(400, 503)},
+                body=_body_schema(_ref("BatchRequest"), required=True),
+            )
         },
         "/workflows/{id}": {
             "get": _op(
@@ -872,6 +938,8 @@ def _schemas() -> dict:
             "error_message": {"type": ["string", "null"]},
             "error_traceback": {"type": ["string", "null"]},
             "parent_id": {"type": ["string", "null"]},
+            "search": {"type": "object"},
+            "memo": {"type": "object"},
             "created_at": stamp,
             "updated_at": stamp,
         },
@@ -909,7 +977,27 @@ def _schemas() -> dict:
                 "limit": {"type": "integer"},
                 "offset": {"type": "integer"},
                 "next_offset": {"type": ["integer", "null"]},
+                "next_cursor": {"type": ["string", "null"], "description": "Pass as cursor for the next page"},
             },
+        },
+        "Count": {"type": "object", "required": ["count"], "properties": {"count": {"type": "integer"}}},
+        "BatchRequest": {
+            "type": "object",
+            "required": ["action"],
+            "properties": {
+                "action": {"type": "string", "enum": ["cancel", "terminate", "signal"]},
+                "status": {"type": "string"},
+                "type": {"type": "string"},
+                "search": {"type": "object", "description": 'Attribute filters: {"k": v} or {"k": [op, v]}'},
+                "reason": {"type": "string"},
+                "signal": {"type": "string"},
+                "args": {"type": "array", "default": []},
+            },
+        },
+        "BatchResult": {
+            "type": "object",
+            "required": ["action", "count"],
+            "properties": {"action": {"type": "string"}, "count": {"type": "integer"}},
         },
         "WorkflowDetails": {
             "allOf": [
@@ -947,6 +1035,8 @@ def _schemas() -> dict:
                 "start_delay": {"type": "number", "minimum": 0, "description": "Seconds before the first step"},
                 "timeout": {"type": "number", "exclusiveMinimum": 0,
                             "description": "Seconds the whole execution may take; then it ends timed_out"},
+                "search": {"type": "object", "description": "Search attributes: str, number, bool, ISO datetime"},
+                "memo": {"type": "object", "description": "Any JSON object, shown with the workflow"},
             },
         },
         "Started": {

@@ -319,6 +319,7 @@ class WorkflowInstance:
             "continued_from": cmd.get("continued_from"), "timeout_at": timeout_at,
             "start_at": ms(at + timedelta(seconds=delay)) if delay > 0 else None,
             "start_signal": None, "start_signal_input": None, "priority": cmd.get("priority"),
+            "search": cmd.get("search"), "memo": cmd.get("memo"),
         }
         rejected_signal = None
         try:

@@ -228,6 +228,8 @@ class Node:
                 live = [wid for wid, (_ref, p) in self._live.items() if p == partition]
                 passivated += owned.store.open_count(exclude=live)
             metrics.passivated_workflows.set(passivated)
+            for partition, owned in self._owned.items():
+                metrics.blocked_workflows.labels(str(partition)).set(len(owned.store.blocked()))
 
     def _poll_timeout_ms(self) -> int:
         if not self._local_outcomes.empty():
@@ -320,6 +322,8 @@ class Node:
                 owned.store.close()
             with contextlib.suppress(KeyError):
                 metrics.timers_pending.remove(str(partition))
+            with contextlib.suppress(KeyError):
+                metrics.blocked_workflows.remove(str(partition))
         metrics.owned_partitions.set(len(self._owned))
         metrics.live_workflows.set(len(self._live))
         if not self._owned:
@@ -380,7 +384,7 @@ class Node:
                 e["workflow_id"] = wid
                 e["epoch"] = self._owned[partition].epoch
                 e["node"] = self.name
-                _count(e, result.workflow_type or "?", result.started_at)
+                _count(e, result.workflow_type or "?", result.started_at, wid)
             events[partition].extend(result.events)
             messages.extend(result.messages)
             for beat in result.heartbeats:  # (activity_id, attempt, at[, waiting])
@@ -597,7 +601,7 @@ def _as_message(topics: Topics, command: dict) -> Message:
     return Message(topics.commands, command["workflow_id"], codec.encode("metamorph.CommandEnvelope", envelope))
 
 
-def _count(e: dict, workflow_type: str, started_at: Any = None) -> None:
+def _count(e: dict, workflow_type: str, started_at: Any = None, workflow_id: str = "?") -> None:
     kind = e["type"]
     if kind == "WorkflowStarted":
         metrics.workflows_started.labels(workflow_type).inc()
@@ -608,6 +612,11 @@ def _count(e: dict, workflow_type: str, started_at: Any = None) -> None:
             seconds = _seconds(e.get("at")) - _seconds(started_at)
             metrics.workflow_duration.labels(workflow_type).observe(max(0.0, seconds))
     elif kind == "WorkflowBlocked":
+        # Blocked is not failed: nothing is lost and nothing runs until a node with fitting code owns the
+        # workflow, so say it once at WARNING (an operator's to-do, not a crash) and count it by reason.
+        reason = e.get("error_type") or "Unknown"
+        log.warning("workflow %s (%s) is blocked: %s: %s", workflow_id, workflow_type, reason, e.get("message") or "")
+        metrics.workflows_blocked.labels(workflow_type, reason).inc()
         metrics.nondeterminism.labels(workflow_type).inc()
 
 

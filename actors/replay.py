@@ -47,6 +47,7 @@ DECISIONS = frozenset(
         "ActivityScheduled", "TimerStarted", "ChildStarted", "ExternalSignalSent", "SideEffectRecorded",
         "VersionMarker", "UpdateCompleted", "WorkflowCompleted", "WorkflowFailed", "WorkflowContinued",
         "WorkflowCancelled", "TimerCancelled", "ActivityCancelRequested", "ChildCancelRequested",
+        "AttributesUpserted",
     }
 )
 #: Events that feed the code; after each the code runs until it blocks.
@@ -664,6 +665,20 @@ class WorkflowRun:
             event = self._decide("SideEffectRecorded", {"result": payloads.encode(value)})
         fut.set_result(payloads.decode(event["result"]))
         return fut
+
+    def upsert_attributes(self, search: dict[str, Any] | None, memo: dict[str, Any] | None) -> None:
+        """Record new search attributes / memo entries (a decision, so a replay matches it, not re-sends it).
+
+        Only the kind of the step is matched on replay: attributes are not inputs of the code, so code
+        that now computes other values replays the recorded ones without blocking.
+        """
+        from .search import check_memo, check_search, dumps
+
+        body = {"search": dumps(check_search(search, removals=True)) if search is not None else None,
+                "memo": dumps(check_memo(memo)) if memo is not None else None}
+        if body["search"] is None and body["memo"] is None:
+            return
+        self._decide("AttributesUpserted", body)
 
     def get_version(self, change_id: str, min_supported: int, max_supported: int) -> int:
         if self._at_recorded():

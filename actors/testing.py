@@ -81,12 +81,13 @@ class WorkflowEnvironment:
 
     # -- the client side -----------------------------------------------------------------------------------
     def start(self, wf: type | str, *args: Any, id: str | None = None, **options: Any) -> str:  # noqa: A002
-        """Start as ``Client.start`` does, with the same options (policies, start_signal, start_delay, timeout);
-        a refused start raises ``WorkflowAlreadyStarted``."""
-        from .client import _START_DEFAULTS, _start_options
+        """Start as ``Client.start`` does, with the same options (policies, start_signal, start_delay, timeout,
+        search, memo); a refused start raises ``WorkflowAlreadyStarted``."""
+        from .client import _START_DEFAULTS, _attributes, _start_options
 
         workflow_id = id or str(uuid.uuid4())
-        body = _start_options(**{**_START_DEFAULTS, **options})
+        attributes = _attributes(options.pop("search", None), options.pop("memo", None))
+        body = {**_start_options(**{**_START_DEFAULTS, **options}), **attributes}
         request_id = str(uuid.uuid4())
         self._command("StartWorkflow", workflow_id, workflow_type=workflow_type_name(wf), input=payloads.encode(list(args)),
                       request_id=request_id, **body)
@@ -126,6 +127,17 @@ class WorkflowEnvironment:
 
     def history(self, workflow_id: str) -> list[dict]:
         return list(self.instances[workflow_id].history)
+
+    def search_attributes(self, workflow_id: str) -> dict[str, Any]:
+        """The current run's search attributes, as the projections would show them."""
+        from .search import fold
+
+        return fold(self.instances[workflow_id].history)[0]
+
+    def memo(self, workflow_id: str) -> dict[str, Any]:
+        from .search import fold
+
+        return fold(self.instances[workflow_id].history)[1]
 
     def result(self, workflow_id: str, max_time: timedelta = timedelta(days=3650)) -> Any:
         """Skip time until the workflow (following continue-as-new) ends; return its output or raise."""

@@ -22,6 +22,7 @@ from .replay import DEFAULT_VERSION, ChildHandle, WFuture, current_run, raise_co
 __all__ = [
     "DEFAULT_VERSION", "ActivityOptions", "ChildHandle", "activity", "all", "first", "child", "start_child", "timer",
     "sleep", "wait", "side_effect", "now", "uuid4", "random", "get_version", "continue_as_new", "info",
+    "upsert_search", "memo",
 ]
 
 
@@ -95,6 +96,20 @@ def continue_as_new(*args: Any) -> None:
     """End this run and start a fresh one of the same workflow id with ``args``; never returns."""
     current_run()
     raise_continue_as_new(args)
+
+
+def upsert_search(attrs: dict[str, Any]) -> None:
+    """Set (or, with None, remove) search attributes of this workflow: recorded, so replay-safe.
+
+    Values are str, int, float, bool or ISO datetime strings (a ValueError naming the key otherwise);
+    the projections merge them into the indexed attributes ``client.list(search=...)`` filters on.
+    """
+    current_run().upsert_attributes(attrs, None)
+
+
+def memo(attrs: dict[str, Any]) -> None:
+    """Merge JSON entries into this workflow's memo (shown with it, not indexed); recorded, replay-safe."""
+    current_run().upsert_attributes(None, attrs)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,12 @@ workflow_duration = Histogram(
 )
 rejected_commands = Counter("metamorph_rejected_commands_total", "Commands a workflow refused", ["command"])
 nondeterminism = Counter("metamorph_nondeterminism_total", "Workflows blocked by a replay mismatch", ["workflow_type"])
+workflows_blocked = Counter(
+    "metamorph_workflows_blocked_total",
+    "Workflows blocked (waiting, not failed): reason NondeterminismError (a replay mismatch) or UnknownWorkflowType",
+    ["workflow_type", "reason"],
+)
+blocked_workflows = Gauge("metamorph_blocked_workflows", "Workflows of the owned partitions blocked right now", ["partition"])
 
 # -- nodes: actors, replay, restore ---------------------------------------------------------------------
 replay_seconds = Histogram("metamorph_replay_duration_seconds", "Time to rebuild a workflow by replay", buckets=_LATENCY)

@@ -10,6 +10,7 @@ LEAST. That is what makes a rebuild from offset 0 reproduce the tables exactly. 
 from __future__ import annotations
 
 import base64
+import json
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -120,9 +121,9 @@ WITH r AS (
     RETURNING *
 )
 INSERT INTO workflows AS w (id, run_id, type, status, input, parent_id, parent_run_id, continued_from,
-                            created_at, updated_at, started_at)
+                            created_at, updated_at, started_at, search, memo)
 SELECT workflow_id, run_id, type, status, input, parent_id, parent_run_id, continued_from,
-       started_at, updated_at, started_at
+       started_at, updated_at, started_at, %(search)s::jsonb, %(memo)s::jsonb
 FROM r
 ON CONFLICT (id) DO UPDATE SET
     run_id = excluded.run_id, type = excluded.type, status = excluded.status, input = excluded.input,
@@ -130,7 +131,18 @@ ON CONFLICT (id) DO UPDATE SET
     parent_id = excluded.parent_id, parent_run_id = excluded.parent_run_id,
     continued_from = excluded.continued_from,
     created_at = CASE WHEN w.run_id IS NULL THEN excluded.created_at ELSE w.created_at END,
-    updated_at = excluded.updated_at, started_at = excluded.started_at, closed_at = NULL
+    updated_at = excluded.updated_at, started_at = excluded.started_at, closed_at = NULL,
+    -- a continuation (continue-as-new, retry) keeps the attributes and memo of the run it continues
+    search = CASE WHEN w.run_id IS NOT NULL AND excluded.continued_from IS NOT NULL
+                  THEN jsonb_strip_nulls(w.search || excluded.search) ELSE excluded.search END,
+    memo = CASE WHEN w.run_id IS NOT NULL AND excluded.continued_from IS NOT NULL
+                THEN w.memo || excluded.memo ELSE excluded.memo END
+"""
+
+# workflow.upsert_search / workflow.memo of the workflow's current run: merged, a null attribute removed.
+_ATTRIBUTES = """
+UPDATE workflows SET search = jsonb_strip_nulls(search || %(search)s::jsonb), memo = memo || %(memo)s::jsonb
+WHERE id = %(workflow_id)s AND run_id = %(run_id)s
 """
 
 _CONTINUED_TO = """
@@ -296,6 +308,7 @@ def _started(cur: Cursor, event: dict, key: dict, data: dict) -> None:
         **key, "type": event["workflow_type"], "status": run_status(event), "input": _jsonb(data.get("input")),
         "parent_id": event.get("parent_id"), "parent_run_id": event.get("parent_run_id"),
         "parent_ref": event.get("parent_ref"), "continued_from": event.get("continued_from"), "at": at,
+        "search": Jsonb(_object(event.get("search"))), "memo": Jsonb(_object(event.get("memo"))),
     })
     if event.get("continued_from"):
         _continued(cur, event["workflow_id"], event["continued_from"], event["run_id"], event["workflow_type"], at)
@@ -305,6 +318,22 @@ def _started(cur: Cursor, event: dict, key: dict, data: dict) -> None:
             "child_id": event["workflow_id"], "child_run_id": event["run_id"], "child_ref": event.get("parent_ref"),
             "workflow_type": event["workflow_type"], "at": at,
         })
+
+
+def _object(text: str | None) -> dict:
+    """A JSON-object field of an event (search attributes, memo); anything else counts as empty."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return clean(value) if isinstance(value, dict) else {}
+
+
+def _attributes(cur: Cursor, event: dict, key: dict, data: dict) -> None:
+    cur.execute(_ATTRIBUTES, {**key, "search": Jsonb(_object(event.get("search"))),
+                              "memo": Jsonb(_object(event.get("memo")))})
 
 
 def _continued(cur: Cursor, workflow_id: str, old_run: str, new_run: str, workflow_type: str | None, at: datetime) -> None:
@@ -421,4 +450,5 @@ _HANDLERS = {
     "ActivityCancelRequested": _activity_cancelled,
     "CancelRequested": _activity_cancelled,
     "TimerCancelled": _timer_cancelled,
+    "AttributesUpserted": _attributes,
 }

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from eventstore import statuses
 
@@ -23,8 +24,11 @@ from .db import FINAL_STATUSES, connect, notify_channel
 
 _SUMMARY = (
     "id, run_id, type, status, error_type, error_message, parent_id, parent_run_id, continued_from,"
-    " created_at, updated_at, started_at, closed_at"
+    " created_at, updated_at, started_at, closed_at, search, memo"
 )
+#: JSON type of a search value, so a comparison only meets attributes of the same type (jsonb orders
+#: booleans above numbers above strings, which is never what a filter means).
+_JSON_TYPE = {bool: "boolean", int: "number", float: "number", str: "string"}
 
 
 def _json(row: dict[str, Any]) -> dict[str, Any]:
@@ -54,12 +58,52 @@ def list_workflows(
     limit: int = 100,
     offset: int = 0,
     parent_id: str | None = None,
+    search: list[tuple[str, str, Any]] | None = None,
+    started_after: datetime | None = None,
+    started_before: datetime | None = None,
+    after: tuple[datetime, str] | None = None,
 ) -> list[dict]:
     """Workflows newest first (by creation), without their payloads; ``status`` may be one or several.
 
-    An unknown status raises ValueError: answering a typo with an empty list would read as "none".
+    ``search`` holds ``(key, operator, value)`` filters (checked by ``actors.search.parse_filters``);
+    ``after`` is a keyset position ``(created_at, id)``: only rows older than it, which keeps a page
+    stable while new workflows arrive (an offset would shift). An unknown status raises ValueError:
+    answering a typo with an empty list would read as "none".
     """
-    where, params = [], []
+    clause, params = _where(status, type, parent_id, search, started_after, started_before, after)
+    params += [max(0, int(limit)), max(0, int(offset))]
+    return _rows(
+        conn, f"SELECT {_SUMMARY} FROM workflows {clause} ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s", params
+    )
+
+
+def count_workflows(
+    conn: psycopg.Connection,
+    status: str | Iterable[str] | None = None,
+    type: str | None = None,
+    search: list[tuple[str, str, Any]] | None = None,
+    started_after: datetime | None = None,
+    started_before: datetime | None = None,
+    parent_id: str | None = None,
+) -> int:
+    """How many workflows ``list_workflows`` would return with the same filters (all pages)."""
+    clause, params = _where(status, type, parent_id, search, started_after, started_before, None)
+    return conn.execute(f"SELECT count(*) FROM workflows {clause}", params).fetchone()[0]
+
+
+def _where(
+    status: str | Iterable[str] | None, type: str | None, parent_id: str | None,
+    search: list[tuple[str, str, Any]] | None, started_after: datetime | None, started_before: datetime | None,
+    after: tuple[datetime, str] | None,
+) -> tuple[str, list[Any]]:
+    """The WHERE clause of a list or count; every value is a parameter, keys included.
+
+    Equality and ``in`` are written as containment (``search @> {"k": v}``) so the GIN index on ``search``
+    answers them; ``!=`` and the orderings meet only attributes that exist with a value of the operand's
+    JSON type.
+    """
+    where: list[str] = []
+    params: list[Any] = []
     if status is not None:
         where.append("status = ANY(%s)")
         params.append([str(s) for s in statuses.parse_many(status)])
@@ -69,11 +113,35 @@ def list_workflows(
     if parent_id is not None:
         where.append("parent_id = %s")
         params.append(parent_id)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    params += [max(0, int(limit)), max(0, int(offset))]
-    return _rows(
-        conn, f"SELECT {_SUMMARY} FROM workflows {clause} ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s", params
-    )
+    for key, op, value in search or ():
+        if op == "=":
+            where.append("search @> %s")
+            params.append(Jsonb({key: value}))
+        elif op == "in":
+            where.append("(" + " OR ".join(["search @> %s"] * len(value)) + ")")
+            params.extend(Jsonb({key: v}) for v in value)
+        elif op == "!=":
+            where.append("(search ? %s AND NOT search @> %s)")
+            params += [key, Jsonb({key: value})]
+        elif op in ("<", "<=", ">", ">="):
+            where.append(f"(jsonb_typeof(search -> %s) = %s AND search -> %s {op} %s)")
+            params += [key, _JSON_TYPE[type_of(value)], key, Jsonb(value)]
+        else:
+            raise ValueError(f"unknown search operator {op!r}")
+    if started_after is not None:
+        where.append("created_at >= %s")
+        params.append(started_after)
+    if started_before is not None:
+        where.append("created_at < %s")
+        params.append(started_before)
+    if after is not None:
+        where.append("(created_at, id) < (%s, %s)")
+        params += [after[0], after[1]]
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params
+
+
+def type_of(value: Any) -> type:
+    return bool if isinstance(value, bool) else int if isinstance(value, int) else type(value)
 
 
 def history(conn: psycopg.Connection, id: str, run_id: str | None = None) -> list[dict]:
