@@ -60,7 +60,9 @@ class WorkflowActor(PooledActor):
         raise ValueError(f"unknown message {op!r}")
 
     def _result(self, outcome: Outcome) -> Result:
-        messages = messages_for_history(self.topics, self.workflow_id, self.instance.history, outcome.events)
+        messages = messages_for_history(
+            self.topics, self.workflow_id, self.instance.history, outcome.events, self.instance.closed_runs
+        )
         for reply in outcome.replies:
             messages.append(reply_message(self.topics, reply.request_id, reply.ok, reply.result, reply.error_type, reply.message))
         history = self.instance.history

@@ -9,7 +9,7 @@ receiver is idempotent, and message ids are derived from the event, so duplicate
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -122,8 +122,33 @@ def messages_for(
     return []
 
 
-def messages_for_history(topics: Topics, workflow_id: str, history: list[dict], events: list[dict]) -> list[Message]:
-    """Messages owed for ``events`` of a workflow whose current-run history is ``history``."""
+def messages_for_history(
+    topics: Topics, workflow_id: str, history: list[dict], events: list[dict],
+    earlier: Mapping[str, list[dict]] | None = None,
+) -> list[Message]:
+    """Messages owed for ``events`` of a workflow whose current-run history is ``history``.
+
+    ``events`` may span runs: a run that continues as new is followed at once by the next one in the same
+    batch (``WorkflowInstance.closed_runs``); ``earlier`` gives the histories of such runs, so what their
+    events oblige is derived from their own history. A continuation whose next run is among ``events``
+    has begun already, so its StartWorkflow command is not sent.
+    """
+    begun = {e["run_id"] for e in events if e["type"] == "WorkflowStarted"}
+    current = history[0].get("run_id") if history else None
+    out: list[Message] = []
+    segment: list[dict] = []
+    for i, e in enumerate(events):
+        segment.append(e)
+        if i + 1 < len(events) and events[i + 1].get("run_id") == e.get("run_id"):
+            continue
+        run = e.get("run_id")
+        run_history = earlier[run] if earlier and run != current and run in earlier else history
+        out.extend(_messages_for_run(topics, workflow_id, run_history, segment, begun))
+        segment = []
+    return out
+
+
+def _messages_for_run(topics: Topics, workflow_id: str, history: list[dict], events: list[dict], begun: set[str]) -> list[Message]:
     runs_started = {e["run_id"]: e for e in history if e["type"] == "WorkflowStarted"}
     for e in events:
         if e["type"] == "WorkflowStarted":
@@ -132,7 +157,10 @@ def messages_for_history(topics: Topics, workflow_id: str, history: list[dict], 
     by_activity.update({e["activity_id"]: e for e in events if e["type"] == "ActivityScheduled"})
     out: list[Message] = []
     for e in events:
-        if not e.get("copied"):  # history carried into a reset run owes nothing that was not owed before
+        owed = not e.get("copied")  # history carried into a reset run owes nothing that was not owed before
+        if e["type"] == "WorkflowContinued" and e.get("new_run_id") in begun:
+            owed = False  # the next run began in the same batch: nothing to start
+        if owed:
             out.extend(messages_for(topics, workflow_id, e, runs_started.get(e.get("run_id")), by_activity.get))
         if e["type"] in ("WorkflowCancelled", "WorkflowTerminated", "WorkflowTimedOut"):
             out.extend(_close_children(topics, workflow_id, history, e))

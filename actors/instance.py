@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 #: Start policies (API.md §6); the first of each is the default and today's behaviour.
 IF_RUNNING = ("use_existing", "fail", "terminate")
 IF_CLOSED = ("use_existing", "fail", "allow", "allow_failed")
+#: Runs begun in one step by a chain of runs that continue as new at once (a workflow that continues
+#: without waiting for anything); the rest of such a chain goes through ``<ns>.commands``, one step per
+#: command, so one batch cannot spin for ever.
+MAX_INLINE_CONTINUATIONS = 20
 
 
 def utcnow() -> datetime:
@@ -75,10 +79,26 @@ class WorkflowInstance:
         self._scheduled: dict[int, dict] = {}  # activity_id -> ActivityScheduled event
         self._open_timers: dict[int, None] = {}
         self._blocked_recorded = False
+        #: Histories of the runs that continued as new during the last ``load``/``handle``, by run id: the
+        #: messages their events oblige (cancels of their open activities) are derived from them.
+        self.closed_runs: dict[str, list[dict]] = {}
 
     # -- rebuilding ----------------------------------------------------------------------------------
     def load(self, history: list[dict]) -> list[dict]:
-        """Replay a run's history; returns decisions the code makes beyond it (a crash cut the batch)."""
+        """Replay a run's history; returns decisions the code makes beyond it (a crash cut the batch).
+
+        A history that ends in ``WorkflowContinued`` without its next run (a crash between the two, or a
+        history written before runs began at once) begins that run here, like a live continuation.
+        """
+        self.closed_runs = {}
+        new = self._load(history)
+        if self.terminal == "WorkflowContinued":
+            out = Outcome(events=new)
+            self._follow_continuation(utcnow(), out)
+            new = self._with_status(out.events)
+        return new
+
+    def _load(self, history: list[dict]) -> list[dict]:
         self.history = list(history)
         self._reset_bookkeeping()
         for event in self.history:
@@ -155,12 +175,15 @@ class WorkflowInstance:
     def handle(self, commands: list[dict], now: datetime | None = None) -> Outcome:
         """Apply commands in order; returns the events to append and the replies to send."""
         out = Outcome()
+        self.closed_runs = {}
         for command in commands:
             at = now or utcnow()
             before = len(out.events)
             unknown = self.run_id is None
             try:
+                self._follow_continuation(at, out)  # a chain cut short by MAX_INLINE_CONTINUATIONS
                 getattr(self, f"_cmd_{command['type']}")(command, at, out)
+                self._follow_continuation(at, out)
             except Exception as exc:  # a bug or bad input in one command must not lose the batch
                 log.exception("command %s for %s failed", command["type"], self.workflow_id)
                 if unknown and len(out.events) == before:
@@ -225,6 +248,28 @@ class WorkflowInstance:
 
     def _live(self) -> bool:
         return self.run is not None and self.terminal is None
+
+    def _follow_continuation(self, at: datetime, out: Outcome) -> None:
+        """Begin the next run as soon as the current one decides ``WorkflowContinued``, in the same batch.
+
+        Why: the next run used to begin only when the StartWorkflow command the old run sent came back
+        through ``<ns>.commands`` — behind every signal, update and cancel already queued for the id, which
+        then found no live run and were rejected (lost). Begun at once, there is no moment without a run:
+        each command after the continuation goes to the new run, in the order the partition delivers
+        them (as Temporal does, the new run's start is atomic with the old run's close). The new run's
+        WorkflowStarted follows WorkflowContinued in the same append, so the two are durable together;
+        a crash between them is repaired by ``load``, and the StartWorkflow message is then sent again
+        (``actors.dispatch``), a duplicate of which starts nothing.
+        """
+        for _ in range(MAX_INLINE_CONTINUATIONS):
+            if self.terminal != "WorkflowContinued" or not self.history:
+                return
+            continued = next((e for e in reversed(self.history) if e["type"] == "WorkflowContinued"), None)
+            if continued is None or continued.get("run_id") != self.run_id:
+                return
+            continued["status"] = _TERMINAL_STATUS["WorkflowContinued"]
+            self.closed_runs[self.run_id or ""] = self.history
+            self._begin_run(continuation_start(self.workflow_id, self.history[0], continued, at), at, out)
 
     def _cmd_StartWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
         """Start a run, or decide what a start of an id that has runs means (API.md §6).
@@ -546,7 +591,7 @@ class WorkflowInstance:
                 event.update(continued_from=old_run, command_id=cmd["command_id"])
             copied.append(event)
         self.terminal = None
-        new = self.load(copied)
+        new = self._load(copied)
         self.history = self.run.history if self.run is not None else copied
         out.events.extend(copied)
         out.events.extend(new)
@@ -554,6 +599,19 @@ class WorkflowInstance:
             if aid not in self._awaiting_retry:
                 # Attempts in flight at the cut are dispatched again under the new run.
                 out.events.append(self._system("ActivityRetried", {"activity_id": aid, "attempt": self._attempts[aid]}, at))
+
+
+def continuation_start(workflow_id: str, started: dict, continued: dict, at: datetime) -> dict:
+    """The StartWorkflow command of the run that ``continued`` (a WorkflowContinued) begins; ``started`` is
+    the continuing run's WorkflowStarted. Its id is derived from the new run, so any copy is one start."""
+    return {
+        "type": "StartWorkflow", "command_id": f"{workflow_id}:{continued['new_run_id']}:continue",
+        "workflow_id": workflow_id, "at": at, "workflow_type": started.get("workflow_type") or "",
+        "input": continued["input"], "run_id": continued["new_run_id"], "continued_from": continued.get("run_id"),
+        "parent_id": started.get("parent_id"), "parent_run_id": started.get("parent_run_id"),
+        "parent_ref": started.get("parent_ref"),
+        "timeout_at": started.get("timeout_at"),  # the execution timeout spans the whole chain
+    }
 
 
 def _good_prefix(history: list[dict]) -> list[dict]:

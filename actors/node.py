@@ -95,6 +95,10 @@ class Node:
         self.idle_seconds = idle_seconds
         self.max_poll_records = max_poll_records
         self._owned: dict[int, _Owned] = {}
+        # partition -> the epoch of the last ownership marker this process wrote there. A partition given
+        # back to us with no marker above it (nobody else owned it in between) needs no re-dispatch: every
+        # attempt we dispatched is still queued or running (see _own).
+        self._marked: dict[int, int] = {}
         self._live: OrderedDict[str, tuple[pykka.ActorRef, int]] = OrderedDict()  # in order of last use
         self._used: dict[str, float] = {}
         # Outcomes of activities this node ran itself (eager dispatch), handed over without the broker.
@@ -263,12 +267,21 @@ class Node:
         # A previous owner may have written between our read and our marker: those events precede the
         # marker, so they are history; read them before going on.
         tail += store.restore(self._log.read(partition, store.checkpoint, offset, on_error=self._deadletter_event(partition)))
+        # The same owner again: this process wrote the highest marker before ours, so the partition was only
+        # re-assigned to us (a rebalance of the group, e.g. a restarted member rejoining in steps), not owned
+        # by anyone else in between. Its attempts in flight are still queued or running here.
+        again = self._marked.get(partition) == store.fence.epoch
         marker["epoch"], marker["workflow_id"] = epoch, ""
         store.apply([(offset, marker)])
-        store.reset_heartbeats(now)
+        if not again:
+            store.reset_heartbeats(now)
         self._owned[partition] = _Owned(store, epoch)
+        if store.fence.epoch == epoch:
+            self._marked[partition] = epoch
+        else:  # our marker lost to a higher one written meanwhile: that owner's attempts are not ours
+            self._marked.pop(partition, None)
         metrics.restored_records.labels(str(partition)).inc(store.restored_records)
-        self._redispatch(store, tail)
+        self._redispatch(store, tail, in_flight=not again)
         self._flush_dead_letters()
         blocked = store.blocked()
         if blocked:  # new code may have been deployed: try each blocked workflow again
@@ -285,12 +298,17 @@ class Node:
         if self._consumer is not None:
             self._consumer.pause(TopicPartition(self.topics.commands, partition))
 
-    def _redispatch(self, store: PartitionStore, tail: list[dict]) -> None:
+    def _redispatch(self, store: PartitionStore, tail: list[dict], in_flight: bool = True) -> None:
         """Send again what a crash may have lost; every receiver deduplicates.
 
         Messages owed by events after the checkpoint may never have left, and any attempt in flight may
         have been running inside the previous owner (eager dispatch), so every unsettled attempt is
         dispatched again: activities are at-least-once, their results are recorded once.
+
+        Only once per real change of owner (``in_flight``): when this process is given back a partition
+        that nobody else owned since it did, its attempts are still queued or running, and sending them
+        again ran each one once more per assignment callback (a restarted node is assigned its partitions
+        more than once; issue 15). Then only attempts decided in the tail are sent.
         """
         by_wf: dict[str, list[dict]] = defaultdict(list)
         for e in tail:
@@ -302,7 +320,11 @@ class Node:
             histories[wid] = store.history(wid)
             messages.extend(messages_for_history(self.topics, wid, histories[wid], events))
         now = utcnow()
+        # Attempts decided after the checkpoint may never have been sent, even to the same owner.
+        fresh = {(e["workflow_id"], e["run_id"], e["activity_id"]) for e in tail if e["type"] in ("ActivityScheduled", "ActivityRetried")}
         for wid, run, activity_id, attempt in store.in_flight():
+            if not in_flight and (wid, run, activity_id) not in fresh:
+                continue
             history = histories.get(wid) or histories.setdefault(wid, store.history(wid))
             started = next((e for e in history if e["type"] == "WorkflowStarted" and e["run_id"] == run), None)
             scheduled = next((e for e in history if e["type"] == "ActivityScheduled" and e["activity_id"] == activity_id and e["run_id"] == run), None)

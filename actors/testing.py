@@ -212,7 +212,7 @@ class WorkflowEnvironment:
         for event in events:
             event["workflow_id"] = wid
             self._schedule_timers(wid, event)
-        for message in messages_for_history(self.topics, wid, inst.history, events):
+        for message in messages_for_history(self.topics, wid, inst.history, events, inst.closed_runs):
             self._route(message)
 
     def advance_to_next_timer(self) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from actors import Client
-from eventstore.topics import ensure_topics
+from eventstore.topics import Topics, ensure_topics
 from projections.migrate import connect, migrate
 from projections.projector import Projector
 from tests.apps import runtime_app as app
@@ -133,4 +133,50 @@ def test_a_broker_restart_mid_way_loses_and_doubles_nothing(cluster, kafka_serve
         h.signal("release")
     for i, h in enumerate(handles):
         assert h.result(timeout=float(os.environ.get("CRASH_WAIT", 90))) == f"slow hello b{i}|b{i}"
+    _assert_exactly_once(pg_url, client.namespace, handles)
+
+
+def _rebalance_nodes(kafka: str, namespace: str) -> None:
+    """Make the node group rebalance twice without moving a commands partition: a member that subscribes
+    only to another topic joins (eager protocol: every member gives up and is given back its partitions),
+    then leaves. This is what a restarted node meets when the group settles in steps."""
+    from kafka import KafkaConsumer
+
+    topics = Topics(namespace)
+    guest = KafkaConsumer(bootstrap_servers=kafka, group_id=topics.node_group, enable_auto_commit=False)
+    try:
+        guest.subscribe([topics.deadletter])
+        deadline = time.monotonic() + 30
+        while not guest.assignment() and time.monotonic() < deadline:
+            guest.poll(200)
+        assert guest.assignment(), "the guest member never joined the node group"
+        time.sleep(1.0)  # let the node finish taking its partitions back
+    finally:
+        guest.close(autocommit=False)
+
+
+def test_a_restarted_node_redispatches_each_attempt_in_flight_once(cluster):
+    """After a SIGKILL and restart, every attempt in flight at the kill runs again — once, not once per
+    assignment callback (issue 15, item 2: a restarted static member is assigned its partitions twice,
+    ~200 ms apart, and each assignment used to re-send every attempt in flight)."""
+    nodes, client, pg_url = cluster
+    nodes.start("n1")
+    count, seconds = 24, 4.0  # fewer than the node's 32 activity slots: every attempt runs at once
+    keys = [f"r{i}-{uuid.uuid4().hex[:4]}" for i in range(count)]
+    handles = [client.start(app.LongStep, key, seconds, id=f"redis-{key}") for key in keys]
+    marks = nodes.marks
+    _wait(lambda: all((marks / f"{k}.start").exists() for k in keys), 60, "every activity to start")
+    time.sleep(0.5)
+    in_flight = sum(not (marks / f"{k}.done").exists() for k in keys)
+    nodes.kill("n1")
+    nodes.start("n1")
+    _rebalance_nodes(nodes.kafka, nodes.namespace)  # two more assignments of the same partitions to n1
+    for key, h in zip(keys, handles, strict=True):
+        assert h.result(timeout=float(os.environ.get("CRASH_WAIT", 90))) == f"slept {key}"
+    runs = {k: len((marks / f"{k}.start").read_text().split()) for k in keys}
+    extra = sum(runs.values()) - count
+    print(f"\nredispatch after restart: {in_flight} attempts in flight at the kill, {extra} extra executions, "
+          f"runs per activity {sorted(Counter(runs.values()).items())}")  # fmt: skip
+    assert in_flight > 0, "the kill must catch attempts running"
+    assert extra <= in_flight, f"{extra} extra executions for {in_flight} attempts in flight: {runs}"
     _assert_exactly_once(pg_url, client.namespace, handles)

@@ -236,3 +236,36 @@ class LongStep(Workflow):
 
     async def execute(self, key: str, seconds: float) -> str:
         return await workflow.activity(marked_sleep, key, seconds)
+
+
+class SignalCounter(Workflow):
+    """Collects signals (and updates) and continues as new every ``per_run`` of them, carrying what it saw.
+
+    Commands that arrive while a run continues must reach the next run, in order: the result is every
+    value received, in the order it was sent.
+    """
+
+    name = "rt.SignalCounter"
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+
+    async def execute(self, total: int, per_run: int, seen: list[str]) -> list[str]:
+        await workflow.wait(lambda: len(self.received) >= per_run or len(seen) + len(self.received) >= total)
+        seen = seen + self.received
+        if len(seen) < total:
+            workflow.continue_as_new(total, per_run, seen)
+        return seen
+
+    @signal
+    def bump(self, value: str) -> None:
+        self.received.append(value)
+
+    @update
+    def note(self, value: str) -> int:
+        self.received.append(value)
+        return len(self.received)
+
+    @query
+    def run_count(self) -> int:
+        return len(self.received)
