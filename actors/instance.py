@@ -269,7 +269,8 @@ class WorkflowInstance:
                 return
             continued["status"] = _TERMINAL_STATUS["WorkflowContinued"]
             self.closed_runs[self.run_id or ""] = self.history
-            self._begin_run(continuation_start(self.workflow_id, self.history[0], continued, at), at, out)
+            start = continuation_start(self.workflow_id, self.history[0], continued, at)
+            self._begin_run(start, at, out, payloads.decode(start["input"]) or [])  # our own encoding
 
     def _cmd_StartWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
         """Start a run, or decide what a start of an id that has runs means (API.md §6).
@@ -611,6 +612,7 @@ def continuation_start(workflow_id: str, started: dict, continued: dict, at: dat
         "parent_id": started.get("parent_id"), "parent_run_id": started.get("parent_run_id"),
         "parent_ref": started.get("parent_ref"),
         "timeout_at": started.get("timeout_at"),  # the execution timeout spans the whole chain
+        "priority": started.get("priority"),  # as actors.dispatch's StartWorkflow for a continuation carries it
     }
 
 
