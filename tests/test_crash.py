@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -16,46 +15,30 @@ import pytest
 
 from actors import Client
 from eventstore.topics import Topics, ensure_topics
-from projections.migrate import connect, migrate
+from projections.migrate import migrate
 from projections.projector import Projector
 from tests.apps import runtime_app as app
+from tests.processes import Processes, assert_exactly_once, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-class _Nodes:
-    def __init__(self, kafka: str, namespace: str, data: Path, marks: Path) -> None:
-        self.kafka, self.namespace, self.data, self.marks = kafka, namespace, data, marks
-        self.procs: dict[str, subprocess.Popen] = {}
+class _Nodes(Processes):
+    """The node processes of one test (``tests.apps.node_runner``), started and killed by name."""
 
-    def start(self, name: str) -> subprocess.Popen:
-        env = {**os.environ, "METAMORPH_TEST_MARKS": str(self.marks), "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.apps.node_runner", "--kafka", self.kafka, "--namespace", self.namespace,
-             "--data-dir", str(self.data), "--name", name],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=open(self.data / f"{name}.log", "ab"), text=True,
-        )
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        assert line.startswith("READY"), f"node {name} did not start: {line!r}"
-        self.procs[name] = proc
-        return proc
+    def __init__(self, kafka: str, namespace: str, data: Path) -> None:
+        super().__init__(data / "logs", {"METAMORPH_TEST_MARKS": str(data / "marks")})
+        self.kafka, self.namespace, self.data, self.marks = kafka, namespace, data, data / "marks"
 
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(sig)
-        proc.wait(30)
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.kill(name, signal.SIGTERM)
+    def up(self, name: str) -> subprocess.Popen[str]:
+        return self.node(name, self.kafka, self.namespace, self.data)
 
 
 @pytest.fixture
 def cluster(kafka, namespace, pg_url, tmp_path):
     ensure_topics(kafka, namespace, partitions=4)
     migrate(pg_url, namespace)
-    nodes = _Nodes(kafka, namespace, tmp_path, tmp_path / "marks")
+    nodes = _Nodes(kafka, namespace, tmp_path)
     stop = threading.Event()
     projector = threading.Thread(target=Projector(kafka, pg_url, namespace).run, args=(stop,), daemon=True)
     projector.start()
@@ -67,65 +50,42 @@ def cluster(kafka, namespace, pg_url, tmp_path):
     projector.join(10)
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def _assert_exactly_once(pg_url: str, namespace: str, handles: list) -> None:
-    with connect(pg_url, namespace) as conn:
-        for h in handles:
-            rows = conn.execute(
-                "SELECT type, data FROM history WHERE workflow_id = %s ORDER BY seq", (h.id,)
-            ).fetchall()
-            completed = Counter(r[1].get("activity_id") for r in rows if r[0] == "ActivityCompleted")
-            assert completed and max(completed.values()) == 1, f"{h.id}: an activity result was recorded twice"
-            assert [r[0] for r in rows].count("WorkflowCompleted") == 1
-        dupes = conn.execute(
-            "SELECT workflow_id, run_id, seq, count(*) FROM history GROUP BY 1, 2, 3 HAVING count(*) > 1"
-        ).fetchall()
-        assert dupes == []
-
-
 def test_sigkill_mid_way_through_50_workflows_loses_nothing(cluster):
     nodes, client, pg_url = cluster
-    nodes.start("n1")
+    nodes.up("n1")
     handles = [client.start(app.Crashy, f"k{i}", id=f"crash-{i}-{uuid.uuid4().hex[:4]}") for i in range(50)]
-    _wait(lambda: sum(h.status() == "waiting" for h in handles) >= 20, 60, "workflows to reach their wait")
+    wait_until(lambda: sum(h.status() == "waiting" for h in handles) >= 20, 60, "workflows to reach their wait")
     for h in handles[:25]:  # half are released: they are in timers or activities when the node dies
         h.signal("release")
     time.sleep(0.6)
     nodes.kill("n1")  # SIGKILL: no goodbye, no flush beyond what was acknowledged
     for h in handles[25:]:  # signals sent while no node runs wait in Kafka
         h.signal("release")
-    nodes.start("n1")
+    nodes.up("n1")
     for i, h in enumerate(handles):
         assert h.result(timeout=float(os.environ.get("CRASH_WAIT", 90))) == f"slow hello k{i}|k{i}"
-    _assert_exactly_once(pg_url, client.namespace, handles)
+    assert_exactly_once(pg_url, client.namespace, [h.id for h in handles])
 
 
 def test_a_second_node_takes_over_when_the_first_stops(cluster):
     nodes, client, pg_url = cluster
-    nodes.start("a")
-    nodes.start("b")
+    nodes.up("a")
+    nodes.up("b")
     handles = [client.start(app.Crashy, f"t{i}", id=f"take-{i}-{uuid.uuid4().hex[:4]}") for i in range(20)]
-    _wait(lambda: all(h.status() == "waiting" for h in handles), 60, "workflows to wait")
+    wait_until(lambda: all(h.status() == "waiting" for h in handles), 60, "workflows to wait")
     nodes.kill("a", signal.SIGTERM)  # a graceful stop: a leaves the group and b takes its partitions
     for h in handles:
         h.signal("release")
     for i, h in enumerate(handles):
         assert h.result(timeout=float(os.environ.get("CRASH_WAIT", 90))) == f"slow hello t{i}|t{i}"
-    _assert_exactly_once(pg_url, client.namespace, handles)
+    assert_exactly_once(pg_url, client.namespace, [h.id for h in handles])
 
 
 def test_a_broker_restart_mid_way_loses_and_doubles_nothing(cluster, kafka_server):
     nodes, client, pg_url = cluster
-    nodes.start("n1")
+    nodes.up("n1")
     handles = [client.start(app.Crashy, f"b{i}", id=f"broker-{i}-{uuid.uuid4().hex[:4]}") for i in range(10)]
-    _wait(lambda: all(h.status() == "waiting" for h in handles), 60, "workflows to wait")
+    wait_until(lambda: all(h.status() == "waiting" for h in handles), 60, "workflows to wait")
     for h in handles[:5]:
         h.signal("release")
     kafka_server.restart()  # graceful: the broker saves, goes away, comes back on the same port
@@ -133,7 +93,7 @@ def test_a_broker_restart_mid_way_loses_and_doubles_nothing(cluster, kafka_serve
         h.signal("release")
     for i, h in enumerate(handles):
         assert h.result(timeout=float(os.environ.get("CRASH_WAIT", 90))) == f"slow hello b{i}|b{i}"
-    _assert_exactly_once(pg_url, client.namespace, handles)
+    assert_exactly_once(pg_url, client.namespace, [h.id for h in handles])
 
 
 def _rebalance_nodes(kafka: str, namespace: str) -> None:
@@ -160,16 +120,16 @@ def test_a_restarted_node_redispatches_each_attempt_in_flight_once(cluster):
     assignment callback (issue 15, item 2: a restarted static member is assigned its partitions twice,
     ~200 ms apart, and each assignment used to re-send every attempt in flight)."""
     nodes, client, pg_url = cluster
-    nodes.start("n1")
+    nodes.up("n1")
     count, seconds = 24, 4.0  # fewer than the node's 32 activity slots: every attempt runs at once
     keys = [f"r{i}-{uuid.uuid4().hex[:4]}" for i in range(count)]
     handles = [client.start(app.LongStep, key, seconds, id=f"redis-{key}") for key in keys]
     marks = nodes.marks
-    _wait(lambda: all((marks / f"{k}.start").exists() for k in keys), 60, "every activity to start")
+    wait_until(lambda: all((marks / f"{k}.start").exists() for k in keys), 60, "every activity to start")
     time.sleep(0.5)
     in_flight = sum(not (marks / f"{k}.done").exists() for k in keys)
     nodes.kill("n1")
-    nodes.start("n1")
+    nodes.up("n1")
     _rebalance_nodes(nodes.kafka, nodes.namespace)  # two more assignments of the same partitions to n1
     for key, h in zip(keys, handles, strict=True):
         assert h.result(timeout=float(os.environ.get("CRASH_WAIT", 90))) == f"slept {key}"
@@ -179,4 +139,4 @@ def test_a_restarted_node_redispatches_each_attempt_in_flight_once(cluster):
           f"runs per activity {sorted(Counter(runs.values()).items())}")  # fmt: skip
     assert in_flight > 0, "the kill must catch attempts running"
     assert extra <= in_flight, f"{extra} extra executions for {in_flight} attempts in flight: {runs}"
-    _assert_exactly_once(pg_url, client.namespace, handles)
+    assert_exactly_once(pg_url, client.namespace, [h.id for h in handles])
