@@ -129,6 +129,10 @@ class Projector:
         self.apply_migrations = apply_migrations
         self.consumer_options = dict(consumer_options or {})
         self._broker = groups.BrokerWatch("projector")
+        # The next offset to project per partition, as PostgreSQL has it: lag is measured against it, also while
+        # PostgreSQL is down (``_report_lag_from_log``), so ProjectorBehind/Stalled can fire during an outage.
+        self._projected: dict[int, int] = {}
+        self._lag_from_log_at = 0.0
         self.events_applied = 0
         self.batches = 0
         self.deadlettered = 0
@@ -310,6 +314,7 @@ class Projector:
                 consumer.pause(tp)
                 continue
             metrics.log_truncated.labels("projector", str(tp.partition)).set(0)
+            self._projected[tp.partition] = stored
             consumer.seek(tp, stored)
             consumer.resume(tp)  # in case an earlier, failed attempt paused it
 
@@ -326,6 +331,7 @@ class Projector:
         consumer = self._consumer
         if consumer is None:
             return
+        self._projected.update(ends)
         for p, end in ends.items():
             tp = TopicPartition(self.topic, p)
             try:
@@ -574,8 +580,24 @@ class Projector:
                 self._sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 
+    def _report_lag_from_log(self) -> None:
+        """While PostgreSQL is down nothing is projected, yet events keep arriving: set the lag from the log's
+        end offsets (a separate, short-lived consumer; at most every 2 s) so the gauge keeps growing."""
+        now = time.monotonic()
+        if not self._projected or now - self._lag_from_log_at < 2.0:
+            return
+        self._lag_from_log_at = now
+        try:
+            ends = end_offsets(self.kafka, self.topic, sorted(self._projected))
+        except Exception as exc:  # Kafka down as well: BrokerWatch reports that
+            log.debug("projector %s: no end offsets for the lag (%s)", self.namespace, exc)
+            return
+        for p, projected in self._projected.items():
+            metrics.projector_lag.labels(str(p)).set(max(0, ends.get(p, projected) - projected))
+
     def _pg_failed(self, exc: Exception, delay: float) -> None:
         self.pg_errors += 1
+        self._report_lag_from_log()
         metrics.dependency_up.labels("projector", "postgres").set(0)
         metrics.dependency_errors.labels("projector", "postgres").inc()
         log.warning("projector %s: PostgreSQL unavailable (%s); retrying in %.1fs",

@@ -728,3 +728,42 @@ def test_dead_letters_are_acknowledged_outside_any_transaction(
     with connect(pg_url, namespace) as conn:
         assert read.get_workflow(conn, "bad") is None
         assert read.get_workflow(conn, "fine")["status"] == "running"  # type: ignore[index]
+
+
+def _projector_lag() -> float:
+    """Sum of ``metamorph_projector_lag_records`` over every partition, as a scrape would read it."""
+    from prometheus_client import REGISTRY
+
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "metamorph_projector_lag_records"
+        for sample in family.samples
+    )
+
+
+def test_projector_lag_keeps_growing_while_postgres_is_down(writer: Writer, kafka: str, pg_url: str, pg_server: Any, namespace: str) -> None:
+    """Monitoring must tell the truth during an outage: the lag is measured against the log's end, not only
+    after a batch was written (which never happens while PostgreSQL is down)."""
+    proj = Projector(kafka, pg_url, namespace, batch_size=20, poll_timeout_ms=100, max_backoff=0.5)
+    stop = threading.Event()
+    thread = threading.Thread(target=proj.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        _bulk(writer, 10, "before")
+        wait_until(lambda: caught_up(kafka, pg_url, namespace), 20, "the first events to be projected")
+        wait_until(lambda: _projector_lag() == 0, 10, "the lag to be 0 once caught up")
+        pg_server.stop()
+        try:
+            _bulk(writer, 10, "during1")
+            wait_until(lambda: _projector_lag() >= 60, 20, "the lag to show the 60 events written meanwhile")
+            first = _projector_lag()
+            _bulk(writer, 10, "during2")
+            wait_until(lambda: _projector_lag() >= first + 60, 20, "the lag to keep growing")
+        finally:
+            pg_server.start()
+        wait_until(lambda: caught_up(kafka, pg_url, namespace), 30, "the projector to catch up after the restart")
+        wait_until(lambda: _projector_lag() == 0, 20, "the lag to drop back to 0")
+    finally:
+        stop.set()
+        thread.join(15)
