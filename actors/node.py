@@ -356,6 +356,7 @@ class Node:
         started = time.perf_counter()
         groups: dict[int, OrderedDict[str, list[dict]]] = {}
         commits: dict[TopicPartition, OffsetAndMetadata] = {}
+        rerouted: list[Any] = []
         for tp, records in batch.items():
             if tp.partition not in self._owned:
                 continue  # revoked during this poll; the new owner re-reads these
@@ -366,17 +367,37 @@ class Node:
                 except codec.DecodeError as exc:
                     self._deadletter(tp.topic, tp.partition, rec.offset, f"undecodable command: {exc}", rec.key, rec.value, "undecodable")
                     continue
+                home = partition_for(command["workflow_id"], self.partitions)
+                if home != tp.partition:
+                    rerouted.append(self._reroute(tp, rec, home))
+                    continue
                 per_wf.setdefault(command["workflow_id"], []).append(command)
             groups[tp.partition] = per_wf
             commits[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
             metrics.commands_consumed.labels(str(tp.partition)).inc(len(records))
         self._process(groups)
         self._flush_dead_letters()  # acknowledged before the offsets move past the records they replace
+        for future in rerouted:
+            future.get(timeout=30)  # likewise: a re-routed command is durable in its partition before we commit
         try:
             consumer.commit(commits)
         except CommitFailedError:
             log.warning("offset commit refused (partitions moved); the new owner will re-read and deduplicate")
         metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _reroute(self, tp: TopicPartition, rec: Any, home: int) -> Any:
+        """Send a command that arrived on the wrong partition to the one its workflow id maps to.
+
+        Every partitioning decision rests on ``partition_for`` (murmur2, Kafka's Java default). A producer with
+        another partitioner (librdkafka's default is CRC32-based) puts commands where no history of their
+        workflow is: deciding them here would split one workflow across two partitions. The record goes, byte
+        for byte, to its home partition, where the owner handles it like any other (and deduplicates it).
+        """
+        assert self._log is not None
+        log.warning("command for %r arrived on %s[%d] but belongs to partition %d: re-routed",
+                    rec.key.decode(errors="replace") if rec.key else None, tp.topic, tp.partition, home)
+        metrics.rerouted_commands.inc()
+        return self._log.kafka_producer.send(tp.topic, key=rec.key, value=rec.value, partition=home)
 
     def _process(
         self,

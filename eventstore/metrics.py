@@ -77,6 +77,9 @@ consumer_lag = Gauge("metamorph_consumer_lag_records", "Records behind the end o
 # -- bad input and dependencies ---------------------------------------------------------------------------
 deadlettered = Counter("metamorph_deadlettered_records_total", "Records sent to the dead-letter topic", ["component", "reason"])
 dependency_up = Gauge("metamorph_dependency_up", "1 if the dependency answered last time", ["component", "dependency"])
+rerouted_commands = Counter(
+    "metamorph_rerouted_commands_total", "Commands that arrived on another partition than their workflow id's, re-routed"
+)
 log_truncated = Gauge(
     "metamorph_log_truncated",
     "1 while a partition is stopped because the log ends before the position saved for it (truncated or reset)",
