@@ -47,6 +47,13 @@ class UnknownSchemaError(DecodeError):
         self.fingerprint = fingerprint_hex
 
 
+def _record(schema: object) -> dict:
+    """A parsed top-level schema, which is always a record here (fastavro types it as any schema)."""
+    if not isinstance(schema, dict):
+        raise TypeError(f"a top-level Metamorph schema must be an Avro record, not {type(schema).__name__}")
+    return schema
+
+
 def _fingerprint(schema: dict) -> bytes:
     return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
 
@@ -58,12 +65,12 @@ class SchemaRegistry:
         self._current: dict[str, tuple[dict, bytes]] = {}
         self._by_fingerprint: dict[bytes, tuple[str, dict]] = {}
         for name in TOP_LEVEL:
-            schema = load_schema(str(directory / f"{name}.avsc"))
+            schema = _record(load_schema(str(directory / f"{name}.avsc")))
             fp = _fingerprint(schema)
             self._current[name] = (schema, fp)
             self._by_fingerprint[fp] = (name, schema)
         for path in sorted((directory / "history").glob("*.avsc")):
-            schema = parse_schema(json.loads(path.read_text()))
+            schema = _record(parse_schema(json.loads(path.read_text())))
             self._by_fingerprint.setdefault(_fingerprint(schema), (schema["name"], schema))
 
     def schema(self, name: str) -> dict:
@@ -81,7 +88,7 @@ class SchemaRegistry:
         if schema is None:
             schema, fp = self._current[name]
         else:
-            schema = parse_schema(schema)
+            schema = _record(parse_schema(schema))
             fp = _fingerprint(schema)
         buf = io.BytesIO()
         buf.write(MARKER)
@@ -109,6 +116,8 @@ class SchemaRegistry:
             )
         except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError... on corrupt bodies
             raise DecodeError(f"corrupt {name} body: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(record, dict):
+            raise DecodeError(f"{name} body is not a record")
         return name, record
 
 

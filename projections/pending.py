@@ -25,7 +25,7 @@ def record_pending(conn: psycopg.Connection, workflow_id: str, type: str, input_
     must point at the namespace's schema (``projections.connect``); the insert commits on its own unless
     the caller is already inside a transaction.
     """
-    value = payload(input_json) if isinstance(input_json, bytes | bytearray) else clean(input_json)
+    value = payload(bytes(input_json)) if isinstance(input_json, bytes | bytearray) else clean(input_json)
     with conn.transaction():
         cur = conn.execute(
             "INSERT INTO workflows (id, type, status, input, created_at, updated_at)"

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -372,7 +373,7 @@ class Projector:
         while True:
             todo = [item for item in items if (item[0], item[1]) not in refused] if refused else items
             try:
-                applied = self._retry_pg(lambda conn, todo=todo: self._apply_batch(conn, todo, ends))
+                applied: int = self._retry_pg(partial(self._apply_batch, items=todo, ends=ends))
                 break
             except _Unprojectable as exc:  # the transaction rolled back: dead-letter, then apply the rest
                 self._deadletter_events(exc.bad)
@@ -393,7 +394,7 @@ class Projector:
                 " ON CONFLICT (topic, partition) DO NOTHING",
                 [(self.topic, p) for p in partitions],
             )
-            stored = dict(cur.execute(
+            stored: dict[int, int] = dict(cur.execute(
                 "SELECT partition, next_offset FROM projector_offsets WHERE topic = %s AND partition = ANY(%s)"
                 " ORDER BY partition FOR UPDATE",
                 (self.topic, partitions),

@@ -88,7 +88,8 @@ def count_workflows(
 ) -> int:
     """How many workflows ``list_workflows`` would return with the same filters (all pages)."""
     clause, params = _where(status, type, parent_id, search, started_after, started_before, None)
-    return conn.execute(f"SELECT count(*) FROM workflows {clause}", params).fetchone()[0]
+    row = conn.execute(f"SELECT count(*) FROM workflows {clause}", params).fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def _where(
