@@ -104,3 +104,20 @@ def test_reset_to_a_seq_the_run_does_not_have_changes_nothing():
         env.reset("r3", bogus)
         assert env.instances["r3"].run_id == run and env.history("r3") == before
     assert env.status("r3") == "waiting"
+
+
+def test_an_activity_running_at_the_pause_finishes_and_its_result_waits_for_the_resume():
+    """No new activity task is sent while paused; the running one's result is kept, not lost."""
+    env = WorkflowEnvironment(activity_durations={"pz.step": 10})
+    env.start(Steps, id="a")
+    assert env.status("a") == "running"
+    env.pause("a")
+    env.sleep(60)
+    assert [c[2] for c in env.activity_calls] == [["one"]]
+    kinds = [e["type"] for e in env.history("a")]
+    assert kinds.count("ActivityScheduled") == 1 and "ActivityCompleted" not in kinds
+    assert kinds[-1] == "CommandDeferred" and env.status("a") == "paused"
+    env.resume("a")
+    assert env.result("a") == ["did one", "did two", "did three"]
+    assert [c[2] for c in env.activity_calls] == [["one"], ["two"], ["three"]]
+    _replays_cleanly(env, "a")
