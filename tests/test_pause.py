@@ -121,3 +121,15 @@ def test_an_activity_running_at_the_pause_finishes_and_its_result_waits_for_the_
     assert env.result("a") == ["did one", "did two", "did three"]
     assert [c[2] for c in env.activity_calls] == [["one"], ["two"], ["three"]]
     _replays_cleanly(env, "a")
+
+
+def test_reset_to_a_timer_still_open_at_the_cut_waits_for_it_in_the_new_run():
+    env = WorkflowEnvironment()
+    env.start(Napper, 60, 1, id="t")
+    started = next(e["seq"] for e in env.history("t") if e["type"] == "TimerStarted")
+    env.reset("t", started)
+    assert env.status("t") == "waiting" and env.query("t", "state")["woke"] is False
+    env.sleep(61)
+    assert env.query("t", "state")["woke"] is True
+    env.signal("t", "add", "w")
+    assert env.result("t")["items"] == ["w"]
