@@ -2,7 +2,7 @@
 
 Process commands: ``init``, ``node``, ``worker``, ``projector``, ``serve``, ``dev``, ``demo``.
 Client commands: ``start``, ``signal``, ``query``, ``update``, ``status``, ``result``, ``list``, ``count``,
-``batch``, ``history``, ``exceptions``, ``cancel``, ``terminate``, ``retry`` (human output; ``--json`` for scripts).
+``batch``, ``history``, ``exceptions``, ``cancel``, ``terminate``, ``retry``, ``pause``, ``resume``, ``reset`` (human output; ``--json`` for scripts).
 Checks and interop: ``replay`` (recorded histories against new code), ``schemas`` (export the Avro schemas).
 
 Connection options on every command: ``--kafka`` (``METAMORPH_KAFKA``, default ``127.0.0.1:9092``),
@@ -607,6 +607,35 @@ def _cmd_terminate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_pause(args: argparse.Namespace) -> int:
+    with _client(args, kafka=True) as client:
+        client.get(args.id).pause(args.reason)
+    _emit(args, {"id": args.id, "requested": "pause"}, f"pause of {args.id} requested")
+    return EXIT_OK
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    with _client(args, kafka=True) as client:
+        client.get(args.id).resume()
+    _emit(args, {"id": args.id, "requested": "resume"}, f"resume of {args.id} requested")
+    return EXIT_OK
+
+
+def _cmd_reset(args: argparse.Namespace) -> int:
+    """A seq the run does not have is a usage error: nothing was sent."""
+    from eventstore.log import PayloadTooLargeError
+
+    with _client(args, kafka=True) as client:
+        try:
+            client.get(args.id).reset(args.seq)
+        except ValueError as exc:
+            if isinstance(exc, PayloadTooLargeError):
+                raise
+            raise CliError(EXIT_USAGE, str(exc)) from None
+    _emit(args, {"id": args.id, "requested": "reset", "seq": args.seq}, f"reset of {args.id} to seq {args.seq} requested")
+    return EXIT_OK
+
+
 def _cmd_retry(args: argparse.Namespace) -> int:
     from eventstore.log import PayloadTooLargeError
 
@@ -984,10 +1013,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cursor", metavar="C", help="the next_cursor printed by the previous page of the same query")
     p = command("count", _cmd_count, "count the workflows matching the list filters", out)
     filters(p)
-    p = command("batch", _cmd_batch, "cancel, terminate or signal every open workflow matching the filters", out)
-    p.add_argument("action", metavar="ACTION", help="cancel | terminate | signal")
+    p = command("batch", _cmd_batch, "cancel, terminate, signal, pause or resume every open workflow matching the filters", out)
+    p.add_argument("action", metavar="ACTION", help="cancel | terminate | signal | pause | resume")
     filters(p, times=False)
-    p.add_argument("--reason", help="terminate: the reason recorded")
+    p.add_argument("--reason", help="terminate, pause: the reason recorded")
     p.add_argument("--signal", metavar="NAME", help="signal: the signal name")
     p.add_argument("--arg", action="append", metavar="JSON", help="signal: an argument (repeat)")
     command("history", _cmd_history, "the current run's events (--json: the replayable history `replay` reads)", out).add_argument("id", metavar="ID")
@@ -999,6 +1028,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     p.add_argument("--reason")
     command("retry", _cmd_retry, "reset a failed workflow", out).add_argument("id", metavar="ID")
+    p = command("pause", _cmd_pause, "take no step until resumed (signals, timers, results wait)", out)
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--reason")
+    command("resume", _cmd_resume, "end a pause: what waited is applied in order", out).add_argument("id", metavar="ID")
+    p = command("reset", _cmd_reset, "a new run replaying history up to and including SEQ", out)
+    p.add_argument("id", metavar="ID")
+    p.add_argument("seq", metavar="SEQ", type=int)
 
     p = command("schedule", _cmd_schedule, "create, describe, list, pause, resume, trigger or delete schedules")
     actions = p.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)

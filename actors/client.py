@@ -83,9 +83,8 @@ class WorkflowPage(list):  # noqa: FURB189 - a list that also carries the cursor
         super().__init__(items)
         self.next_cursor = next_cursor
 
-#: Batch actions (API.md §7) this version can carry out; pause/resume need handle.pause, not here yet.
-BATCH_ACTIONS = ("cancel", "terminate", "signal")
-_BATCH_LATER = ("pause", "resume")
+#: Batch actions (API.md §7).
+BATCH_ACTIONS = ("cancel", "terminate", "signal", "pause", "resume")
 
 
 class Client:
@@ -464,12 +463,11 @@ class Client:
         signal: str | None = None,
         args: Any = (),
     ) -> int:
-        """Cancel, terminate or signal every open workflow matching the filters; returns how many were sent
-        the command. Workflows that have already ended are skipped (not counted): acting on them would do
-        nothing. ``signal`` names the signal of the ``"signal"`` action and ``args`` its arguments.
+        """Cancel, terminate, signal, pause or resume every open workflow matching the filters; returns how
+        many were sent the command. Workflows that have already ended are skipped (not counted): acting on
+        them would do nothing; so are, for the same reason, paused ones for ``"pause"`` and all but paused
+        ones for ``"resume"``. ``signal`` names the signal of the ``"signal"`` action and ``args`` its arguments.
         """
-        if action in _BATCH_LATER:
-            raise ValueError(f"batch action {action!r} is not available: this version has no pause/resume")
         if action not in BATCH_ACTIONS:
             raise ValueError(f"unknown batch action {action!r}; expected one of: {', '.join(BATCH_ACTIONS)}")
         if action == "signal":
@@ -481,12 +479,20 @@ class Client:
             kind = "SignalWorkflow"
         elif signal is not None or args:
             raise ValueError(f"signal and args are only for the 'signal' action, not {action!r}")
+        elif action == "resume":
+            if reason is not None:
+                raise ValueError("reason is not for the 'resume' action")
+            kind, body = "ResumeWorkflow", {}
         else:
-            kind = "CancelWorkflow" if action == "cancel" else "TerminateWorkflow"
+            kind = {"cancel": "CancelWorkflow", "terminate": "TerminateWorkflow", "pause": "PauseWorkflow"}[action]
             body = {"reason": reason}
         if reason is not None and not isinstance(reason, str):
             raise ValueError("reason must be a string")
         open_statuses = [str(s) for s in statuses.ALL if s not in statuses.FINAL]
+        if action == "resume":
+            open_statuses = [str(statuses.Status.PAUSED)]
+        elif action == "pause":
+            open_statuses.remove(str(statuses.Status.PAUSED))
         wanted = [s for s in (statuses.parse_many(status) if status is not None else open_statuses) if str(s) in open_statuses]
         if not wanted:
             return 0
@@ -632,6 +638,34 @@ class WorkflowHandle:
         if row["status"] != "failed":
             raise ValueError(f"only a failed workflow can be retried; {self.id} is {row['status']}")
         self._client._send("RetryWorkflow", self.id)
+
+    def pause(self, reason: str | None = None) -> None:
+        """Stop the workflow taking steps until ``resume()``: signals, timers and activity results wait (kept
+        in order), no new activity task is sent. WorkflowNotRunning if it has ended; pausing a paused
+        workflow changes nothing."""
+        if reason is not None and not isinstance(reason, str):
+            raise ValueError("reason must be a string")
+        self._client._check_running(self.id, "pause")
+        self._client._send("PauseWorkflow", self.id, reason=reason)
+
+    def resume(self) -> None:
+        """End a pause: what waited is applied in arrival order, then the workflow carries on."""
+        self._client._check_running(self.id, "resume")
+        self._client._send("ResumeWorkflow", self.id)
+
+    def reset(self, seq: int) -> None:
+        """Start a new run that replays the current run's history up to and including event ``seq`` with
+        today's code, then goes on live; the old run ends ``terminated`` with reason "reset".
+
+        ValueError, and nothing is sent, for a seq the current run's history does not have.
+        """
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise ValueError(f"seq must be a positive integer (an event of the run's history), not {seq!r}")
+        events = self.history()
+        if not any(e["seq"] == seq for e in events):
+            last = max((e["seq"] for e in events), default=0)
+            raise ValueError(f"workflow {self.id} has no event {seq} to reset to (its history has seq 1..{last})")
+        self._client._send("ResetWorkflow", self.id, seq=seq)
 
     def history(self) -> list[dict]:
         self._client._require(self.id)

@@ -353,7 +353,7 @@ class _Api:
         body = await _body(request)
         action = body.get("action")
         if not isinstance(action, str) or not action:
-            raise BadRequest('"action" is required: cancel, terminate or signal')
+            raise BadRequest('"action" is required: cancel, terminate, signal, pause or resume')
         for name in ("status", "type", "reason", "signal"):
             if body.get(name) is not None and not isinstance(body[name], str):
                 raise BadRequest(f'"{name}" must be a string')
@@ -424,6 +424,29 @@ class _Api:
         handle = self.client.get(request.path_params["id"])
         await self._call(handle.terminate, reason)
         return JSON({"id": handle.id, "requested": "terminate"}, status_code=202)
+
+    async def pause(self, request: Request) -> Response:
+        body = await _body(request)
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise BadRequest('"reason" must be a string')
+        handle = self.client.get(request.path_params["id"])
+        await self._call(handle.pause, reason)
+        return JSON({"id": handle.id, "requested": "pause"}, status_code=202)
+
+    async def resume(self, request: Request) -> Response:
+        handle = self.client.get(request.path_params["id"])
+        await self._call(handle.resume)
+        return JSON({"id": handle.id, "requested": "resume"}, status_code=202)
+
+    async def reset(self, request: Request) -> Response:
+        body = await _body(request)
+        seq = body.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise BadRequest('"seq" (an integer: the last event the new run keeps) is required')
+        handle = self.client.get(request.path_params["id"])
+        await self._call(handle.reset, seq)
+        return JSON({"id": handle.id, "requested": "reset", "seq": seq}, status_code=202)
 
     async def retry(self, request: Request) -> Response:
         handle = self.client.get(request.path_params["id"])
@@ -570,6 +593,9 @@ def create_app(
         IdRoute(wid + "/cancel", api.cancel, methods=["POST"]),
         IdRoute(wid + "/terminate", api.terminate, methods=["POST"]),
         IdRoute(wid + "/retry", api.retry, methods=["POST"]),
+        IdRoute(wid + "/pause", api.pause, methods=["POST"]),
+        IdRoute(wid + "/resume", api.resume, methods=["POST"]),
+        IdRoute(wid + "/reset", api.reset, methods=["POST"]),
         IdRoute(wid, api.get_workflow, methods=["GET"]),
         *schedules_http.routes(client, _body, JSON),
         *webhooks.routes(client, webhooks.WebhookAuth.configure(webhook_auth, webhook_token, webhook_secret)),
@@ -833,6 +859,22 @@ def openapi_document() -> dict:
                 "retryWorkflow", "Reset a failed workflow", {"202": accepted, **_errors(404, 409, 503)}, [wid]
             )
         },
+        "/workflows/{id}/pause": {
+            "post": _op(
+                "pauseWorkflow", "Take no step until resumed", {"202": accepted, **_errors(400, 404, 409, 503)}, [wid],
+                _body_schema({"type": "object", "properties": {"reason": {"type": "string"}}}),
+            )
+        },
+        "/workflows/{id}/resume": {
+            "post": _op("resumeWorkflow", "End a pause", {"202": accepted, **_errors(404, 409, 503)}, [wid])
+        },
+        "/workflows/{id}/reset": {
+            "post": _op(
+                "resetWorkflow", "A new run replaying history up to and including seq",
+                {"202": accepted, **_errors(400, 404, 503)}, [wid],
+                _body_schema({"type": "object", "required": ["seq"], "properties": {"seq": {"type": "integer"}}}),
+            )
+        },
         "/webhooks/start/{workflow_type}": {
             "post": _op(
                 "webhookStart",
@@ -952,6 +994,7 @@ def _schemas() -> dict:
                 "running",
                 "waiting",
                 "blocked",
+                "paused",
                 "completed",
                 "failed",
                 "continued",
@@ -985,7 +1028,7 @@ def _schemas() -> dict:
             "type": "object",
             "required": ["action"],
             "properties": {
-                "action": {"type": "string", "enum": ["cancel", "terminate", "signal"]},
+                "action": {"type": "string", "enum": ["cancel", "terminate", "signal", "pause", "resume"]},
                 "status": {"type": "string"},
                 "type": {"type": "string"},
                 "search": {"type": "object", "description": 'Attribute filters: {"k": v} or {"k": [op, v]}'},

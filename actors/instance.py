@@ -9,6 +9,8 @@ crash of any process.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +32,16 @@ IF_CLOSED = ("use_existing", "fail", "allow", "allow_failed")
 #: without waiting for anything); the rest of such a chain goes through ``<ns>.commands``, one step per
 #: command, so one batch cannot spin for ever.
 MAX_INLINE_CONTINUATIONS = 20
+#: Commands a paused run keeps for its resume (API.md §7): each would make the code take a step. Queries,
+#: heartbeats, terminate, the execution deadline and starts are not steps and are handled as ever.
+DEFERRED_WHILE_PAUSED = frozenset(
+    {"SignalWorkflow", "UpdateWorkflow", "CancelWorkflow", "CompleteActivity", "FailActivity", "ResolveChild", "FireTimer"}
+)
+#: Events of the owner's, not of the code's, that a reset or retry does not carry into the new run: the new
+#: run is not blocked, not paused, and commands deferred but never applied before the cut are not part of it.
+_NOT_CARRIED = frozenset(
+    {"WorkflowBlocked", "WorkflowUnblocked", "CommandRejected", "WorkflowPaused", "WorkflowResumed", "CommandDeferred"}
+)
 
 
 def utcnow() -> datetime:
@@ -79,6 +91,8 @@ class WorkflowInstance:
         self._scheduled: dict[int, dict] = {}  # activity_id -> ActivityScheduled event
         self._open_timers: dict[int, None] = {}
         self._blocked_recorded = False
+        self._paused = False
+        self._deferred: list[dict] = []  # CommandDeferred events of the current pause, in arrival order
         #: Histories of the runs that continued as new during the last ``load``/``handle``, by run id: the
         #: messages their events oblige (cancels of their open activities) are derived from them.
         self.closed_runs: dict[str, list[dict]] = {}
@@ -139,6 +153,8 @@ class WorkflowInstance:
         self._scheduled.clear()
         self._open_timers.clear()
         self._blocked_recorded = False
+        self._paused = False
+        self._deferred = []
 
     def _track(self, event: dict) -> None:
         """Keep the owner's view of attempts and timers in step with history (live and on replay)."""
@@ -168,6 +184,14 @@ class WorkflowInstance:
             self._blocked_recorded = True
         elif kind == "WorkflowUnblocked":
             self._blocked_recorded = False
+        elif kind == "WorkflowPaused":
+            self._paused = True
+        elif kind == "CommandDeferred":
+            self._deferred.append(event)
+        elif kind == "WorkflowResumed":
+            # The deferred commands are applied in the same append as this event, so they are settled.
+            self._paused = False
+            self._deferred = []
         if kind in TERMINAL:
             self.terminal = kind
 
@@ -182,7 +206,7 @@ class WorkflowInstance:
             unknown = self.run_id is None
             try:
                 self._follow_continuation(at, out)  # a chain cut short by MAX_INLINE_CONTINUATIONS
-                getattr(self, f"_cmd_{command['type']}")(command, at, out)
+                self._dispatch(command, at, out)
                 self._follow_continuation(at, out)
             except Exception as exc:  # a bug or bad input in one command must not lose the batch
                 log.exception("command %s for %s failed", command["type"], self.workflow_id)
@@ -205,6 +229,8 @@ class WorkflowInstance:
     def status(self) -> str:
         if self.terminal:
             return _TERMINAL_STATUS[self.terminal]
+        if self._paused:
+            return "paused"
         if self.run is None:
             return "blocked" if self._blocked_recorded else "pending"
         return self.run.status
@@ -213,6 +239,51 @@ class WorkflowInstance:
         if events:
             events[-1]["status"] = self.status
         return events
+
+    def _dispatch(self, command: dict, at: datetime, out: Outcome) -> None:
+        """Apply one command, or keep it for the resume when the run is paused.
+
+        Why recorded (CommandDeferred) and not held in memory: the command's offset is committed once this
+        batch is appended, so a crash or failover during the pause must find it in history; replay never
+        sees these events (the code only ever sees the inputs applied on resume, as ordinary inputs).
+        """
+        deadline = command["type"] == "FireTimer" and command.get("kind") == "deadline"
+        if self._paused and self.terminal is None and command["type"] in DEFERRED_WHILE_PAUSED and not deadline:
+            out.events.append(self._system("CommandDeferred", {"command": _freeze(command)}, at))
+            return
+        getattr(self, f"_cmd_{command['type']}")(command, at, out)
+
+    def _cmd_PauseWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        if self.run_id is None or self.terminal is not None:
+            out.rejected.append((cmd, self._not_running()))
+            return
+        if self._paused:
+            return  # pausing a paused workflow changes nothing
+        event = self._system("WorkflowPaused", {"reason": cmd.get("reason")}, at)
+        event["status"] = self.status
+        out.events.append(event)
+
+    def _cmd_ResumeWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        """End the pause and apply what it deferred, in arrival order, as if it had arrived now."""
+        if not self._paused or self.terminal is not None:
+            return
+        deferred = [_thaw(e["command"]) for e in self._deferred]
+        resumed = self._system("WorkflowResumed", {}, at)
+        resumed["status"] = self.status
+        out.events.append(resumed)
+        for command in deferred:
+            before = len(out.events)
+            try:
+                self._follow_continuation(at, out)
+                getattr(self, f"_cmd_{command['type']}")(command, at, out)
+            except Exception as exc:  # one bad deferred command must not lose the others
+                log.exception("deferred command %s for %s failed", command["type"], self.workflow_id)
+                if self._live():
+                    out.events.append(self._system("CommandRejected", _rejection(command, exc)))
+                else:
+                    out.rejected.append((command, f"{type(exc).__name__}: {exc}"))
+            if len(out.events) > before:
+                out.events[-1]["status"] = self.status
 
     def _input(self, kind: str, body: dict, at: datetime, out: Outcome) -> None:
         """Record an input event and let the code run; collects the decisions it makes."""
@@ -582,7 +653,38 @@ class WorkflowInstance:
         except LookupError as exc:
             out.rejected.append((cmd, str(exc)))
             return
-        keep = _good_prefix(self.history)
+        self._restart(_good_prefix(self.history), cmd, at, out)
+
+    def _cmd_ResetWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        """A new run replays the current run's history up to and including ``seq``, then goes on live.
+
+        The generalisation of retry: any event of the run may be the cut. A run still open ends
+        ``terminated`` with reason "reset" first, so exactly one run of the id is open. A seq the run does
+        not have changes nothing (the command is dead-lettered with the reason; clients check first).
+        """
+        if self.run_id is None:
+            out.rejected.append((cmd, self._not_running()))
+            return
+        seq = cmd.get("seq")
+        last = self.history[-1]["seq"] if self.history else 0
+        if not isinstance(seq, int) or seq < 1 or not any(e["seq"] == seq for e in self.history):
+            out.rejected.append((cmd, f"workflow {self.workflow_id} has no event {seq!r} to reset to (1..{last})"))
+            return
+        try:
+            workflow_class(self.workflow_type or "")
+        except LookupError as exc:
+            out.rejected.append((cmd, str(exc)))
+            return
+        keep = _prefix_to(self.history, seq)
+        if self.terminal is None:
+            ended = self._system("WorkflowTerminated", {"reason": "reset"}, at)
+            ended["status"] = _TERMINAL_STATUS["WorkflowTerminated"]
+            out.events.append(ended)
+            self.run = None
+        self._restart(keep, cmd, at, out)
+
+    def _restart(self, keep: list[dict], cmd: dict, at: datetime, out: Outcome) -> None:
+        """Begin a new run of this id from ``keep`` (a prefix of the current run's history)."""
         old_run = self.run_id
         self.run_id = str(uuid.uuid4())
         copied = []
@@ -596,9 +698,11 @@ class WorkflowInstance:
         self.history = self.run.history if self.run is not None else copied
         out.events.extend(copied)
         out.events.extend(new)
+        carried = {e["seq"] for e in copied if e["type"] == "ActivityScheduled"}
         for aid in self._attempts:
-            if aid not in self._awaiting_retry:
-                # Attempts in flight at the cut are dispatched again under the new run.
+            if aid in carried and aid not in self._awaiting_retry:
+                # Attempts in flight at the cut are dispatched again under the new run (those the code
+                # decided just now, beyond the cut, are dispatched as new).
                 out.events.append(self._system("ActivityRetried", {"activity_id": aid, "attempt": self._attempts[aid]}, at))
 
 
@@ -622,12 +726,44 @@ def _good_prefix(history: list[dict]) -> list[dict]:
     failures = [i for i, e in enumerate(events) if e["type"] in ("ActivityFailed", "ChildFailed")]
     if failures:
         events = events[: failures[-1]]
+    return _carried(events)
+
+
+def _prefix_to(history: list[dict], seq: int) -> list[dict]:
+    """History up to and including ``seq``, without the run's end: the new run's code decides its own."""
+    return _carried([e for e in history if e["seq"] <= seq and e["type"] not in TERMINAL])
+
+
+def _carried(events: list[dict]) -> list[dict]:
+    """What a new run keeps of ``events``: the code's inputs and decisions, unfinished activities back at
+    their first attempt (they are dispatched again under the new run)."""
     completed = {e["activity_id"] for e in events if e["type"] == "ActivityCompleted"}
     return [
         e for e in events
-        if e["type"] not in ("WorkflowBlocked", "WorkflowUnblocked", "CommandRejected")
+        if e["type"] not in _NOT_CARRIED
         and not (e["type"] in ("ActivityAttemptFailed", "ActivityRetried") and e["activity_id"] not in completed)
     ]
+
+
+def _freeze(command: dict) -> bytes:
+    """A flat command as JSON bytes (bytes as base64, times as epoch ms), to be kept in CommandDeferred."""
+    def default(value: Any) -> Any:
+        if isinstance(value, bytes | bytearray):
+            return {"$bytes": base64.b64encode(bytes(value)).decode()}
+        if isinstance(value, datetime):
+            return {"$ms": ms(value)}
+        raise TypeError(f"cannot keep {type(value).__name__} in a deferred command")
+    return json.dumps(command, default=default, separators=(",", ":")).encode()
+
+
+def _thaw(data: bytes) -> dict:
+    def hook(obj: dict) -> Any:
+        if obj.keys() == {"$bytes"}:
+            return base64.b64decode(obj["$bytes"])
+        if obj.keys() == {"$ms"}:
+            return datetime.fromtimestamp(obj["$ms"] / 1000, UTC)
+        return obj
+    return json.loads(data, object_hook=hook)
 
 
 def _update_reply(done: dict) -> Reply:

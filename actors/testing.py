@@ -122,6 +122,19 @@ class WorkflowEnvironment:
         self._command("RetryWorkflow", workflow_id)
         self.run_until_idle()
 
+    def pause(self, workflow_id: str, reason: str | None = None) -> None:
+        self._command("PauseWorkflow", workflow_id, reason=reason)
+        self.run_until_idle()
+
+    def resume(self, workflow_id: str) -> None:
+        self._command("ResumeWorkflow", workflow_id)
+        self.run_until_idle()
+
+    def reset(self, workflow_id: str, seq: int) -> None:
+        """A new run from the current run's history up to and including ``seq`` (as ``handle.reset``)."""
+        self._command("ResetWorkflow", workflow_id, seq=seq)
+        self.run_until_idle()
+
     def status(self, workflow_id: str) -> str:
         return self.instances[workflow_id].status
 

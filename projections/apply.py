@@ -90,6 +90,8 @@ def run_status(event: dict) -> str | None:
         return event["status"]
     if kind == "WorkflowBlocked":
         return "blocked"
+    if kind == "WorkflowPaused":
+        return "paused"
     if kind in ("WorkflowStarted", "WorkflowUnblocked"):
         return "running"
     return None

@@ -95,8 +95,10 @@ def test_list_count_and_batch_refuse_bad_filters_before_reading():
             client.list(cursor=garbage)
     with pytest.raises(ValueError, match="started_after"):
         client.list(started_after="yesterday")
-    with pytest.raises(ValueError, match="no pause/resume"):
-        client.batch("pause")
+    with pytest.raises(ValueError, match="reason is not for the 'resume' action"):
+        client.batch("resume", reason="why")
+    with pytest.raises(ValueError, match="signal and args are only for"):
+        client.batch("pause", signal="poke")
     with pytest.raises(ValueError, match="unknown batch action"):
         client.batch("explode")
     with pytest.raises(ValueError, match="signal="):

@@ -139,8 +139,8 @@ def test_batch_signal_cancel_and_terminate_skip_ended_workflows(stack, orders):
         with pytest.raises(WorkflowCancelled):
             client.get(wid).result(timeout=20)
     assert client.batch("terminate", status="completed", search={"customer": "c-3"}) == 0
-    with pytest.raises(ValueError, match="pause"):
-        client.batch("pause", search={"customer": "c-0"})
+    with pytest.raises(ValueError, match="unknown batch action"):
+        client.batch("suspend", search={"customer": "c-0"})
 
 
 def test_cli_list_count_batch_and_bad_inputs(stack, orders, capsys):
@@ -171,7 +171,7 @@ def test_cli_list_count_batch_and_bad_inputs(stack, orders, capsys):
     with pytest.raises(WorkflowTerminated):
         client.get("cli-1").result(timeout=20)
     for bad in (["list", "--search", "amount~1"], ["list", "--cursor", "garbage"], ["count", "--status", "bogus"],
-                ["batch", "pause"], ["list", "--search", "amount like 1"]):
+                ["batch", "suspend"], ["list", "--search", "amount like 1"]):
         code, _, err = run(capsys, *bad, *opts)
         assert code == EXIT_USAGE and err.startswith("error:"), (bad, err)
 
@@ -203,8 +203,8 @@ def test_http_list_count_batch_and_the_read_only_guard(stack, orders):
         assert api.post("/workflows/batch", json=batch).status_code == 401
         r = api.post("/workflows/batch", json=batch, headers=rw)
         assert r.status_code == 200 and r.json()["count"] == 3
-        r = api.post("/workflows/batch", json={"action": "pause"}, headers=rw)
-        assert r.status_code == 400 and "pause" in r.json()["message"]
+        r = api.post("/workflows/batch", json={"action": "suspend"}, headers=rw)
+        assert r.status_code == 400 and "suspend" in r.json()["message"]
         r = api.post("/workflows/batch", json={"action": "cancel", "search": {"amount": ["~", 1]}}, headers=rw)
         assert r.status_code == 400
         r = api.post("/workflows", json={"type": "search.Idle", "id": "http-1", "search": {"bad": [1]}}, headers=rw)
