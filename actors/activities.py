@@ -510,9 +510,9 @@ class _Gate:
             dropped.extend(out for out in waiting if gone(out))
             self.behind[key] = deque(out for out in waiting if not gone(out))
         for out in dropped:
-            key = out.task.get("key")
-            if key and key in self.behind and not self.behind[key] and not self._key_running(key):
-                del self.behind[key]
+            task_key = out.task.get("key")
+            if task_key and task_key in self.behind and not self.behind[task_key] and not self._key_running(task_key):
+                del self.behind[task_key]
             self.worker.in_flight -= 1
             self.worker.pending[out.tp].discard(out.offset)
         self._shares(self.owned - partitions)

@@ -344,7 +344,7 @@ def _cmd_projector(args: argparse.Namespace) -> int:
     kafka = _prepare(args, ("default",))
     stop = dev.shutdown_event()
     thread = threading.Thread(
-        target=Projector(kafka, postgres, args.namespace, name=args.name, session_timeout=args.session_timeout).run,
+        target=Projector(kafka, str(postgres), args.namespace, name=args.name, session_timeout=args.session_timeout).run,
         args=(stop,),
         name="metamorph-projector",
         daemon=True,
@@ -724,7 +724,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             raise CliError(EXIT_USAGE, f"unknown workflow type {args.type!r}: the --app modules do not define it")
         from projections.db import connect
 
-        with connect(_postgres(args), args.namespace) as conn:
+        with connect(str(_postgres(args)), args.namespace) as conn:
             found = replayer.recent_histories(conn, args.type, args.last)
         histories = [(f"{h.workflow_id}@{h.run_id}", h) for h in found]
     for source, history in histories:

@@ -151,7 +151,7 @@ def queue_limits(name: str) -> QueueLimits | None:
     """The limits declared for queue ``name`` (None: unlimited, the per-process concurrency only)."""
     limits = _queues.get(name)
     return limits if limits is not None and (limits.concurrency or limits.rate) else None
-_workflows: dict[str, type] = {}
+_workflows: dict[str, type[Workflow]] = {}
 
 
 def activity(
@@ -227,7 +227,9 @@ update = _handler("update")
 class Workflow:
     """Base class of workflows: subclass it and write ``async def execute(self, *args)``."""
 
-    name: str | None = None
+    #: The type name (API.md §2); ``__init_subclass__`` sets it on every subclass that leaves it unset, so a
+    #: workflow class always has one (only this base class has None).
+    name: str = None  # type: ignore[assignment]
     queue: str | None = None
     parallel_compensation: bool = False
     continue_with_error: bool = False
@@ -277,12 +279,14 @@ async def _call(step: Callable[[], Any]) -> Any:
     return result
 
 
-def workflow_class(ref: type | str) -> type:
+def workflow_class(ref: type | str) -> type[Workflow]:
     if isinstance(ref, str):
         try:
             return _workflows[ref]
         except KeyError:
             raise LookupError(f"unknown workflow type {ref!r}") from None
+    if not (isinstance(ref, type) and issubclass(ref, Workflow)):
+        raise TypeError(f"{ref!r} is not a Workflow subclass or a workflow type name")
     return ref
 
 
@@ -290,11 +294,11 @@ def workflow_type_name(ref: type | str) -> str:
     if isinstance(ref, str):
         return ref
     if isinstance(ref, type) and issubclass(ref, Workflow):
-        return ref.name  # type: ignore[return-value]
+        return ref.name
     raise TypeError(f"{ref!r} is not a Workflow subclass or a workflow type name")
 
 
-def workflows() -> dict[str, type]:
+def workflows() -> dict[str, type[Workflow]]:
     return dict(_workflows)
 
 

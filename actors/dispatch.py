@@ -142,7 +142,7 @@ def messages_for_history(
         if i + 1 < len(events) and events[i + 1].get("run_id") == e.get("run_id"):
             continue
         run = e.get("run_id")
-        run_history = earlier[run] if earlier and run != current and run in earlier else history
+        run_history = earlier[run] if earlier and run is not None and run != current and run in earlier else history
         out.extend(_messages_for_run(topics, workflow_id, run_history, segment, begun))
         segment = []
     return out

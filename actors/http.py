@@ -191,9 +191,9 @@ class _Guard:
             refusal = _error(413, "PayloadTooLarge", f"the request body is over {self.max_body} bytes")
             await refusal(scope, receive, send)
             return
-        refusal = self._refusal(scope, headers)
-        if refusal is not None:
-            await refusal(scope, receive, send)
+        denied = self._refusal(scope, headers)
+        if denied is not None:
+            await denied(scope, receive, send)
             return
         received = 0
 

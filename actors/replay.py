@@ -13,6 +13,7 @@ The driver knows events as plain dicts ``{"type", "seq", "at", **body}`` and kno
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import random as _random
 import threading
@@ -27,6 +28,7 @@ from eventstore.statuses import BY_TERMINAL_EVENT
 
 from .definitions import (
     ActivityOptions,
+    Workflow,
     activity_definition,
     activity_name,
     check_arguments,
@@ -265,7 +267,7 @@ class WorkflowRun:
     accumulate in ``new_events`` for the owner to append; ``status`` says what the run is blocked on.
     """
 
-    def __init__(self, cls: type, workflow_id: str, run_id: str, parent_id: str | None = None) -> None:
+    def __init__(self, cls: type[Workflow], workflow_id: str, run_id: str, parent_id: str | None = None) -> None:
         self.cls = cls
         self.workflow_id = workflow_id
         self.run_id = run_id
@@ -416,7 +418,7 @@ class WorkflowRun:
             return
         outcome = self._call_handler(getattr(self.instance, method), payloads.decode(event["input"]) or [])
         if isinstance(outcome, WFuture):
-            outcome.add_done_callback(lambda f: fut.set_exception(f.exception()) if f.exception() else fut.set_result(f.result()))
+            outcome.add_done_callback(lambda f: _settle_from(fut, f))
         elif isinstance(outcome, BaseException):
             fut.set_exception(outcome)
         else:
@@ -743,7 +745,7 @@ class WorkflowRun:
                 result.set_result((index, f.result()))
 
         for i, f in enumerate(futures):
-            f.add_done_callback(lambda fut, i=i: settled(i, fut))
+            f.add_done_callback(functools.partial(settled, i))
             if decided[0]:
                 break
         result._canceller = lambda: _cancel_all(futures)
@@ -882,3 +884,12 @@ def _error_body(exc: BaseException) -> dict:
 
 def raise_continue_as_new(args: tuple[Any, ...]) -> None:
     raise _ContinueAsNew(args)
+
+
+def _settle_from(target: WFuture, source: WFuture) -> None:
+    """Give ``target`` the outcome of ``source`` (which is done)."""
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())

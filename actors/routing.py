@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
 from starlette.routing import Match, Route
 
 
-def route_path(scope: dict) -> str:
+def route_path(scope: MutableMapping[str, Any]) -> str:
     """The request path as received (percent-encoding kept), so an encoded ``/`` in an id stays inside it."""
     raw = scope.get("raw_path")
     path = raw.decode("latin-1") if raw else scope["path"]

@@ -188,6 +188,8 @@ def terminate_run(workflow_id: str, reason: str) -> None:
     from .activities import _context
 
     ctx = _context.get()
+    if ctx is None:
+        raise RuntimeError("terminate_run runs only as an activity")
     ctx.worker.send_command(workflow_id, "TerminateWorkflow", f"{ctx.info.workflow_id}:terminate:{workflow_id}", reason=reason)
     ctx.worker.producer.flush()
 
@@ -283,7 +285,7 @@ class ScheduleWorkflow(Workflow):
                     self._remember(run_id, t, "skipped")
                     self.s["skipped"] += 1
                 return
-            if policy == "cancel_other":
+            if policy == "cancel_other" and self._latest is not None:
                 self._runs[self._latest].cancel()
             elif policy == "terminate_other":
                 await workflow.activity(terminate_run, self._latest, f"schedule {self.s['schedule_id']}: terminate_other")
