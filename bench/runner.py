@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -108,7 +109,7 @@ class Options:
     @classmethod
     def quick_options(cls, **kw: Any) -> Options:
         """Tiny sizes: a few workflows per workload, 1 rep; meant to check that everything works."""
-        base = dict(
+        base: dict[str, Any] = dict(
             reps=1, latency_n=3, throughput_n={"W1": 3, "W2": 3, "W3": 3, "W4": 3}, warmup=1, settle=0.0, idle_n=20,
             idle_max_live=(1000,), replay_activities=20, replay_loads=2, replay_queries=1, shared_stack=True,
             quick=True, partitions=2,
@@ -335,7 +336,7 @@ def run_latency(client: Any, workload: str, n: int, tag: str, timeout: float) ->
             errors += 1
             first_error = first_error or f"{name}: got {result!r}"
     s = sorted(lat_ms)
-    out = {
+    out: dict[str, Any] = {
         "n": n, "errors": errors, "wall_s": time.perf_counter() - t_all,
         "p50_ms": percentile(s, 50), "p95_ms": percentile(s, 95), "p99_ms": percentile(s, 99),
         "mean_ms": sum(s) / len(s) if s else float("nan"), "min_ms": s[0] if s else float("nan"),
@@ -433,7 +434,7 @@ class Runner:
             for w in self.opts.workloads:
                 if w == "W5":
                     for max_live in self.opts.idle_max_live:
-                        self._record(self._guard(w, lambda ml=max_live: self.run_idle(ml), max_live))
+                        self._record(self._guard(w, functools.partial(self.run_idle, max_live), max_live))
                 else:
                     fn = {"W6": self.run_restore, "W7": self.run_replay}.get(w, lambda w=w: self.run_basic(w))
                     self._record(self._guard(w, fn))
@@ -879,7 +880,8 @@ def _pg_version(postgres: str) -> str:
     import psycopg
 
     with psycopg.connect(postgres, autocommit=True) as conn:
-        return str(conn.execute("SHOW server_version").fetchone()[0])
+        row = conn.execute("SHOW server_version").fetchone()
+        return str(row[0]) if row else "unknown"
 
 
 def dumps(rec: dict) -> str:

@@ -100,8 +100,8 @@ def trace(d: Deployment, workload: str, n: int) -> dict:
             ("result() returned", t_result),
         ]
         paths[" → ".join(k for k, t in points if t is not None)] += 1
-        points = [(k, t) for k, t in points if t is not None]
-        for (a, ta), (b, tb) in zip(points, points[1:], strict=False):
+        timed: list[tuple[str, float]] = [(k, t) for k, t in points if t is not None]
+        for (a, ta), (b, tb) in zip(timed, timed[1:], strict=False):
             hops[f"{a} → {b}"].append(tb - ta)
         hops["total"].append(t_result - t_start)
     wid0, (t0_, t1_) = next(iter(marks.items()))
