@@ -298,6 +298,70 @@ class AsyncClient:
         """``Client.count``: how many workflows match ``list``'s filters."""
         return await self._read("count_workflows", **_c._filters(status, type, search, started_after, started_before, None))
 
+    async def batch(
+        self, action: str, *, status: str | None = None, type: str | None = None,  # noqa: A002
+        search: dict[str, Any] | None = None, reason: str | None = None, signal: str | None = None, args: Any = (),
+    ) -> int:
+        """``Client.batch``: cancel, terminate or signal every open workflow matching the filters; how many
+        were sent the command. Each page's sends are in flight together, then awaited."""
+        plan = _c._batch_plan(action, status, type, search, reason, signal, args)
+        if plan is None:
+            return 0
+        kind, body, filters = plan
+        producer = await self._kafka()
+        sent, after = 0, None
+        while True:
+            rows = await self._read("list_workflows", limit=500, after=after, **filters)
+            futures = [
+                producer.send(self.topics.commands, key=r["id"].encode(), value=_c.command_record(kind, r["id"], **body),
+                              partition=partition_for(r["id"], self._sync._partitions or 1))
+                for r in rows
+            ]
+            for future in futures:
+                await self._acked(future, f"batch {action} command ({sent} sent)")
+                sent += 1
+            if len(rows) < 500:
+                return sent
+            after = (datetime.fromisoformat(rows[-1]["created_at"]), rows[-1]["id"])
+
+    # -- schedules (API.md §8; validation and specs are actors.schedules') ------------------------------
+    async def schedule(
+        self, schedule_id: str, wf: type | str, *args: Any, cron: str | None = None,
+        every: float | timedelta | None = None, timezone: str = "UTC", overlap: str = "skip",
+        catchup_window: float | timedelta = 3600.0, jitter: float | timedelta = 0, start_at: datetime | None = None,
+        end_at: datetime | None = None, paused: bool = False,
+    ) -> AsyncScheduleHandle:
+        """``Client.schedule``: create or update a schedule (one update-with-start of ``schedule:{id}``)."""
+        from . import schedules as _s
+
+        _s.check_schedule_id(schedule_id)
+        spec = _s.make_spec(wf, args, cron=cron, every=every, timezone=timezone, overlap=overlap,
+                            catchup_window=catchup_window, jitter=jitter, start_at=start_at, end_at=end_at)
+        await self.update_with_start(_s.TYPE, _s.initial_state(schedule_id, spec, paused), id=_s.workflow_id_of(schedule_id),
+                                     update="upsert", update_args=[spec, paused], if_closed="allow")
+        return AsyncScheduleHandle(self, schedule_id)
+
+    def get_schedule(self, schedule_id: str) -> AsyncScheduleHandle:
+        from .schedules import check_schedule_id
+
+        return AsyncScheduleHandle(self, check_schedule_id(schedule_id))
+
+    async def list_schedules(self) -> list[dict]:
+        """``Client.list_schedules``: every schedule not deleted, described, by id."""
+        from .schedules import PREFIX, TYPE
+
+        out = []
+        for summary in await self.list(type=TYPE, limit=10_000):
+            if summary.status in statuses.FINAL:
+                continue
+            schedule_id = summary.id.removeprefix(PREFIX)
+            try:
+                info = await AsyncScheduleHandle(self, schedule_id)._call("query", "describe")
+            except Exception as exc:  # one unreachable schedule must not hide the others
+                info = {"id": schedule_id, "error": f"{type(exc).__name__}: {exc}"}
+            out.append(info)
+        return sorted(out, key=lambda i: i["id"])
+
     async def close(self) -> None:
         """Stop the listeners and close the connections; the blocking kafka-python closes run off the loop."""
         if self._terminal_listener is not None:
@@ -413,6 +477,67 @@ class AsyncWorkflowHandle:
     async def exceptions(self) -> list[dict]:
         await self._client._require(self.id)
         return await self._client._read("exceptions", self.id)
+
+
+class AsyncScheduleHandle:
+    """``ScheduleHandle`` for the ``AsyncClient``: each call an awaited query/update of ``schedule:{id}``."""
+
+    def __init__(self, client: AsyncClient, schedule_id: str) -> None:
+        from .schedules import workflow_id_of
+
+        self._client = client
+        self.id = schedule_id
+        self.workflow_id = workflow_id_of(schedule_id)
+
+    def __repr__(self) -> str:
+        return f"AsyncScheduleHandle({self.id!r})"
+
+    async def _call(self, kind: str, name: str, *args: Any, timeout: float = 10) -> Any:
+        """Retried over the moment a continue-as-new of the schedule's workflow is in flight."""
+        deadline = time.monotonic() + timeout
+        handle = self._client.get(self.workflow_id)
+        while True:
+            try:
+                return await getattr(handle, kind)(name, *args, timeout=max(1.0, deadline - time.monotonic()))
+            except WorkflowNotRunning as exc:
+                if exc.status != "continued" or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def describe(self) -> dict:
+        info = await self._call("query", "describe")
+        if self._client.postgres:
+            for run in info["recent_runs"]:
+                if run["action"] == "started":
+                    row = await self._client._read("get_workflow", run["id"])
+                    if row is not None:
+                        run["status"] = row["status"]
+        return info
+
+    async def pause(self, note: str | None = None) -> None:
+        await self._call("update", "pause", note)
+
+    async def resume(self) -> None:
+        await self._call("update", "resume")
+
+    async def trigger(self) -> str:
+        return await self._call("update", "trigger")
+
+    async def backfill(self, start: datetime | str, end: datetime | str) -> int:
+        from .schedules import _time
+
+        s, e = _time("start", start), _time("end", end)
+        if s is None or e is None or e < s:
+            raise ValueError("backfill needs start <= end")
+        return await self._call("update", "backfill", s, e)
+
+    async def update(self, **changes: Any) -> dict:
+        from .schedules import updated_spec
+
+        return await self._call("update", "upsert", updated_spec((await self.describe())["spec"], changes))
+
+    async def delete(self) -> None:
+        await self._call("update", "delete")
 
 
 # -- replies: the sync listener thread, resolving asyncio futures ---------------------------------------------

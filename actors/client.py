@@ -468,29 +468,10 @@ class Client:
         the command. Workflows that have already ended are skipped (not counted): acting on them would do
         nothing. ``signal`` names the signal of the ``"signal"`` action and ``args`` its arguments.
         """
-        if action in _BATCH_LATER:
-            raise ValueError(f"batch action {action!r} is not available: this version has no pause/resume")
-        if action not in BATCH_ACTIONS:
-            raise ValueError(f"unknown batch action {action!r}; expected one of: {', '.join(BATCH_ACTIONS)}")
-        if action == "signal":
-            if not isinstance(signal, str) or not signal:
-                raise ValueError("batch action 'signal' needs signal= (the signal name)")
-            if isinstance(args, str | bytes) or not isinstance(args, list | tuple):
-                raise ValueError("args must be a list or tuple of the signal's arguments")
-            body: dict[str, Any] = {"name": signal, "input": payloads.encode(list(args))}
-            kind = "SignalWorkflow"
-        elif signal is not None or args:
-            raise ValueError(f"signal and args are only for the 'signal' action, not {action!r}")
-        else:
-            kind = "CancelWorkflow" if action == "cancel" else "TerminateWorkflow"
-            body = {"reason": reason}
-        if reason is not None and not isinstance(reason, str):
-            raise ValueError("reason must be a string")
-        open_statuses = [str(s) for s in statuses.ALL if s not in statuses.FINAL]
-        wanted = [s for s in (statuses.parse_many(status) if status is not None else open_statuses) if str(s) in open_statuses]
-        if not wanted:
+        plan = _batch_plan(action, status, type, search, reason, signal, args)
+        if plan is None:
             return 0
-        filters = _filters([str(s) for s in wanted], type, search, None, None, None)
+        kind, body, filters = plan
         kafka_producer = self._kafka()
         sent, after = 0, None
         while True:
@@ -651,6 +632,38 @@ def command_record(kind: str, workflow_id: str, command_id: str | None = None, *
     """
     envelope = ev.command(kind, workflow_id, command_id or str(uuid.uuid4()), utcnow(), **body)
     return check_size(f"{kind} command for {workflow_id}", codec.encode("metamorph.CommandEnvelope", envelope))
+
+
+def _batch_plan(
+    action: str, status: Any, type: str | None, search: dict[str, Any] | None,  # noqa: A002
+    reason: str | None, signal: str | None, args: Any,
+) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """``batch``'s arguments checked (ValueError) and turned into the command kind, its body and the list
+    filters of the open workflows it goes to; None when no status asked for can be open (nothing to do).
+    Shared by ``Client.batch`` and ``AsyncClient.batch``."""
+    if action in _BATCH_LATER:
+        raise ValueError(f"batch action {action!r} is not available: this version has no pause/resume")
+    if action not in BATCH_ACTIONS:
+        raise ValueError(f"unknown batch action {action!r}; expected one of: {', '.join(BATCH_ACTIONS)}")
+    if action == "signal":
+        if not isinstance(signal, str) or not signal:
+            raise ValueError("batch action 'signal' needs signal= (the signal name)")
+        if isinstance(args, str | bytes) or not isinstance(args, list | tuple):
+            raise ValueError("args must be a list or tuple of the signal's arguments")
+        body: dict[str, Any] = {"name": signal, "input": payloads.encode(list(args))}
+        kind = "SignalWorkflow"
+    elif signal is not None or args:
+        raise ValueError(f"signal and args are only for the 'signal' action, not {action!r}")
+    else:
+        kind = "CancelWorkflow" if action == "cancel" else "TerminateWorkflow"
+        body = {"reason": reason}
+    if reason is not None and not isinstance(reason, str):
+        raise ValueError("reason must be a string")
+    open_statuses = [str(s) for s in statuses.ALL if s not in statuses.FINAL]
+    wanted = [s for s in (statuses.parse_many(status) if status is not None else open_statuses) if str(s) in open_statuses]
+    if not wanted:
+        return None
+    return kind, body, _filters([str(s) for s in wanted], type, search, None, None, None)
 
 
 def _pending_row(workflow_id: str, type_name: str, at: datetime) -> dict:

@@ -105,10 +105,17 @@ def test_list_and_count(stack):
 
 
 def test_waiting_never_blocks_the_event_loop(stack):
-    """A ticker task every 10 ms runs while the client starts a ~1 s workflow and awaits its result (the
-    first use of this client, so connecting to Kafka and PostgreSQL is inside the measurement too)."""
+    """A ticker task every 10 ms runs while a fresh client starts a ~1 s workflow and awaits its result (the
+    client's first use, so connecting to Kafka and PostgreSQL is inside the measurement too); its worst
+    delay must stay under 50 ms, where a blocking wait would stall it for the whole second.
 
-    async def main() -> tuple[str, float, int]:
+    The lag is wall-clock, and the node and projector share this process on a small, shared machine, so
+    one descheduling of the process can push a single tick past 50 ms. A blocking call in the client is
+    deterministic and would show in every attempt; so the check passes if one of two attempts (each with a
+    new client and workflow) stays under the bound, and every attempt's lag is reported.
+    """
+
+    async def attempt(n: int) -> tuple[str, float, int]:
         lags: list[float] = []
         stop = asyncio.Event()
 
@@ -122,14 +129,61 @@ def test_waiting_never_blocks_the_event_loop(stack):
         await asyncio.sleep(0.05)
         try:
             async with _async_client(stack) as client:
-                h = await client.start(Sleeper, 1.0, id="sleeper-1")
+                h = await client.start(Sleeper, 1.0, id=f"sleeper-{n}")
                 result = await h.result(timeout=30)
         finally:
             stop.set()
             await tick
         return result, max(lags), len(lags)
 
-    result, max_lag, ticks = asyncio.run(main())
-    assert result == "woke"
-    assert ticks >= 50, ticks  # the ticker really ran through the wait
-    assert max_lag < 0.05, f"the event loop was blocked for {max_lag * 1000:.0f} ms"
+    seen = []
+    for n in range(2):
+        result, max_lag, ticks = asyncio.run(attempt(n))
+        print(f"attempt {n}: max tick lag {max_lag * 1000:.1f} ms over {ticks} ticks")
+        assert result == "woke"
+        assert ticks >= 50, ticks  # the ticker really ran through the wait
+        seen.append(max_lag)
+        if max_lag < 0.05:
+            break
+    assert min(seen) < 0.05, f"the event loop was blocked: max tick lag per attempt {[round(x * 1000) for x in seen]} ms"
+
+
+def test_batch_signal_and_cancel(stack):
+    async def main() -> None:
+        async with _async_client(stack) as client:
+            gates = await asyncio.gather(*[
+                client.start(Gate, f"b{i}", id=f"batch-{i}", search={"batch": "aio-batch"}) for i in range(4)
+            ])
+            with pytest.raises(ValueError):
+                await client.batch("signal", search={"batch": "aio-batch"})  # no signal name
+            deadline = time.monotonic() + 30
+            while await client.count(search={"batch": "aio-batch"}, status="waiting") < 4:
+                assert time.monotonic() < deadline, "four gates waiting"
+                await asyncio.sleep(0.05)
+            assert await client.batch("signal", search={"batch": "aio-batch"}, signal="add", args=["go"]) == 4
+            results = await asyncio.gather(*[g.result(timeout=30) for g in gates])
+            assert sorted(r["tag"] for r in results) == ["b0", "b1", "b2", "b3"]
+            assert await client.batch("cancel", search={"batch": "aio-batch"}) == 0  # all ended: nothing to act on
+
+    asyncio.run(main())
+
+
+def test_schedule_trigger_describe_and_delete(stack):
+    async def main() -> None:
+        async with _async_client(stack) as client:
+            s = await client.schedule("aio-sched", Quick, "s", every=3600)
+            assert (await s.describe())["paused"] is False
+            await s.pause("hold")
+            assert (await client.get_schedule("aio-sched").describe())["paused"] is True
+            await s.resume()
+            run_id = await s.trigger()
+            assert (await client.get(run_id).result(timeout=30))["tag"] == "s"
+            assert await s.update(every=7200) is not None
+            assert (await s.describe())["spec"]["every"] == 7200
+            assert [i["id"] for i in await client.list_schedules()] == ["aio-sched"]
+            await s.delete()
+            await client.get("schedule:aio-sched").result(timeout=30)  # the schedule's workflow ends
+            assert await client.get("schedule:aio-sched").status() == "completed"
+            assert await client.list_schedules() == []
+
+    asyncio.run(main())
