@@ -34,7 +34,7 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
         from . import client
 
         return getattr(client, name)
-    if name in ("AsyncClient", "AsyncWorkflowHandle"):
+    if name in ("AsyncClient", "AsyncWorkflowHandle", "AsyncScheduleHandle"):
         from . import aclient
 
         return getattr(aclient, name)
@@ -52,7 +52,8 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
 
 
 __all__ = [
-    "ActivityCancelled", "ActivityFailed", "ActivityInfo", "ActivityOptions", "AsyncClient", "AsyncWorkflowHandle",
+    "ActivityCancelled", "ActivityFailed", "ActivityInfo", "ActivityOptions", "AsyncClient", "AsyncScheduleHandle",
+    "AsyncWorkflowHandle",
     "ChildWorkflowFailed", "Client",
     "NonRetryableError", "NondeterminismError", "PayloadTooLarge", "QueryFailed", "ScheduleHandle",
     "VersionNotSupported", "Workflow",
