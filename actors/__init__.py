@@ -34,6 +34,10 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
         from . import client
 
         return getattr(client, name)
+    if name in ("AsyncClient", "AsyncWorkflowHandle", "AsyncScheduleHandle"):
+        from . import aclient
+
+        return getattr(aclient, name)
     if name in ("heartbeat", "activity_info", "ActivityInfo"):
         from . import activities
 
@@ -48,7 +52,9 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
 
 
 __all__ = [
-    "ActivityCancelled", "ActivityFailed", "ActivityInfo", "ActivityOptions", "ChildWorkflowFailed", "Client",
+    "ActivityCancelled", "ActivityFailed", "ActivityInfo", "ActivityOptions", "AsyncClient", "AsyncScheduleHandle",
+    "AsyncWorkflowHandle",
+    "ChildWorkflowFailed", "Client",
     "NonRetryableError", "NondeterminismError", "PayloadTooLarge", "QueryFailed", "ScheduleHandle",
     "VersionNotSupported", "Workflow",
     "WorkflowAlreadyStarted", "WorkflowCancelled", "WorkflowError", "WorkflowFailed", "WorkflowHandle",

@@ -201,11 +201,11 @@ class Client:
         # No existence check against the projections first: the owning node knows every id of its
         # partition and answers an unknown one with WorkflowNotFound, which saves a read per query.
         data = self._payload(f"arguments of {kind} {name!r}", args)
-        self._reply_listener()
+        replies = self._reply_listener()
         request_id = str(uuid.uuid4())
-        waiter = self._replies.expect(request_id)
+        waiter = replies.expect(request_id)
         self._send(kind, workflow_id, request_id=request_id, name=name, input=data)
-        reply = self._replies.wait(request_id, waiter, timeout)  # type: ignore[union-attr]
+        reply = replies.wait(request_id, waiter, timeout)
         if reply is None:
             raise TimeoutError(f"no answer to {kind} {name!r} of {workflow_id} within {timeout}s")
         return _reply_value(workflow_id, kind, name, reply)
@@ -468,35 +468,10 @@ class Client:
         them would do nothing; so are, for the same reason, paused ones for ``"pause"`` and all but paused
         ones for ``"resume"``. ``signal`` names the signal of the ``"signal"`` action and ``args`` its arguments.
         """
-        if action not in BATCH_ACTIONS:
-            raise ValueError(f"unknown batch action {action!r}; expected one of: {', '.join(BATCH_ACTIONS)}")
-        if action == "signal":
-            if not isinstance(signal, str) or not signal:
-                raise ValueError("batch action 'signal' needs signal= (the signal name)")
-            if isinstance(args, str | bytes) or not isinstance(args, list | tuple):
-                raise ValueError("args must be a list or tuple of the signal's arguments")
-            body: dict[str, Any] = {"name": signal, "input": payloads.encode(list(args))}
-            kind = "SignalWorkflow"
-        elif signal is not None or args:
-            raise ValueError(f"signal and args are only for the 'signal' action, not {action!r}")
-        elif action == "resume":
-            if reason is not None:
-                raise ValueError("reason is not for the 'resume' action")
-            kind, body = "ResumeWorkflow", {}
-        else:
-            kind = {"cancel": "CancelWorkflow", "terminate": "TerminateWorkflow", "pause": "PauseWorkflow"}[action]
-            body = {"reason": reason}
-        if reason is not None and not isinstance(reason, str):
-            raise ValueError("reason must be a string")
-        open_statuses = [str(s) for s in statuses.ALL if s not in statuses.FINAL]
-        if action == "resume":
-            open_statuses = [str(statuses.Status.PAUSED)]
-        elif action == "pause":
-            open_statuses.remove(str(statuses.Status.PAUSED))
-        wanted = [s for s in (statuses.parse_many(status) if status is not None else open_statuses) if str(s) in open_statuses]
-        if not wanted:
+        plan = _batch_plan(action, status, type, search, reason, signal, args)
+        if plan is None:
             return 0
-        filters = _filters([str(s) for s in wanted], type, search, None, None, None)
+        kind, body, filters = plan
         kafka_producer = self._kafka()
         sent, after = 0, None
         while True:
@@ -687,6 +662,44 @@ def command_record(kind: str, workflow_id: str, command_id: str | None = None, *
     return check_size(f"{kind} command for {workflow_id}", codec.encode("metamorph.CommandEnvelope", envelope))
 
 
+def _batch_plan(
+    action: str, status: Any, type: str | None, search: dict[str, Any] | None,  # noqa: A002
+    reason: str | None, signal: str | None, args: Any,
+) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """``batch``'s arguments checked (ValueError) and turned into the command kind, its body and the list
+    filters of the open workflows it goes to; None when no status asked for can be open (nothing to do).
+    Shared by ``Client.batch`` and ``AsyncClient.batch``."""
+    if action not in BATCH_ACTIONS:
+        raise ValueError(f"unknown batch action {action!r}; expected one of: {', '.join(BATCH_ACTIONS)}")
+    if action == "signal":
+        if not isinstance(signal, str) or not signal:
+            raise ValueError("batch action 'signal' needs signal= (the signal name)")
+        if isinstance(args, str | bytes) or not isinstance(args, list | tuple):
+            raise ValueError("args must be a list or tuple of the signal's arguments")
+        body: dict[str, Any] = {"name": signal, "input": payloads.encode(list(args))}
+        kind = "SignalWorkflow"
+    elif signal is not None or args:
+        raise ValueError(f"signal and args are only for the 'signal' action, not {action!r}")
+    elif action == "resume":
+        if reason is not None:
+            raise ValueError("reason is not for the 'resume' action")
+        kind, body = "ResumeWorkflow", {}
+    else:
+        kind = {"cancel": "CancelWorkflow", "terminate": "TerminateWorkflow", "pause": "PauseWorkflow"}[action]
+        body = {"reason": reason}
+    if reason is not None and not isinstance(reason, str):
+        raise ValueError("reason must be a string")
+    open_statuses = [str(s) for s in statuses.ALL if s not in statuses.FINAL]
+    if action == "resume":
+        open_statuses = [str(statuses.Status.PAUSED)]
+    elif action == "pause":
+        open_statuses.remove(str(statuses.Status.PAUSED))
+    wanted = [s for s in (statuses.parse_many(status) if status is not None else open_statuses) if str(s) in open_statuses]
+    if not wanted:
+        return None
+    return kind, body, _filters([str(s) for s in wanted], type, search, None, None, None)
+
+
 def _pending_row(workflow_id: str, type_name: str, at: datetime) -> dict:
     """A ``workflows`` row as the projection will show it before the run starts: status ``pending``."""
     return {
@@ -855,7 +868,7 @@ class _Replies:
         self._thread.start()
 
     def expect(self, request_id: str) -> tuple[threading.Event, list]:
-        waiter = (threading.Event(), [])
+        waiter: tuple[threading.Event, list] = (threading.Event(), [])
         with self._lock:
             self._waiters[request_id] = waiter
         return waiter

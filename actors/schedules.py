@@ -434,22 +434,26 @@ class ScheduleHandle:
 
     def update(self, **changes: Any) -> dict:
         """Change parts of the spec (``cron``/``every`` replace each other; ``workflow``/``args`` the target)."""
-        current = self.describe()["spec"]
-        allowed = {"workflow", "args", "cron", "every", "timezone", "overlap", "catchup_window", "jitter", "start_at", "end_at"}
-        unknown = set(changes) - allowed
-        if unknown:
-            raise ValueError(f"unknown schedule field(s): {', '.join(sorted(unknown))}")
-        merged = {k: current[k] for k in ("cron", "every", "timezone", "overlap", "catchup_window", "jitter", "start_at", "end_at")}
-        if "cron" in changes and changes["cron"] is not None:
-            merged["every"] = None
-        if "every" in changes and changes["every"] is not None:
-            merged["cron"] = None
-        merged.update({k: v for k, v in changes.items() if k not in ("workflow", "args")})
-        spec = make_spec(changes.get("workflow", current["workflow_type"]), changes.get("args", current["args"]), **merged)
-        return self._call("update", "upsert", spec)
+        return self._call("update", "upsert", updated_spec(self.describe()["spec"], changes))
 
     def delete(self) -> None:
         self._call("update", "delete")
+
+
+def updated_spec(current: dict, changes: dict[str, Any]) -> dict:
+    """The spec ``ScheduleHandle.update(**changes)`` upserts: ``current`` with ``changes`` over it (``cron``
+    and ``every`` replace each other; ``workflow``/``args`` the target), validated (ValueError)."""
+    allowed = {"workflow", "args", "cron", "every", "timezone", "overlap", "catchup_window", "jitter", "start_at", "end_at"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"unknown schedule field(s): {', '.join(sorted(unknown))}")
+    merged = {k: current[k] for k in ("cron", "every", "timezone", "overlap", "catchup_window", "jitter", "start_at", "end_at")}
+    if "cron" in changes and changes["cron"] is not None:
+        merged["every"] = None
+    if "every" in changes and changes["every"] is not None:
+        merged["cron"] = None
+    merged.update({k: v for k, v in changes.items() if k not in ("workflow", "args")})
+    return make_spec(changes.get("workflow", current["workflow_type"]), changes.get("args", current["args"]), **merged)
 
 
 def create(client: Client, schedule_id: str, wf: type | str, args: tuple, *, paused: bool = False, **spec_options: Any) -> ScheduleHandle:

@@ -25,11 +25,18 @@ def record_pending(conn: psycopg.Connection, workflow_id: str, type: str, input_
     must point at the namespace's schema (``projections.connect``); the insert commits on its own unless
     the caller is already inside a transaction.
     """
-    value = payload(bytes(input_json)) if isinstance(input_json, bytes | bytearray) else clean(input_json)
     with conn.transaction():
-        cur = conn.execute(
-            "INSERT INTO workflows (id, type, status, input, created_at, updated_at)"
-            " VALUES (%s, %s, 'pending', %s, now(), now()) ON CONFLICT (id) DO NOTHING",
-            (workflow_id, type, None if value is None else Jsonb(value)),
-        )
-        return cur.rowcount == 1
+        return conn.execute(PENDING_SQL, pending_params(workflow_id, type, input_json)).rowcount == 1
+
+
+#: The insert of ``record_pending`` (shared with the AsyncClient's async connection).
+PENDING_SQL = (
+    "INSERT INTO workflows (id, type, status, input, created_at, updated_at)"
+    " VALUES (%s, %s, 'pending', %s, now(), now()) ON CONFLICT (id) DO NOTHING"
+)
+
+
+def pending_params(workflow_id: str, type: str, input_json: Any = None) -> tuple:  # noqa: A002
+    """The parameters of ``PENDING_SQL``: the input as the projector would store it."""
+    value = payload(bytes(input_json)) if isinstance(input_json, bytes | bytearray) else clean(input_json)
+    return (workflow_id, type, None if value is None else Jsonb(value))

@@ -40,14 +40,28 @@ def _rows(conn: psycopg.Connection, query: str, params: Any = ()) -> list[dict[s
         return [_json(row) for row in cur.execute(query, params).fetchall()]
 
 
+# The statements the sync functions below and the AsyncClient (``projections.aread``) both run, kept here
+# once so the two read the same rows the same way.
+CURRENT_RUN_SQL = "SELECT run_id FROM workflows WHERE id = %s"
+GET_WORKFLOW_SQL = "SELECT * FROM workflows WHERE id = %s"
+HISTORY_SQL = (
+    "SELECT workflow_id, seq, type, at, run_id, status, data FROM history WHERE workflow_id = %s AND run_id = %s ORDER BY seq"
+)
+EXCEPTIONS_SQL = (
+    "SELECT error_type, message, traceback, activity, attempt, at, seq, activity_id FROM exceptions"
+    " WHERE workflow_id = %s AND run_id = %s ORDER BY seq"
+)
+RUN_KNOWN_SQL = "SELECT 1 FROM runs WHERE workflow_id = %s AND run_id = %s"
+
+
 def _current_run(conn: psycopg.Connection, workflow_id: str) -> str | None:
-    row = conn.execute("SELECT run_id FROM workflows WHERE id = %s", (workflow_id,)).fetchone()
+    row = conn.execute(CURRENT_RUN_SQL, (workflow_id,)).fetchone()
     return row[0] if row else None
 
 
 def get_workflow(conn: psycopg.Connection, id: str) -> dict | None:
     """The workflow as of its newest run (or its pending row), None if it is unknown."""
-    rows = _rows(conn, "SELECT * FROM workflows WHERE id = %s", (id,))
+    rows = _rows(conn, GET_WORKFLOW_SQL, (id,))
     return rows[0] if rows else None
 
 
@@ -70,11 +84,19 @@ def list_workflows(
     stable while new workflows arrive (an offset would shift). An unknown status raises ValueError:
     answering a typo with an empty list would read as "none".
     """
+    return _rows(conn, *list_query(status, type, limit, offset, parent_id, search, started_after, started_before, after))
+
+
+def list_query(
+    status: str | Iterable[str] | None = None, type: str | None = None, limit: int = 100, offset: int = 0,
+    parent_id: str | None = None, search: list[tuple[str, str, Any]] | None = None,
+    started_after: datetime | None = None, started_before: datetime | None = None,
+    after: tuple[datetime, str] | None = None,
+) -> tuple[str, list[Any]]:
+    """The statement and parameters of ``list_workflows`` (shared with the async read side)."""
     clause, params = _where(status, type, parent_id, search, started_after, started_before, after)
     params += [max(0, int(limit)), max(0, int(offset))]
-    return _rows(
-        conn, f"SELECT {_SUMMARY} FROM workflows {clause} ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s", params
-    )
+    return f"SELECT {_SUMMARY} FROM workflows {clause} ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s", params
 
 
 def count_workflows(
@@ -87,9 +109,18 @@ def count_workflows(
     parent_id: str | None = None,
 ) -> int:
     """How many workflows ``list_workflows`` would return with the same filters (all pages)."""
-    clause, params = _where(status, type, parent_id, search, started_after, started_before, None)
-    row = conn.execute(f"SELECT count(*) FROM workflows {clause}", params).fetchone()
+    row = conn.execute(*count_query(status, type, search, started_after, started_before, parent_id)).fetchone()
     return int(row[0]) if row is not None else 0
+
+
+def count_query(
+    status: str | Iterable[str] | None = None, type: str | None = None,
+    search: list[tuple[str, str, Any]] | None = None, started_after: datetime | None = None,
+    started_before: datetime | None = None, parent_id: str | None = None,
+) -> tuple[str, list[Any]]:
+    """The statement and parameters of ``count_workflows`` (shared with the async read side)."""
+    clause, params = _where(status, type, parent_id, search, started_after, started_before, None)
+    return f"SELECT count(*) FROM workflows {clause}", params
 
 
 def _where(
@@ -152,11 +183,11 @@ def history(conn: psycopg.Connection, id: str, run_id: str | None = None) -> lis
     run_id = run_id or _current_run(conn, id)
     if run_id is None:
         return []
-    rows = _rows(
-        conn,
-        "SELECT workflow_id, seq, type, at, run_id, status, data FROM history WHERE workflow_id = %s AND run_id = %s ORDER BY seq",
-        (id, run_id),
-    )
+    return history_rows(_rows(conn, HISTORY_SQL, (id, run_id)))
+
+
+def history_rows(rows: list[dict]) -> list[dict]:
+    """History rows as events: the event's own fields with the row's columns over them."""
     return [{**row.pop("data"), **row} for row in rows]
 
 
@@ -169,12 +200,7 @@ def exceptions(conn: psycopg.Connection, id: str, run_id: str | None = None) -> 
     run_id = run_id or _current_run(conn, id)
     if run_id is None:
         return []
-    return _rows(
-        conn,
-        "SELECT error_type, message, traceback, activity, attempt, at, seq, activity_id FROM exceptions"
-        " WHERE workflow_id = %s AND run_id = %s ORDER BY seq",
-        (id, run_id),
-    )
+    return _rows(conn, EXCEPTIONS_SQL, (id, run_id))
 
 
 def activities(conn: psycopg.Connection, id: str, run_id: str | None = None) -> list[dict]:
@@ -279,4 +305,4 @@ def _await_notification(conn: psycopg.Connection, id: str, deadline: float | Non
 
 def run_known(conn: psycopg.Connection, id: str, run_id: str) -> bool:
     """True once the projector has seen run ``run_id`` of workflow ``id`` (a handle waits for its own run)."""
-    return conn.execute("SELECT 1 FROM runs WHERE workflow_id = %s AND run_id = %s", (id, run_id)).fetchone() is not None
+    return conn.execute(RUN_KNOWN_SQL, (id, run_id)).fetchone() is not None
