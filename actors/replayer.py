@@ -90,6 +90,8 @@ def _payload_bytes(value: Any) -> bytes | None:
         return bytes(value)
     if isinstance(value, dict) and set(value) == {"$base64"}:
         return base64.b64decode(value["$base64"])
+    if isinstance(value, dict) and set(value) == {"$encrypted"}:  # the projector's form of encrypted bytes
+        return base64.b64decode(value["$encrypted"])
     return payloads.encode(value)
 
 

@@ -156,9 +156,65 @@ def converter() -> PayloadConverter:
     return _converter
 
 
+class PayloadCodec(Protocol):
+    """Bytes to bytes around the converter (encryption): ``encode`` after it, ``decode`` before it."""
+
+    def encode(self, data: bytes) -> bytes: ...
+
+    def decode(self, data: bytes) -> bytes: ...
+
+
+#: First bytes of an encrypted payload (eventstore.encryption); no JSON text starts with a NUL byte.
+ENCRYPTED_MAGIC = b"\x00MMC"
+_UNSET: Any = object()
+#: The process's codec; _UNSET until first use, when ``METAMORPH_ENCRYPTION_KEYS`` is read (once, lazily:
+#: importing this module has no side effects and a bad key fails where a payload is first handled).
+_codec: Any = _UNSET
+
+
+def set_codec(codec: PayloadCodec | None) -> None:
+    """Install a codec for this process (None: none, whatever the environment says)."""
+    global _codec
+    _codec = codec
+
+
+def reset_codec() -> None:
+    """Forget the installed codec: the next payload reads ``METAMORPH_ENCRYPTION_KEYS`` again."""
+    global _codec
+    _codec = _UNSET
+
+
+def codec() -> PayloadCodec | None:
+    """The installed codec, from ``METAMORPH_ENCRYPTION_KEYS`` unless ``set_codec`` said otherwise."""
+    global _codec
+    if _codec is _UNSET:
+        from .encryption import from_env
+
+        _codec = from_env()
+    return _codec
+
+
+def is_encrypted(data: bytes | bytearray | memoryview | None) -> bool:
+    """Whether payload bytes were written by the encryption codec (they start with its header)."""
+    return bool(data) and bytes(data[: len(ENCRYPTED_MAGIC)]) == ENCRYPTED_MAGIC
+
+
 def encode(value: Any) -> bytes:
-    return _converter.encode(value)
+    data = _converter.encode(value)
+    installed = codec()
+    return data if installed is None else installed.encode(data)
 
 
 def decode(data: bytes) -> Any:
+    """The value of a payload; encrypted ones are decrypted first (EncryptedPayloadError without the key)."""
+    if is_encrypted(data):
+        installed = codec()
+        if installed is None:
+            from .encryption import EncryptedPayloadError, key_id_of
+
+            key_id = key_id_of(bytes(data))
+            raise EncryptedPayloadError(
+                f"payload is encrypted (key id {key_id!r}) and this process has no codec "
+                "(METAMORPH_ENCRYPTION_KEYS)", key_id)
+        data = installed.decode(bytes(data))
     return _converter.decode(data)

@@ -46,9 +46,15 @@ def clean(value: Any) -> Any:
 
 
 def payload(data: bytes | None) -> Any:
-    """A user payload decoded to JSON where the converter can; otherwise kept, base64, as ``{"$base64"}``."""
+    """A user payload decoded to JSON where the converter can; otherwise kept, base64, as ``{"$base64"}``.
+
+    An encrypted payload is never decrypted here, so PostgreSQL holds no plaintext of it: it is kept as
+    ``{"$encrypted": base64}`` and the read side (``projections.read``) decrypts it for readers with the key.
+    """
     if data is None:
         return None
+    if payloads.is_encrypted(data):
+        return {"$encrypted": base64.b64encode(bytes(data)).decode()}
     try:
         value = payloads.decode(bytes(data))
         return clean(_jsonable(value))

@@ -8,6 +8,8 @@ to the workflow's current run, the one a handle that follows continue-as-new see
 
 from __future__ import annotations
 
+import base64
+import logging
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -18,9 +20,11 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from eventstore import statuses
+from eventstore import payloads, statuses
 
 from .db import FINAL_STATUSES, connect, notify_channel
+
+log = logging.getLogger(__name__)
 
 _SUMMARY = (
     "id, run_id, type, status, error_type, error_message, parent_id, parent_run_id, continued_from,"
@@ -32,7 +36,36 @@ _JSON_TYPE = {bool: "boolean", int: "number", float: "number", str: "string"}
 
 
 def _json(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+    return {k: v.isoformat() if isinstance(v, datetime) else reveal(v) for k, v in row.items()}
+
+
+def reveal(value: Any) -> Any:
+    """``value`` with every ``{"$encrypted": base64}`` the projector stored decrypted, or ``"<encrypted>"``.
+
+    The projector keeps encrypted payloads encrypted (no plaintext in PostgreSQL); this is where a reader
+    with the key sees them, and where a reader without it (or with a rotated-out key, or data that fails
+    authentication) gets a placeholder instead of an error, so listings and the UI keep working.
+    """
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get("$encrypted"), str):
+            return _decrypt(value["$encrypted"])
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
+    return value
+
+
+def _decrypt(encoded: str) -> Any:
+    from eventstore.encryption import ENCRYPTED, EncryptedPayloadError
+    from projections.apply import clean
+
+    try:
+        return clean(payloads.decode(base64.b64decode(encoded)))
+    except EncryptedPayloadError:
+        return ENCRYPTED
+    except (ValueError, payloads.PayloadError) as exc:
+        log.warning("stored encrypted payload cannot be read: %s", exc)
+        return ENCRYPTED
 
 
 def _rows(conn: psycopg.Connection, query: str, params: Any = ()) -> list[dict[str, Any]]:
