@@ -196,7 +196,7 @@ def codec() -> PayloadCodec | None:
 
 def is_encrypted(data: bytes | bytearray | memoryview | None) -> bool:
     """Whether payload bytes were written by the encryption codec (they start with its header)."""
-    return bool(data) and bytes(data[: len(ENCRYPTED_MAGIC)]) == ENCRYPTED_MAGIC
+    return data is not None and bytes(data[: len(ENCRYPTED_MAGIC)]) == ENCRYPTED_MAGIC
 
 
 def encode(value: Any) -> bytes:
