@@ -7,6 +7,7 @@ is stopped at the end of the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -15,10 +16,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from projections.migrate import connect
+from actors import Client
+from eventstore.topics import ensure_topics
+from projections.migrate import connect, migrate
+from projections.projector import Projector
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.apps.runtime_app"
@@ -115,3 +119,22 @@ def assert_exactly_once(pg_url: str, namespace: str, ids: list[str]) -> None:
             "SELECT workflow_id, run_id, seq, count(*) FROM history GROUP BY 1, 2, 3 HAVING count(*) > 1"
         ).fetchall()
         assert dupes == [], f"history rows projected twice: {dupes[:5]}"
+
+
+@contextlib.contextmanager
+def process_cluster(kafka: str, namespace: str, pg_url: str, procs: Processes, partitions: int = 4) -> Iterator[Client]:
+    """Topics, migrations, an in-process projector and a client, for tests that run nodes as processes
+    (started with ``procs``); everything is stopped at the end, processes first."""
+    ensure_topics(kafka, namespace, partitions=partitions)
+    migrate(pg_url, namespace)
+    stop = threading.Event()
+    projector = threading.Thread(target=Projector(kafka, pg_url, namespace).run, args=(stop,), daemon=True)
+    projector.start()
+    client = Client(kafka, pg_url, namespace)
+    try:
+        yield client
+    finally:
+        client.close()
+        procs.stop_all()
+        stop.set()
+        projector.join(10)

@@ -41,3 +41,15 @@ def running_stack(
         if thread.is_alive():
             thread.join(10)
         node.stop()
+
+
+@contextlib.contextmanager
+def module_stack(kafka_server: Any, pg_server: Any, data_dir: Path, prefix: str) -> Iterator[Client]:
+    """``running_stack`` for a whole test module, on the session's servers (restarted first if an earlier
+    test stopped them); yields the client."""
+    if not kafka_server.running:
+        kafka_server.start()
+    if not pg_server.running:
+        pg_server.start()
+    with running_stack(kafka_server.bootstrap, pg_server, data_dir, prefix=prefix) as (client, _node, _ns):
+        yield client

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
@@ -13,12 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from actors import Client
-from eventstore.topics import Topics, ensure_topics
-from projections.migrate import migrate
-from projections.projector import Projector
+from eventstore.topics import Topics
 from tests.apps import runtime_app as app
-from tests.processes import Processes, assert_exactly_once, wait_until
+from tests.processes import Processes, assert_exactly_once, process_cluster, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -36,18 +32,9 @@ class _Nodes(Processes):
 
 @pytest.fixture
 def cluster(kafka, namespace, pg_url, tmp_path):
-    ensure_topics(kafka, namespace, partitions=4)
-    migrate(pg_url, namespace)
     nodes = _Nodes(kafka, namespace, tmp_path)
-    stop = threading.Event()
-    projector = threading.Thread(target=Projector(kafka, pg_url, namespace).run, args=(stop,), daemon=True)
-    projector.start()
-    client = Client(kafka, pg_url, namespace)
-    yield nodes, client, pg_url
-    client.close()
-    nodes.stop_all()
-    stop.set()
-    projector.join(10)
+    with process_cluster(kafka, namespace, pg_url, nodes) as client:
+        yield nodes, client, pg_url
 
 
 def test_sigkill_mid_way_through_50_workflows_loses_nothing(cluster):

@@ -23,7 +23,7 @@ from actors import Client, Workflow, activity, http, query, update, workflow
 from actors import signal as signal_handler
 from actors.http import ApiTokens, bind, create_app, is_loopback, openapi_document, server
 from actors.webhooks import BadArguments, WebhookAuth, arguments, sign, signed_headers, webhook
-from tests.stack import running_stack
+from tests.stack import module_stack
 
 with warnings.catch_warnings():  # Starlette 1.x nudges towards httpx2; httpx is what the project installs
     warnings.simplefilter("ignore")
@@ -89,15 +89,7 @@ class HttpFails(Workflow):  # not a webhook
 @pytest.fixture(scope="module")
 def client(kafka_server, pg_server, tmp_path_factory) -> Iterator[Client]:
     """One node, one projector and one Client for the module."""
-    if not kafka_server.running:
-        kafka_server.start()
-    if not pg_server.running:
-        pg_server.start()
-    with running_stack(kafka_server.bootstrap, pg_server, tmp_path_factory.mktemp("node"), prefix="http") as (
-        c,
-        _node,
-        _ns,
-    ):
+    with module_stack(kafka_server, pg_server, tmp_path_factory.mktemp("node"), "http") as c:
         yield c
 
 

@@ -3,18 +3,15 @@ firings (no fire time runs twice, none within the catch-up window is missed)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from actors import Client
-from eventstore.topics import ensure_topics
-from projections.migrate import connect, migrate
-from projections.projector import Projector
+from projections.migrate import connect
 from tests.apps import schedules_app as app
-from tests.processes import Processes, wait_until
+from tests.processes import Processes, process_cluster, wait_until
 from tests.stack import running_stack
 
 
@@ -76,24 +73,15 @@ def test_overlap_skip_with_a_long_running_target(kafka, pg_server, tmp_path):
 
 
 @pytest.fixture
-def process_cluster(kafka, namespace, pg_url, tmp_path):
-    ensure_topics(kafka, namespace, partitions=2)
-    migrate(pg_url, namespace)
+def cluster_of_processes(kafka, namespace, pg_url, tmp_path):
     procs = Processes(tmp_path / "logs")
-    stop = threading.Event()
-    projector = threading.Thread(target=Projector(kafka, pg_url, namespace).run, args=(stop,), daemon=True)
-    projector.start()
-    client = Client(kafka, pg_url, namespace)
-    yield procs, client, pg_url
-    client.close()
-    procs.stop_all()
-    stop.set()
-    projector.join(10)
+    with process_cluster(kafka, namespace, pg_url, procs, partitions=2) as client:
+        yield procs, client, pg_url
 
 
 @pytest.mark.slow
-def test_node_sigkill_during_firings_neither_doubles_nor_misses(process_cluster, kafka, namespace, tmp_path):
-    procs, client, pg_url = process_cluster
+def test_node_sigkill_during_firings_neither_doubles_nor_misses(cluster_of_processes, kafka, namespace, tmp_path):
+    procs, client, pg_url = cluster_of_processes
     procs.node("n1", kafka, namespace, tmp_path / "n1")
     client.schedule("crash", app.Quick, "c", every=1, overlap="allow_all", catchup_window=120)
     wait_until(lambda: len(_runs(client, "crash")) >= 3, 20, "firings before the crash")

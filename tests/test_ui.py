@@ -24,7 +24,7 @@ from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from actors import Client, Workflow, query, signal, workflow
 from actors.http import bind, create_app, server
-from tests.stack import running_stack
+from tests.stack import module_stack
 
 CHROMIUM = "/usr/bin/chromium"
 RW, RO = "ui-rw-t0ken", "ui-ro-t0ken"
@@ -62,15 +62,7 @@ class UiWait(Workflow):
 @pytest.fixture(scope="module")
 def client(kafka_server, pg_server, tmp_path_factory) -> Iterator[Client]:
     """One node, one projector and one Client for the module."""
-    if not kafka_server.running:
-        kafka_server.start()
-    if not pg_server.running:
-        pg_server.start()
-    with running_stack(kafka_server.bootstrap, pg_server, tmp_path_factory.mktemp("node"), prefix="ui") as (
-        c,
-        _node,
-        _ns,
-    ):
+    with module_stack(kafka_server, pg_server, tmp_path_factory.mktemp("node"), "ui") as c:
         yield c
 
 
