@@ -396,8 +396,12 @@ class AsyncWorkflowHandle:
     async def describe(self) -> dict:
         row = await self._client._require(self.id)
         if not self._run_seen:
-            if row.get("run_id") == self.run_id or await self._client._read("run_known", self.id, self.run_id):
+            if row.get("run_id") == self.run_id:
                 self._run_seen = True
+            elif await self._client._read("run_known", self.id, self.run_id):
+                # The projector committed our run after ``row`` was read: that row is an older run's.
+                self._run_seen = True
+                row = await self._client._require(self.id)
             else:
                 return {**row, "run_id": self.run_id, "status": "pending", "output": None, "error_type": None,
                         "error_message": None, "error_traceback": None, "closed_at": None}

@@ -160,3 +160,31 @@ def test_bad_start_options_are_refused_before_anything_is_sent(options, message)
     with pytest.raises(ValueError, match=message):
         env.start(Quick, "q", id="bad", **options)
     assert "bad" not in env.instances
+
+
+class _RaceClient:
+    """Stands in for the Client at the moment of the race: the first read of the row still shows the old run,
+    and by the time ``run_known`` is asked the projector has committed the new one."""
+
+    def __init__(self) -> None:
+        self.rows = [
+            {"id": "w", "run_id": "old-run", "status": "completed", "output": {"tag": "one"}},
+            {"id": "w", "run_id": "new-run", "status": "running", "output": None},
+        ]
+
+    def _require(self, workflow_id: str) -> dict:
+        return self.rows.pop(0) if len(self.rows) > 1 else self.rows[0]
+
+    def _read(self, fn: str, *args: object) -> bool:
+        assert fn == "run_known"
+        return True
+
+
+def test_a_handle_of_a_new_run_never_answers_with_the_row_of_an_older_run():
+    """``describe()`` read the row, then learnt the new run was projected, and returned the stale row: the
+    result of a run started with ``if_closed="allow"`` came back as the previous run's (seen in CI)."""
+    from actors.client import WorkflowHandle
+
+    handle = WorkflowHandle(_RaceClient(), "w", "new-run")  # type: ignore[arg-type]
+    row = handle.describe()
+    assert row["run_id"] == "new-run" and row["status"] == "running"
