@@ -46,7 +46,7 @@ def test_queue_limits_are_validated_where_declared():
     with pytest.raises(ValueError):
         ActivityOptions(key="")
     assert parse_rate("60/m") == (60, 60.0) and parse_rate("20/s") == (20, 1.0) and parse_rate("3/h") == (3, 3600.0)
-    assert queue_limits("limited").concurrency == 4
+    assert queue_limits("limited").concurrency == 8
 
 
 def test_shares_add_up_to_the_limit_whatever_the_assignment():
@@ -146,7 +146,7 @@ def _balanced_ids(n: int, prefix: str) -> list[str]:
 def test_queue_limits_hold_across_three_workers_and_are_reached(cluster):
     client, marks, procs = cluster
     shares = [_shares_logged(procs.log(w), "limited") for w in ("w1", "w2", "w3")]
-    assert sum(c for _, c in shares) == 4, f"concurrency shares {shares} must add up to the limit"
+    assert sum(c for _, c in shares) == 8, f"concurrency shares {shares} must add up to the limit"
     n = 60
     for i, wid in enumerate(_balanced_ids(n, "tick")):
         client.start(app.Tick, f"t{i}", id=wid)
@@ -157,11 +157,11 @@ def test_queue_limits_hold_across_three_workers_and_are_reached(cluster):
     in_window = _max_in_window(starts, 1.0 - CLOCK_TOLERANCE)
     elapsed = max(e for _, e in spans) - min(starts)
     throughput = n / elapsed
-    print(f"\nlimited queue: {len(spans)} runs, max concurrency {concurrency} (limit 4), max starts in a "
+    print(f"\nlimited queue: {len(spans)} runs, max concurrency {concurrency} (limit 8), max starts in a "
           f"{1 - CLOCK_TOLERANCE:.1f}s window {in_window} (limit 20/s), max in 1.0s {_max_in_window(starts, 1.0)}, "
           f"{throughput:.1f}/s over {elapsed:.2f}s; shares {shares}")  # fmt: skip
     assert len(spans) == n, "every task ran exactly once"
-    assert concurrency <= 4
+    assert concurrency <= 8
     assert in_window <= 20
     assert throughput >= 0.6 * 20, f"throughput {throughput:.1f}/s is under 60% of the 20/s limit"
 
