@@ -250,6 +250,14 @@ def _args(body: dict) -> list[Any]:
     return args
 
 
+def _reason(body: dict) -> str | None:
+    """The optional ``reason`` of terminate and pause: a string or absent."""
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise BadRequest('"reason" must be a string')
+    return reason
+
+
 def _timeout(body: dict, default: float = 10.0) -> float:
     value = body.get("timeout", default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -418,18 +426,14 @@ class _Api:
 
     async def terminate(self, request: Request) -> Response:
         body = await _body(request)
-        reason = body.get("reason")
-        if reason is not None and not isinstance(reason, str):
-            raise BadRequest('"reason" must be a string')
+        reason = _reason(body)
         handle = self.client.get(request.path_params["id"])
         await self._call(handle.terminate, reason)
         return JSON({"id": handle.id, "requested": "terminate"}, status_code=202)
 
     async def pause(self, request: Request) -> Response:
         body = await _body(request)
-        reason = body.get("reason")
-        if reason is not None and not isinstance(reason, str):
-            raise BadRequest('"reason" must be a string')
+        reason = _reason(body)
         handle = self.client.get(request.path_params["id"])
         await self._call(handle.pause, reason)
         return JSON({"id": handle.id, "requested": "pause"}, status_code=202)
