@@ -53,6 +53,13 @@ const workflowLink = (id) => el("a", { href: workflowHref(id), text: id });
 const badge = (status) => el("span", { class: "s " + String(status || "").replace(/[^a-z_]/g, ""), text: status });
 const show = (value) => (value === undefined ? "" : typeof value === "string" ? value : JSON.stringify(value));
 const token = () => sessionStorage.getItem(TOKEN_KEY);
+// A timestamp as "2026-11-29 08:15:58Z" (UTC, to the second); anything else unchanged.
+function when(value) {
+  if (typeof value === "number" && value > 1e11) value = new Date(value).toISOString(); // epoch milliseconds
+  if (typeof value !== "string" || !/^\d{4}-\d\d-\d\dT/.test(value)) return value === null || value === undefined ? "" : String(value);
+  const date = new Date(value);
+  return Number.isNaN(date.getTime()) ? value : date.toISOString().slice(0, 19).replace("T", " ") + "Z";
+}
 
 function authHeaders(extra) {
   const headers = { ...extra };
@@ -159,8 +166,8 @@ async function loadList() {
     el("td", { class: "id" }, workflowLink(w.id)),
     el("td", { class: "type", text: w.type }),
     el("td", {}, badge(w.status)),
-    el("td", { class: "muted", text: w.created_at || "" }),
-    el("td", { class: "muted", text: w.updated_at || "" }),
+    el("td", { class: "muted", text: when(w.created_at), title: w.created_at }),
+    el("td", { class: "muted", text: when(w.updated_at), title: w.updated_at }),
     el("td", { class: "attrs" }, ...Object.entries(w.search || {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => el("code", { text: `${k}=${show(v)}` }))))));
   const first = state.firsts[page];
   state.nextCursor = data.next_cursor || null;
@@ -194,6 +201,7 @@ function cell(column, value) {
   if (column === "traceback") return el("td", {}, el("details", {}, el("summary", { text: "traceback" }), el("pre", { class: "traceback", text: value })));
   if (column === "status") return el("td", {}, badge(value));
   if (typeof value === "object") return el("td", {}, el("code", { text: JSON.stringify(value) }));
+  if (/_at$/.test(column)) return el("td", { class: "muted", text: when(value), title: value });
   return el("td", { text: value });
 }
 
@@ -222,7 +230,7 @@ function timeline(events, onReset) {
         ? el("details", {}, el("summary", { text: short.length > 140 ? short.slice(0, 140) + "…" : short }),
           el("pre", { text: JSON.stringify(details, null, 2) }))
         : el("span", { class: "muted", text: "" });
-      return el("tr", { "data-seq": e.seq }, el("td", { text: e.seq }), el("td", { class: "muted", text: e.at || "" }),
+      return el("tr", { "data-seq": e.seq }, el("td", { text: e.seq }), el("td", { class: "muted", text: when(e.at), title: e.at }),
         el("td", { class: "event" }, e.type, ...links), el("td", {}, e.status ? badge(e.status) : ""), el("td", {}, body),
         el("td", {}, el("button", { type: "button", class: "acts small reset-here", title: "reset to this event", click: () => onReset(e.seq) }, "reset here")));
     })));
@@ -335,8 +343,8 @@ async function loadDetail(id, keepResult) {
   }
   if (state.selected !== id) return; // the user moved on while this was loading
   const meta = el("p", { class: "muted meta" },
-    `type ${w.type} · run ${w.run_id || "-"} · created ${w.created_at || "-"} · updated ${w.updated_at || "-"}` +
-    (w.closed_at ? ` · closed ${w.closed_at}` : ""));
+    `type ${w.type} · run ${w.run_id || "-"} · created ${when(w.created_at) || "-"} · updated ${when(w.updated_at) || "-"}` +
+    (w.closed_at ? ` · closed ${when(w.closed_at)}` : ""));
   const links = el("p", { class: "links" });
   if (w.parent_id) links.append("parent ", workflowLink(w.parent_id), " ");
   if (w.continued_from) links.append(`continued as new from run ${w.continued_from} `);
@@ -486,7 +494,7 @@ function scheduleRow(s) {
     el("td", {}, el("div", { class: "type", text: (s.spec || {}).workflow_type || "" }), el("code", { class: "spec", text: specText(s.spec) })),
     el("td", {}, s.error ? el("span", { class: "error", text: s.error }) : s.paused ? badge("paused") : badge("running"),
       s.note ? el("div", { class: "muted note", text: s.note }) : null),
-    el("td", { class: "next" }, ...(s.next_runs || []).slice(0, 3).map((t) => el("div", { class: "muted", text: t }))),
+    el("td", { class: "next" }, ...(s.next_runs || []).slice(0, 3).map((t) => el("div", { class: "muted", text: when(t), title: t }))),
     el("td", { class: "recent" }, ...(recent.length ? recent.slice(0, 5).map((r) => el("div", {}, workflowLink(r.id), " ", badge(r.status || r.action)))
       : [el("span", { class: "muted", text: "none yet" })])),
     el("td", { class: "muted", text: `${s.fired || 0} fired · ${s.skipped || 0} skipped` }),

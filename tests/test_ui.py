@@ -4,20 +4,18 @@ Why a real browser: the UI's safety is about what a browser does with hostile id
 (parse them as HTML? run them as script?), which no HTTP-level test can observe. Each test asserts that
 ``document.title`` is still "Metamorph": every hostile string here tries to set it to "PWNED".
 
-Set ``METAMORPH_SCREENSHOTS=<dir>`` to save screenshots of the list and a workflow page there.
+The README's screenshots come from ``tests/ui_screenshots.py`` (realistic data, run explicitly).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -177,14 +175,6 @@ def assert_no_script_ran(page: Page) -> None:
     assert all(kind == "confirm" for kind, _ in page.dialogs), page.dialogs  # type: ignore[attr-defined]
 
 
-def shot(page: Page, name: str) -> None:
-    folder = os.environ.get("METAMORPH_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=str(Path(folder) / name), full_page=False)
-
-
 # -- tests -----------------------------------------------------------------------------------------------
 def test_hostile_ids_types_and_payloads_render_as_text_and_cancel_works(base_url: str, page: Page) -> None:
     tag = uuid.uuid4().hex[:6]
@@ -204,7 +194,6 @@ def test_hostile_ids_types_and_payloads_render_as_text_and_cancel_works(base_url
         for wid in ids:
             expect(listed.filter(has_text=wid).first).to_have_text(wid)
         expect(page.locator("#list td", has_text=hostile_type).first).to_have_text(hostile_type)
-        shot(page, "list.png")
         assert_no_script_ran(page)
 
         target = ids[1]  # the quote-breaking id of the stored XSS in the old inline onclick
@@ -216,7 +205,6 @@ def test_hostile_ids_types_and_payloads_render_as_text_and_cancel_works(base_url
         expect(page.locator("#detail table.history pre").first).to_be_visible()
         stray = "[...document.getElementById('detail').childNodes].filter((n) => n.nodeType === 3).length"
         assert page.evaluate(stray) == 0  # no stray text such as "null" between the sections
-        shot(page, "workflow.png")
         assert_no_script_ran(page)
 
         page.accept_dialogs = False  # type: ignore[attr-defined]  # "no" to the confirmation: nothing happens
@@ -560,7 +548,6 @@ def test_schedules_page_lists_and_acts_with_confirmation(base_url: str, page: Pa
         expect(page.locator("#schedule-result")).to_have_text(f"pause {sid}: done")
         expect(row.locator("td .s").first).to_have_text("paused")
         expect(row.locator("button.resume")).to_be_visible()
-        shot(page, "schedules.png")
         row.locator("button.resume").click()
         expect(row.locator("td .s").first).to_have_text("running")
         assert http.get("/schedules/" + quote(sid, safe="")).json()["paused"] is False
