@@ -524,7 +524,15 @@ def test_schedules_page_lists_and_acts_with_confirmation(base_url: str, page: Pa
     with api(base_url) as http:
         r = http.post("/schedules", json={"id": sid, "type": "ui.Wait", "args": [HOSTILE], "every": 3600})
         assert r.status_code == 201, r.text
+        odd = f"{HOSTILE[3]}-{uuid.uuid4().hex[:6]}"  # a hostile workflow type and pause note too
+        r = http.post("/schedules", json={"id": odd, "type": HOSTILE[2], "cron": "0 3 * * *", "paused": True})
+        assert r.status_code == 201, r.text
+        assert http.post("/schedules/" + quote(odd, safe="") + "/pause", json={"note": HOSTILE[4]}).status_code == 200
         log_in(page, base_url, RW, "#/schedules")
+        other = page.locator("#schedules tr.schedule", has_text=odd)
+        expect(other.locator("td.sid")).to_have_text(odd)
+        expect(other.locator(".type")).to_have_text(HOSTILE[2])
+        expect(other.locator(".note")).to_have_text(HOSTILE[4])
         row = page.locator("#schedules tr.schedule", has_text=sid)
         expect(row.locator("td.sid")).to_have_text(sid)
         expect(row).to_contain_text("every 3600")
@@ -565,4 +573,5 @@ def test_schedules_page_lists_and_acts_with_confirmation(base_url: str, page: Pa
         assert http.get("/schedules/" + quote(sid, safe="")).json()["paused"] is False
         assert_no_script_ran(page)
         http.delete("/schedules/" + quote(sid, safe=""))
+        http.delete("/schedules/" + quote(odd, safe=""))
         http.post("/workflows/" + quote(run_id, safe="") + "/terminate")
