@@ -238,6 +238,16 @@ def test_payload_limit_on_a_node_and_a_worker(client: Client, monkeypatch: pytes
     assert client.start(Oversize, "result", LIMIT - 100).result(timeout=30) == "z" * (LIMIT - 100)
 
 
+def test_a_2_mb_result_passes_on_a_node_as_in_the_environment(client: Client) -> None:
+    """The default limit (2 MiB) holds for every payload: a 2,000,000-byte activity result and workflow result
+    (a record each of about 2 MB) travel through Kafka and PostgreSQL, as they pass in WorkflowEnvironment."""
+    size = 2_000_000
+    assert client.start(Oversize, "activity_result", size).result(timeout=60) == "x" * size
+    assert client.start(Oversize, "result", size).result(timeout=60) == "z" * size
+    env = WorkflowEnvironment()
+    assert env.result(env.start(Oversize, "activity_result", size)) == "x" * size
+
+
 def test_payload_limit_is_the_same_in_the_workflow_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METAMORPH_MAX_PAYLOAD", str(LIMIT))
     env = WorkflowEnvironment()
@@ -258,3 +268,19 @@ def test_workflow_environment_streams_across_continue_as_new() -> None:
     assert env.result(wid) == "4 items"
     assert env.stream(wid) == [{"run": r, "i": i} for r in (1, 2) for i in range(2)]
     assert env.stream(wid, after=3) == [{"run": 2, "i": 1}]
+
+
+def test_cli_stream_prints_json_lines(client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    from actors.cli import EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, main
+
+    engine = ["--kafka", client.kafka, "--postgres", client.postgres or "", "--namespace", client.namespace]
+    h = client.start(Counter, 3, id="cli-stream")
+    h.result(timeout=30)
+    capsys.readouterr()
+    assert main(["stream", "cli-stream", "--after", "1", *engine]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == [{"run": 1, "i": 1}, {"run": 1, "i": 2}]
+    open_one = client.start(Emitter, id="cli-open")
+    assert main(["stream", "cli-open", "--timeout", "1", *engine]) == EXIT_TIMEOUT
+    assert main(["stream", "cli-open", "--after", "-1", *engine]) == EXIT_USAGE
+    open_one.terminate()
