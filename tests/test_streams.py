@@ -284,3 +284,23 @@ def test_cli_stream_prints_json_lines(client: Client, capsys: pytest.CaptureFixt
     assert main(["stream", "cli-open", "--timeout", "1", *engine]) == EXIT_TIMEOUT
     assert main(["stream", "cli-open", "--after", "-1", *engine]) == EXIT_USAGE
     open_one.terminate()
+
+
+def test_a_reset_run_does_not_stream_its_copied_items_again(client: Client) -> None:
+    h = client.start(Emitter, id="reset-1")
+    h.signal("emit", "a")
+    h.signal("emit", "b")
+    items_at = {}
+
+    def streamed() -> dict:
+        items_at.clear()
+        items_at.update({e["value"]: e["seq"] for e in h.history() if e["type"] == "StreamAppended"})
+        return items_at
+
+    wait_until(lambda: len(streamed()) == 2, 30, "two items recorded")
+    h.reset(items_at["a"])  # the new run copies the history up to and including item "a"
+    wait_until(lambda: h.describe()["continued_from"] is not None and h.status() == "waiting", 30, "the reset run")
+    h.signal("emit", "c")
+    h.signal("finish")
+    assert h.result(timeout=30) == 2  # the new run streamed "a" (copied) and "c"
+    assert list(h.stream()) == ["a", "b", "c"]  # "a" once: the copy is not a new item
