@@ -304,3 +304,25 @@ def test_a_reset_run_does_not_stream_its_copied_items_again(client: Client) -> N
     h.signal("finish")
     assert h.result(timeout=30) == 2  # the new run streamed "a" (copied) and "c"
     assert list(h.stream()) == ["a", "b", "c"]  # "a" once: the copy is not a new item
+
+
+def test_encrypted_stream_items_are_stored_encrypted_and_read_in_clear(client: Client) -> None:
+    import os
+
+    from actors import codecs
+    from projections.db import connect
+
+    codecs.set_codec(codecs.EncryptionCodec(keys={"k1": os.urandom(32)}, active="k1"))
+    try:
+        h = client.start(Emitter, id="secret-1")
+        h.signal("emit", {"token": "plaintext-canary-4711"})
+        h.signal("finish")
+        assert h.result(timeout=30) == 1
+        assert list(h.stream()) == [{"token": "plaintext-canary-4711"}]
+        with connect(client.postgres or "", client.namespace) as conn:
+            rows = conn.execute("SELECT h.data::text FROM stream_items s JOIN history h USING (workflow_id, run_id, seq)"
+                                " WHERE s.workflow_id = 'secret-1'").fetchall()
+        assert len(rows) == 1 and "$encrypted" in rows[0][0] and "plaintext-canary" not in rows[0][0]
+    finally:
+        codecs.set_codec(None)
+        codecs.reset_codec()
