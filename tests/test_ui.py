@@ -100,6 +100,26 @@ class UiOrder(Workflow):
         self.done = True
 
 
+class UiStreamer(Workflow):
+    """Streams two hostile items, waits for ``finish``, streams a third and completes."""
+
+    name = "ui.Streamer"
+
+    def __init__(self) -> None:
+        self.done = False
+
+    async def execute(self) -> str:
+        workflow.stream({"token": HOSTILE[0]})
+        workflow.stream(HOSTILE[3])
+        await workflow.wait(lambda: self.done)
+        workflow.stream("last")
+        return "ok"
+
+    @signal
+    def finish(self) -> None:
+        self.done = True
+
+
 @pytest.fixture(scope="module")
 def client(kafka_server, pg_server, tmp_path_factory) -> Iterator[Client]:
     """One node, one projector and one Client for the module."""
@@ -575,3 +595,21 @@ def test_schedules_page_lists_and_acts_with_confirmation(base_url: str, page: Pa
         http.delete("/schedules/" + quote(sid, safe=""))
         http.delete("/schedules/" + quote(odd, safe=""))
         http.post("/workflows/" + quote(run_id, safe="") + "/terminate")
+
+
+def test_live_stream_view_on_the_real_route_follows_items_live(base_url: str, page: Page) -> None:
+    wid = f"streamer/{HOSTILE[1]}-{uuid.uuid4().hex[:6]}"
+    with api(base_url) as http:
+        assert http.post("/workflows", json={"type": "ui.Streamer", "id": wid}).status_code == 201
+        wait_status(http, wid, "waiting")
+        log_in(page, base_url, RW, "#/w/" + quote(wid, safe=""))
+        items = page.locator("#stream-items li")
+        expect(items).to_have_count(2)
+        expect(items.nth(0)).to_have_text(json.dumps({"token": HOSTILE[0]}, separators=(",", ":")))
+        expect(items.nth(1)).to_have_text(json.dumps(HOSTILE[3]))
+        expect(page.locator("#stream-state")).to_have_text("live")
+        http.post("/workflows/" + quote(wid, safe="") + "/signal/finish")  # the page is not reloaded
+        expect(items).to_have_count(3, timeout=15_000)
+        expect(items.nth(2)).to_have_text('"last"')
+        expect(page.locator("#stream-state")).to_have_text("ended (completed) · 3 items", timeout=15_000)
+        assert_no_script_ran(page)
