@@ -304,6 +304,10 @@ def _start_options(body: dict) -> dict[str, Any]:
             if isinstance(body[name], bool) or not isinstance(body[name], int | float):
                 raise BadRequest(f'"{name}" must be a number of seconds')
             options[name] = body[name]
+    if body.get("priority") is not None:
+        if isinstance(body["priority"], bool) or not isinstance(body["priority"], int):
+            raise BadRequest('"priority" must be an integer, 0 (first) to 9')
+        options["priority"] = body["priority"]
     for name in ("search", "memo"):
         if body.get(name) is not None:
             if not isinstance(body[name], dict):
@@ -1086,6 +1090,8 @@ def _schemas() -> dict:
                             "description": "Seconds the whole execution may take; then it ends timed_out"},
                 "search": {"type": "object", "description": "Search attributes: str, number, bool, ISO datetime"},
                 "memo": {"type": "object", "description": "Any JSON object, shown with the workflow"},
+                "priority": {"type": "integer", "minimum": 0, "maximum": 9,
+                             "description": "Activity task priority, 0 first (default 5)"},
             },
         },
         "Started": {
