@@ -11,6 +11,7 @@ from .errors import (
     ActivityCancelled,
     ActivityFailed,
     ChildWorkflowFailed,
+    ExternalRequestFailed,
     NondeterminismError,
     NonRetryableError,
     PayloadTooLarge,
@@ -54,7 +55,7 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
 __all__ = [
     "ActivityCancelled", "ActivityFailed", "ActivityInfo", "ActivityOptions", "AsyncClient", "AsyncScheduleHandle",
     "AsyncWorkflowHandle",
-    "ChildWorkflowFailed", "Client",
+    "ChildWorkflowFailed", "Client", "ExternalRequestFailed",
     "NonRetryableError", "NondeterminismError", "PayloadTooLarge", "QueryFailed", "ScheduleHandle",
     "VersionNotSupported", "Workflow",
     "WorkflowAlreadyStarted", "WorkflowCancelled", "WorkflowError", "WorkflowFailed", "WorkflowHandle",

@@ -162,6 +162,28 @@ class WorkflowNotRunning(WorkflowError):
         self.operation = operation
 
 
+class ExternalRequestFailed(WorkflowError):
+    """``workflow.signal_external`` / ``cancel_external`` reached a running workflow that refused it (a signal
+    name it does not define, arguments its handler does not take). A missing or ended target raises
+    ``WorkflowNotFound`` / ``WorkflowNotRunning`` instead; all three are catchable in workflow code."""
+
+    def __init__(self, workflow_id: str, error_type: str, message: str) -> None:
+        super().__init__(f"workflow {workflow_id} refused the request: {error_type}: {message}")
+        self.workflow_id = workflow_id
+        self.error_type = error_type
+        self.message = message
+
+
+def external_error(workflow_id: str, error_type: str | None, message: str | None) -> WorkflowError:
+    """The exception awaiting code sees for a refused ``signal_external``/``cancel_external`` (recorded as
+    ExternalResolved: for ``WorkflowNotRunning`` the message is the target's status)."""
+    if error_type == "WorkflowNotFound":
+        return WorkflowNotFound(workflow_id)
+    if error_type == "WorkflowNotRunning":
+        return WorkflowNotRunning(workflow_id, message or "ended")
+    return ExternalRequestFailed(workflow_id, error_type or "Error", message or "")
+
+
 class QueryFailed(WorkflowError):
     """A query or update the workflow could not answer (no such handler, bad arguments, handler raised)."""
 
