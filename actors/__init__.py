@@ -10,6 +10,7 @@ from .definitions import ActivityOptions, Workflow, activity, query, queue, sign
 from .errors import (
     ActivityCancelled,
     ActivityFailed,
+    AlreadyCompensated,
     ChildWorkflowFailed,
     ExternalRequestFailed,
     NondeterminismError,
@@ -53,7 +54,7 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
 
 
 __all__ = [
-    "ActivityCancelled", "ActivityFailed", "ActivityInfo", "ActivityOptions", "AsyncClient", "AsyncScheduleHandle",
+    "ActivityCancelled", "ActivityFailed", "ActivityInfo", "AlreadyCompensated", "ActivityOptions", "AsyncClient", "AsyncScheduleHandle",
     "AsyncWorkflowHandle",
     "ChildWorkflowFailed", "Client", "ExternalRequestFailed",
     "NonRetryableError", "NondeterminismError", "PayloadTooLarge", "QueryFailed", "ScheduleHandle",

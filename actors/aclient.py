@@ -43,7 +43,7 @@ from eventstore.topics import partition_for
 from . import client as _c
 from . import search as _search
 from .definitions import workflow_type_name
-from .errors import WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning
+from .errors import WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning, check_not_compensated
 from .instance import utcnow
 
 log = logging.getLogger(__name__)
@@ -491,10 +491,13 @@ class AsyncWorkflowHandle:
             raise ValueError(f"workflow {self.id} has no event {seq} to reset to (its history has seq 1..{last})")
         await self._client._send("ResetWorkflow", self.id, seq=seq)
 
-    async def retry(self) -> None:
+    async def retry(self, force: bool = False) -> None:
+        """As ``WorkflowHandle.retry``: AlreadyCompensated unless ``force`` when the saga compensated."""
         row = await self._client._require(self.id)
         if row["status"] != "failed":
             raise ValueError(f"only a failed workflow can be retried; {self.id} is {row['status']}")
+        if not force:
+            check_not_compensated(self.id, await self.history())
         await self._client._send("RetryWorkflow", self.id)
 
     async def history(self) -> list[dict]:

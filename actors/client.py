@@ -37,6 +37,7 @@ from .errors import (
     WorkflowNotRunning,
     WorkflowTerminated,
     WorkflowTimedOut,
+    check_not_compensated,
 )
 from .instance import IF_CLOSED, IF_RUNNING, utcnow
 
@@ -611,11 +612,16 @@ class WorkflowHandle:
         self._client._check_running(self.id, "terminate")
         self._client._send("TerminateWorkflow", self.id, reason=reason)
 
-    def retry(self) -> None:
-        """Reset a failed workflow: a new run replays history up to the failure and goes on from there."""
+    def retry(self, force: bool = False) -> None:
+        """Reset a failed workflow: a new run replays history up to the failure and goes on from there.
+
+        ``AlreadyCompensated`` (nothing sent) if its saga already ran its compensations, unless ``force``.
+        """
         row = self._client._require(self.id)
         if row["status"] != "failed":
             raise ValueError(f"only a failed workflow can be retried; {self.id} is {row['status']}")
+        if not force:
+            check_not_compensated(self.id, self.history())
         self._client._send("RetryWorkflow", self.id)
 
     def pause(self, reason: str | None = None) -> None:

@@ -184,6 +184,35 @@ def external_error(workflow_id: str, error_type: str | None, message: str | None
     return ExternalRequestFailed(workflow_id, error_type or "Error", message or "")
 
 
+class AlreadyCompensated(WorkflowError, ValueError):
+    """``retry`` of a failed workflow whose saga already ran its compensations (``Workflow.compensate``
+    recorded ``SagaCompensated``): the new run would redo from the last good step with the earlier steps
+    already undone. Nothing was sent; ``retry(force=True)`` / ``metamorph retry ID --force`` retries anyway.
+    """
+
+    def __init__(self, workflow_id: str, steps: int, seq: int) -> None:
+        super().__init__(
+            f"workflow {workflow_id} already compensated ({steps} undo step(s) from event {seq}): a retry would "
+            "carry on from the last good step although its effects were undone; retry with force to do it anyway"
+        )
+        self.workflow_id = workflow_id
+        self.steps = steps
+        self.seq = seq
+
+
+def check_not_compensated(workflow_id: str, history: list[dict]) -> None:
+    """AlreadyCompensated if the run's ``history`` (the client's view, oldest first) has a SagaCompensated.
+
+    Why the client may decide this from the projection: the run is ``failed`` there only once its
+    WorkflowFailed is projected, and the projector applies a partition's events in order, so the marker
+    that came before the failure is there too.
+    """
+    marker = next((e for e in history if e["type"] == "SagaCompensated"), None)
+    if marker is not None:
+        data = marker.get("data") if isinstance(marker.get("data"), dict) else marker
+        raise AlreadyCompensated(workflow_id, int(data.get("steps") or 0), marker["seq"])
+
+
 class QueryFailed(WorkflowError):
     """A query or update the workflow could not answer (no such handler, bad arguments, handler raised)."""
 

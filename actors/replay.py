@@ -50,7 +50,7 @@ DECISIONS = frozenset(
         "ActivityScheduled", "TimerStarted", "ChildStarted", "ExternalSignalSent", "SideEffectRecorded",
         "VersionMarker", "UpdateCompleted", "WorkflowCompleted", "WorkflowFailed", "WorkflowContinued",
         "WorkflowCancelled", "TimerCancelled", "ActivityCancelRequested", "ChildCancelRequested",
-        "AttributesUpserted", "ExternalCancelRequested",
+        "AttributesUpserted", "ExternalCancelRequested", "SagaCompensated",
     }
 )
 #: Events that feed the code; after each the code runs until it blocks.
@@ -719,6 +719,18 @@ class WorkflowRun:
         if body["search"] is None and body["memo"] is None:
             return
         self._decide("AttributesUpserted", body)
+
+    def mark_compensated(self, steps: int) -> None:
+        """Record that the saga ran its compensations (``Workflow.compensate``), so a ``retry`` can warn.
+
+        Tolerant like ``get_version``: a history recorded before the marker existed has no such event at
+        this point, and replays on without it.
+        """
+        if self._at_recorded():
+            if self.history[self._cursor]["type"] == "SagaCompensated":
+                self._cursor += 1
+            return
+        self._decide("SagaCompensated", {"steps": steps})
 
     def get_version(self, change_id: str, min_supported: int, max_supported: int) -> int:
         if self._at_recorded():
