@@ -37,6 +37,9 @@ MAX_INLINE_CONTINUATIONS = 20
 DEFERRED_WHILE_PAUSED = frozenset(
     {"SignalWorkflow", "UpdateWorkflow", "CancelWorkflow", "CompleteActivity", "FailActivity", "ResolveChild", "FireTimer", "ResolveExternal"}
 )
+#: Commands a client may send with a ``request_id`` to have the owner confirm that the workflow is running
+#: (answered ok, WorkflowNotRunning or WorkflowNotFound on ``<ns>.replies``).
+CONFIRMABLE = frozenset({"SignalWorkflow", "CancelWorkflow", "TerminateWorkflow", "PauseWorkflow", "ResumeWorkflow"})
 #: Events of the owner's, not of the code's, that a reset or retry does not carry into the new run: the new
 #: run is not blocked, not paused, and commands deferred but never applied before the cut are not part of it.
 _NOT_CARRIED = frozenset(
@@ -250,6 +253,14 @@ class WorkflowInstance:
         batch is appended, so a crash or failover during the pause must find it in history; replay never
         sees these events (the code only ever sees the inputs applied on resume, as ordinary inputs).
         """
+        if command.get("request_id") and command["type"] in CONFIRMABLE:
+            # The client asks for the owner's word (its projections said the workflow has ended or is
+            # unknown, which may only be lag): answered here, where the id's state is known, then applied.
+            if self.run_id is None or self.terminal is not None:
+                out.replies.append(self._not_running_reply(command["request_id"]))
+            else:
+                out.replies.append(Reply(command["request_id"], True, payloads.encode(None)))
+            command = {**command, "request_id": None}  # answered: a deferred copy must not answer again
         deadline = command["type"] == "FireTimer" and command.get("kind") == "deadline"
         if self._paused and self.terminal is None and command["type"] in DEFERRED_WHILE_PAUSED and not deadline:
             out.events.append(self._system("CommandDeferred", {"command": _freeze(command)}, at))

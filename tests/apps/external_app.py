@@ -9,6 +9,7 @@ from actors import (
     WorkflowCancelled,
     WorkflowNotFound,
     WorkflowNotRunning,
+    query,
     signal,
     workflow,
 )
@@ -38,6 +39,10 @@ class Inbox(Workflow):
     @signal
     def finish(self) -> None:
         self.done = True
+
+    @query
+    def seen(self) -> list[str]:
+        return list(self.items)
 
 
 class Sender(Workflow):
