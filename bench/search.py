@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             ("count status=running", lambda: client.count(status="running")),
             ("count type+status=completed", lambda: client.count(type="bench.Order", status="completed")),
             ("count status=running and vip=true", lambda: client.count(status="running", search={"vip": True})),
+            ("count type+status=running and amount>500",
+             lambda: client.count(type="bench.Order", status="running", search={"amount": (">", 500)})),
             ("count region=eu (20% of rows)", lambda: client.count(search={"region": "eu"})),
         ]
         print(f"{'query':<48} {'median ms':>10} {'max ms':>8}  result")
@@ -113,6 +115,8 @@ def _explain(postgres: str, namespace: str) -> None:
         ("SELECT count(*) FROM workflows WHERE search @> %s", [Jsonb({"customer": "c-7"})]),
         ("SELECT count(*) FROM workflows WHERE search @> %s", [Jsonb({"region": "eu"})]),
         ("SELECT coalesce(sum(n), 0) FROM workflow_counts WHERE status = ANY(%s)", [["running"]]),
+        ("SELECT count(*) FROM workflows WHERE status = ANY(%s) AND status IN ('pending', 'running', 'waiting', "
+         "'blocked', 'paused') AND search @> %s", [["running"], Jsonb({"vip": True})]),
     ]
     with connect(postgres, namespace) as conn:
         for query, params in queries:

@@ -173,6 +173,10 @@ def count_query(
     return f"SELECT count(*) FROM workflows {clause}", params
 
 
+#: The predicate of the partial index ``workflows_open_search`` (migration 003): every non-terminal status.
+_OPEN_PREDICATE = "status IN (" + ", ".join(f"'{s}'" for s in statuses.ALL if s not in statuses.TERMINAL) + ")"
+
+
 def _where(
     status: str | Iterable[str] | None, type: str | None, parent_id: str | None,
     search: list[tuple[str, str, Any]] | None, started_after: datetime | None, started_before: datetime | None,
@@ -187,8 +191,13 @@ def _where(
     where: list[str] = []
     params: list[Any] = []
     if status is not None:
+        wanted = statuses.parse_many(status)
         where.append("status = ANY(%s)")
-        params.append([str(s) for s in statuses.parse_many(status)])
+        params.append([str(s) for s in wanted])
+        if search and wanted and not set(wanted) & statuses.TERMINAL:
+            # Implied by the parameter, but stated as a constant so the planner may use the index of open
+            # workflows (migration 003), whose predicate this is, with any (generic) plan.
+            where.append(_OPEN_PREDICATE)
     if type is not None:
         where.append("type = %s")
         params.append(type)

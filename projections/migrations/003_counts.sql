@@ -54,3 +54,11 @@ CREATE TRIGGER workflows_count_update AFTER UPDATE OF status, type ON workflows 
 -- above took their lock on workflows first, so no write slips between the two.
 INSERT INTO workflow_counts (type, status, slot, n)
 SELECT type, status, 0, count(*) FROM workflows GROUP BY type, status;
+
+-- Counts and lists of open workflows filtered on search attributes ("running and vip"): an index of the
+-- open rows only (small: finished workflows, the bulk, are not in it) that carries the attributes, so the
+-- filter is checked in the index (an index-only scan where the visibility map allows) instead of fetching
+-- every open row from the heap. Queries add the literal predicate below (projections.read) so the planner
+-- can use it with a parameterised status.
+CREATE INDEX workflows_open_search ON workflows (status, type) INCLUDE (search)
+    WHERE status IN ('pending', 'running', 'waiting', 'blocked', 'paused');
