@@ -119,3 +119,18 @@ def test_cancel_external_cancels_another_workflow_which_runs_its_cleanup(stack):
     kinds = _kinds(canceller.history())
     assert kinds.count("ExternalCancelRequested") == 1 and kinds.count("ExternalResolved") == 1
     assert replay(canceller.history(), Canceller) == "completed"
+
+
+def test_the_in_memory_environment_runs_signal_external_too():
+    from actors.testing import WorkflowEnvironment
+
+    env = WorkflowEnvironment()
+    inbox = env.start(Inbox, id="env-inbox")
+    sender = env.start(Sender, inbox, ["a"], id="env-sender")
+    assert env.result(sender) == "sent 1" and env.result(inbox) == ["a"]
+    running = env.start(Inbox, id="env-running")
+    prober = env.start(Prober, "env-nobody", inbox, running, id="env-prober")
+    assert env.result(prober) == {
+        "signal missing": "WorkflowNotFound", "signal ended": "completed", "unknown signal": "UnknownSignal",
+        "cancel missing": "WorkflowNotFound", "cancel ended": "completed",
+    }
