@@ -53,7 +53,8 @@ exit codes:
   0 ok; 1 workflow failed/cancelled/terminated (result), non-determinism found (replay);
   2 usage or configuration error;
   3 workflow not found; 4 timeout; 5 Kafka or PostgreSQL unreachable;
-  6 refused (query/update failed, workflow already ended, retry of a workflow that has not failed);
+  6 refused (query/update failed, workflow already ended, retry of a workflow that has not failed
+    or whose saga already compensated without --force);
   70 internal error
 
 environment: METAMORPH_KAFKA, METAMORPH_POSTGRES, METAMORPH_NAMESPACE (defaults for the options),

@@ -209,7 +209,7 @@ def check_not_compensated(workflow_id: str, history: list[dict]) -> None:
     """
     marker = next((e for e in history if e["type"] == "SagaCompensated"), None)
     if marker is not None:
-        data = marker.get("data") if isinstance(marker.get("data"), dict) else marker
+        data = marker["data"] if isinstance(marker.get("data"), dict) else marker
         raise AlreadyCompensated(workflow_id, int(data.get("steps") or 0), marker["seq"])
 
 

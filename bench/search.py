@@ -110,13 +110,12 @@ def _explain(postgres: str, namespace: str) -> None:
 
     from projections.db import connect
 
-    queries = [
+    queries: list[tuple[str, list[Any]]] = [
         ("SELECT id FROM workflows WHERE search @> %s ORDER BY created_at DESC, id DESC LIMIT 101", [Jsonb({"customer": "c-7"})]),
         ("SELECT count(*) FROM workflows WHERE search @> %s", [Jsonb({"customer": "c-7"})]),
         ("SELECT count(*) FROM workflows WHERE search @> %s", [Jsonb({"region": "eu"})]),
         ("SELECT coalesce(sum(n), 0) FROM workflow_counts WHERE status = ANY(%s)", [["running"]]),
-        ("SELECT count(*) FROM workflows WHERE status = ANY(%s) AND status IN ('pending', 'running', 'waiting', "
-         "'blocked', 'paused') AND search @> %s", [["running"], Jsonb({"vip": True})]),
+        ("SELECT count(*) FROM workflows WHERE status = ANY(%s) AND search @> %s", [["running"], Jsonb({"vip": True})]),
     ]
     with connect(postgres, namespace) as conn:
         for query, params in queries:

@@ -160,21 +160,18 @@ def count_query(
     million rows takes ~100 ms), as README "Finding workflows" says.
     """
     if not search and started_after is None and started_before is None and parent_id is None:
-        where, params = [], []
+        where: list[str] = []
+        counted: list[Any] = []
         if status is not None:
             where.append("status = ANY(%s)")
-            params.append([str(s) for s in statuses.parse_many(status)])
+            counted.append([str(s) for s in statuses.parse_many(status)])
         if type is not None:
             where.append("type = %s")
-            params.append(type)
+            counted.append(type)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return f"SELECT coalesce(sum(n), 0) FROM workflow_counts {clause}", params
+        return f"SELECT coalesce(sum(n), 0) FROM workflow_counts {clause}", counted
     clause, params = _where(status, type, parent_id, search, started_after, started_before, None)
     return f"SELECT count(*) FROM workflows {clause}", params
-
-
-#: The predicate of the partial index ``workflows_open_search`` (migration 003): every non-terminal status.
-_OPEN_PREDICATE = "status IN (" + ", ".join(f"'{s}'" for s in statuses.ALL if s not in statuses.TERMINAL) + ")"
 
 
 def _where(
@@ -191,13 +188,8 @@ def _where(
     where: list[str] = []
     params: list[Any] = []
     if status is not None:
-        wanted = statuses.parse_many(status)
         where.append("status = ANY(%s)")
-        params.append([str(s) for s in wanted])
-        if search and wanted and not set(wanted) & statuses.TERMINAL:
-            # Implied by the parameter, but stated as a constant so the planner may use the index of open
-            # workflows (migration 003), whose predicate this is, with any (generic) plan.
-            where.append(_OPEN_PREDICATE)
+        params.append([str(s) for s in statuses.parse_many(status)])
     if type is not None:
         where.append("type = %s")
         params.append(type)

@@ -58,7 +58,8 @@ SELECT type, status, 0, count(*) FROM workflows GROUP BY type, status;
 -- Counts and lists of open workflows filtered on search attributes ("running and vip"): an index of the
 -- open rows only (small: finished workflows, the bulk, are not in it) that carries the attributes, so the
 -- filter is checked in the index (an index-only scan where the visibility map allows) instead of fetching
--- every open row from the heap. Queries add the literal predicate below (projections.read) so the planner
--- can use it with a parameterised status.
+-- every open row from the heap. The planner uses it when the statuses asked for (a parameter, planned with
+-- its value) are all open; stating the predicate again in the query would only spoil its row estimates
+-- (measured: 10-30x slower).
 CREATE INDEX workflows_open_search ON workflows (status, type) INCLUDE (search)
     WHERE status IN ('pending', 'running', 'waiting', 'blocked', 'paused');
