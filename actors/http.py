@@ -48,7 +48,7 @@ from eventstore import metrics
 from eventstore.log import PayloadTooLargeError
 from eventstore.payloads import PayloadError
 
-from . import schedules_http, webhooks
+from . import schedules_http, stream_http, webhooks
 from .errors import QueryFailed, WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning
 from .routing import IdRoute, route_path
 
@@ -591,6 +591,7 @@ def create_app(
         Route("/workflows/batch", api.batch, methods=["POST"]),
         # The suffixed routes before the bare one: "{id}" matches "a/b/history" too.
         IdRoute(wid + "/history", api.history, methods=["GET"]),
+        *stream_http.routes(client),  # GET /workflows/{id}/stream (SSE), before the {id} catch-all
         IdRoute(wid + "/signal/{name}", api.signal, methods=["POST"]),
         IdRoute(wid + "/query/{name}", api.query, methods=["POST"]),
         IdRoute(wid + "/update/{name}", api.update, methods=["POST"]),
@@ -908,6 +909,7 @@ def openapi_document() -> dict:
         },
     }
     paths.update(schedules_http.openapi_paths(_op, _json, _errors, _path_param, _body_schema))
+    paths.update(stream_http.openapi_paths(_op, _errors, _path_param))
     for path, ops in paths.items():
         if path.startswith(("/workflows", "/schedules")):
             for method, op in ops.items():

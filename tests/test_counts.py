@@ -1,4 +1,4 @@
-"""The per-(type, status) workflow counters of migration 003 that answer ``client.count`` (issue 11).
+"""The per-(type, status) workflow counters of migration 004 that answer ``client.count`` (issue 11).
 
 They must equal count(*) after every kind of write the table sees — the projector's upserts (insert, or
 update of a client's pending row), status changes, updates that change nothing counted, bulk inserts,
@@ -36,16 +36,17 @@ def _check(conn) -> None:
 
 
 def test_counters_follow_every_write_and_answer_counts(pg_url, namespace, tmp_path: Path) -> None:
-    # An upgraded deployment: rows written before migration 003 existed are counted by it.
+    # An upgraded deployment: rows written before migration 004 existed are counted by it.
     old = tmp_path / "migrations"
     old.mkdir()
-    for name in ("001_init.sql", "002_search.sql"):
-        shutil.copy(MIGRATIONS_DIR / name, old / name)
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        if not path.name.startswith("004_"):
+            shutil.copy(path, old / path.name)
     migrate(pg_url, namespace, old)
     with connect(pg_url, namespace, autocommit=True) as conn:
         for i in range(30):
             conn.execute(INSERT, (f"old-{i}", "A" if i % 3 else "B", "completed" if i % 2 else "running"))
-    assert migrate(pg_url, namespace) == [3]
+    assert migrate(pg_url, namespace) == [4]
     with connect(pg_url, namespace, autocommit=True) as conn:
         _check(conn)
         conn.execute(INSERT, ("w-1", "A", "pending"))  # a client's pending row

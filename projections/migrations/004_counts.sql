@@ -1,4 +1,4 @@
--- Metamorph projections, version 3: workflow counts per (type, status), kept by triggers (issue 11).
+-- Metamorph projections, version 4: workflow counts per (type, status), kept by triggers (issue 11).
 --
 -- Why: client.count() with no filter, a status and/or a type filter used to count(*) the rows (160-220 ms
 -- at 1,000,000 workflows); API.md §7 asks for under 50 ms. These counters are maintained in the same
