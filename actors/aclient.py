@@ -44,7 +44,7 @@ from eventstore.topics import partition_for
 from . import client as _c
 from . import search as _search
 from .definitions import workflow_type_name
-from .errors import WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning
+from .errors import WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning, check_not_compensated
 from .instance import utcnow
 
 log = logging.getLogger(__name__)
@@ -182,18 +182,36 @@ class AsyncClient:
             raise TimeoutError(f"no answer to {kind} {name!r} of {workflow_id} within {timeout}s")
         return _c._reply_value(workflow_id, kind, name, reply)
 
-    async def _check_running(self, workflow_id: str, operation: str) -> None:
-        """``Client._check_running``: refuse a command that could do nothing, never waiting for PostgreSQL."""
+    async def _check_running(self, workflow_id: str, operation: str) -> bool:
+        """``Client._check_running``: True to send as is, False when the projections say ended or unknown."""
         if not self.postgres or time.monotonic() < self._pg_unanswered_until:
-            return
+            return True
         try:
             status = (await self._require(workflow_id, _timeout=_c._CHECK_TIMEOUT))["status"]
+        except WorkflowNotFound:
+            return False
         except ConnectionError as exc:
             self._pg_unanswered_until = time.monotonic() + _c._CHECK_BACKOFF
             log.warning("sending a command to %s unchecked: %s", workflow_id, exc)
+            return True
+        return status not in statuses.FINAL
+
+    async def _send_checked(self, kind: str, workflow_id: str, operation: str, **body: Any) -> None:
+        """``Client._send_checked``: when the projections doubt, the owning node's answer refuses or not."""
+        if await self._check_running(workflow_id, operation):
+            await self._send(kind, workflow_id, **body)
             return
-        if status in statuses.FINAL:
-            raise WorkflowNotRunning(workflow_id, status, operation)
+        replies = await self._reply_listener()
+        request_id = str(uuid.uuid4())
+        waiter = _expect(replies, request_id)
+        await self._send(kind, workflow_id, request_id=request_id, **body)
+        reply = await _wait(replies, request_id, waiter, _c._CONFIRM_TIMEOUT)
+        if reply is None:
+            raise TimeoutError(
+                f"no answer from the node owning {workflow_id} within {_c._CONFIRM_TIMEOUT}s to confirm {operation} "
+                "(the command stays queued and is applied when a node owns the workflow)"
+            )
+        _c._refusal(workflow_id, operation, reply)
 
     async def _require(self, workflow_id: str, _timeout: float | None = None) -> dict:
         row = await self._read("get_workflow", workflow_id, _timeout=_timeout)
@@ -493,8 +511,7 @@ class AsyncWorkflowHandle:
     async def signal(self, name: str, *args: Any) -> None:
         """Send a signal; WorkflowNotRunning if the workflow has ended."""
         data = self._client._sync._payload(f"arguments of signal {name!r}", args)
-        await self._client._check_running(self.id, f"signal {name!r}")
-        await self._client._send("SignalWorkflow", self.id, name=name, input=data)
+        await self._client._send_checked("SignalWorkflow", self.id, f"signal {name!r}", name=name, input=data)
 
     async def query(self, name: str, *args: Any, timeout: float = 10) -> Any:
         return await self._client._request("QueryWorkflow", self.id, name, args, timeout)
@@ -503,24 +520,20 @@ class AsyncWorkflowHandle:
         return await self._client._request("UpdateWorkflow", self.id, name, args, timeout)
 
     async def cancel(self) -> None:
-        await self._client._check_running(self.id, "cancel")
-        await self._client._send("CancelWorkflow", self.id, reason=None)
+        await self._client._send_checked("CancelWorkflow", self.id, "cancel", reason=None)
 
     async def terminate(self, reason: str | None = None) -> None:
-        await self._client._check_running(self.id, "terminate")
-        await self._client._send("TerminateWorkflow", self.id, reason=reason)
+        await self._client._send_checked("TerminateWorkflow", self.id, "terminate", reason=reason)
 
     async def pause(self, reason: str | None = None) -> None:
         """As ``WorkflowHandle.pause``: no step until ``resume()``; WorkflowNotRunning if it has ended."""
         if reason is not None and not isinstance(reason, str):
             raise ValueError("reason must be a string")
-        await self._client._check_running(self.id, "pause")
-        await self._client._send("PauseWorkflow", self.id, reason=reason)
+        await self._client._send_checked("PauseWorkflow", self.id, "pause", reason=reason)
 
     async def resume(self) -> None:
         """As ``WorkflowHandle.resume``: what waited is applied in arrival order."""
-        await self._client._check_running(self.id, "resume")
-        await self._client._send("ResumeWorkflow", self.id)
+        await self._client._send_checked("ResumeWorkflow", self.id, "resume")
 
     async def reset(self, seq: int) -> None:
         """As ``WorkflowHandle.reset``: a new run replaying history up to ``seq``; ValueError for a bogus seq."""
@@ -532,10 +545,13 @@ class AsyncWorkflowHandle:
             raise ValueError(f"workflow {self.id} has no event {seq} to reset to (its history has seq 1..{last})")
         await self._client._send("ResetWorkflow", self.id, seq=seq)
 
-    async def retry(self) -> None:
+    async def retry(self, force: bool = False) -> None:
+        """As ``WorkflowHandle.retry``: AlreadyCompensated unless ``force`` when the saga compensated."""
         row = await self._client._require(self.id)
         if row["status"] != "failed":
             raise ValueError(f"only a failed workflow can be retried; {self.id} is {row['status']}")
+        if not force:
+            check_not_compensated(self.id, await self.history())
         await self._client._send("RetryWorkflow", self.id)
 
     async def history(self) -> list[dict]:

@@ -53,7 +53,8 @@ exit codes:
   0 ok; 1 workflow failed/cancelled/terminated (result), non-determinism found (replay);
   2 usage or configuration error;
   3 workflow not found; 4 timeout; 5 Kafka or PostgreSQL unreachable;
-  6 refused (query/update failed, workflow already ended, retry of a workflow that has not failed);
+  6 refused (query/update failed, workflow already ended, retry of a workflow that has not failed
+    or whose saga already compensated without --force);
   70 internal error
 
 environment: METAMORPH_KAFKA, METAMORPH_POSTGRES, METAMORPH_NAMESPACE (defaults for the options),
@@ -647,9 +648,13 @@ def _cmd_reset(args: argparse.Namespace) -> int:
 def _cmd_retry(args: argparse.Namespace) -> int:
     from eventstore.log import PayloadTooLargeError
 
+    from .errors import AlreadyCompensated
+
     with _client(args, kafka=True) as client:
         try:
-            client.get(args.id).retry()
+            client.get(args.id).retry(force=args.force)
+        except AlreadyCompensated as exc:
+            raise CliError(EXIT_REFUSED, f"warning: {exc} (--force)") from None
         except ValueError as exc:
             if isinstance(exc, PayloadTooLargeError):
                 raise
@@ -1039,7 +1044,9 @@ def _parser() -> argparse.ArgumentParser:
     p = command("terminate", _cmd_terminate, "terminate at once (no cleanup code runs)", out)
     p.add_argument("id", metavar="ID")
     p.add_argument("--reason")
-    command("retry", _cmd_retry, "reset a failed workflow", out).add_argument("id", metavar="ID")
+    p = command("retry", _cmd_retry, "reset a failed workflow", out)
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--force", action="store_true", help="retry even if its saga already ran its compensations")
     p = command("pause", _cmd_pause, "take no step until resumed (signals, timers, results wait)", out)
     p.add_argument("id", metavar="ID")
     p.add_argument("--reason")
