@@ -22,6 +22,7 @@ from kafka.errors import KafkaError
 
 from eventstore import codec, payloads, statuses
 from eventstore import events as ev
+from eventstore.fencing import MessageFence
 from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
 
@@ -868,6 +869,8 @@ class _Replies:
         self._waiters: dict[str, tuple[threading.Event, list]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # A zombie node's answer (to an update whose events are fenced out of history) is dropped.
+        self.fence = MessageFence("client")
         self._thread = threading.Thread(target=self._run, name="metamorph-replies", daemon=True)
         self._thread.start()
 
@@ -893,6 +896,8 @@ class _Replies:
                 continue
             for records in batch.values():
                 for rec in records:
+                    if not self.fence.admit(rec.topic, rec.headers):
+                        continue
                     try:
                         reply = codec.decode(rec.value, "metamorph.Reply")
                     except codec.DecodeError:
