@@ -40,6 +40,7 @@ from .errors import (
     WorkflowTimedOut,
 )
 from .instance import IF_CLOSED, IF_RUNNING, utcnow
+from .pending import PendingWriter
 
 if TYPE_CHECKING:
     from .schedules import ScheduleHandle
@@ -53,8 +54,9 @@ _NOT_FOUND_GRACE = 5.0
 #: How many ids a client remembers having started (to answer ``pending`` before the projector has them).
 _REMEMBERED_STARTS = 10_000
 #: How long an existence check before a command may wait for PostgreSQL, and how long after it did not
-#: answer commands skip the check altogether (they need only Kafka).
-_CHECK_TIMEOUT = 1.0
+#: answer commands skip the check altogether (they need only Kafka): a signal while PostgreSQL is down
+#: costs at most this once per backoff period, and a start never waits for it (actors.pending).
+_CHECK_TIMEOUT = 0.5
 _CHECK_BACKOFF = 5.0
 
 
@@ -106,6 +108,7 @@ class Client:
         # projector has the row these ids are `pending` (accepted), not unknown. Bounded, oldest dropped.
         self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._pg_unanswered_until = 0.0
+        self._pending = PendingWriter(self._record_pending)
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _kafka(self) -> Any:
@@ -330,24 +333,30 @@ class Client:
                 update_reply = replies.wait(update_id, update_waiter, _update[2])
                 if update_reply is None:
                     raise TimeoutError(f"no answer to update {_update[0]!r} of {workflow_id} within {_update[2]}s")
-        # Started once Kafka has it: PostgreSQL is not needed. This client answers `pending` for the id until
-        # the projector has the row; other clients (the CLI, the HTTP API) see it sooner through a `pending`
-        # row, written here only if PostgreSQL answers at once (it used to wait 5 s when it was down).
+        # Started once Kafka has it: PostgreSQL is not needed (issue 15). This client answers `pending` for the
+        # id until the projector has the row; other clients (the CLI, the HTTP API) see it sooner through a
+        # `pending` row, written in the background (actors.pending), so a start never waits for PostgreSQL.
         with self._lock:
             self._started[workflow_id] = (type_name, utcnow())
             self._started.move_to_end(workflow_id)
             while len(self._started) > _REMEMBERED_STARTS:
                 self._started.popitem(last=False)
-        if self.postgres and time.monotonic() >= self._pg_unanswered_until:
-            from projections.migrate import record_pending
-
-            try:
-                self._with_conn(record_pending, workflow_id, type_name, list(args), _timeout=_CHECK_TIMEOUT)
-            except Exception as exc:  # the projector writes the row anyway; this only makes it visible sooner
-                if isinstance(exc, ConnectionError):
-                    self._pg_unanswered_until = time.monotonic() + _CHECK_BACKOFF
-                log.warning("could not record %s as pending: %s", workflow_id, exc)
+        if self.postgres:
+            self._pending.add(workflow_id, type_name, list(args))
         return WorkflowHandle(self, workflow_id, run_id), update_reply
+
+    def _record_pending(self, workflow_id: str, type_name: str, args: list) -> None:
+        """Write a `pending` row (the PendingWriter's thread), unless PostgreSQL just failed to answer."""
+        if time.monotonic() < self._pg_unanswered_until:
+            return
+        from projections.migrate import record_pending
+
+        try:
+            self._with_conn(record_pending, workflow_id, type_name, args, _timeout=_CHECK_TIMEOUT)
+        except Exception as exc:  # the projector writes the row anyway; this only makes it visible sooner
+            if isinstance(exc, ConnectionError):
+                self._pg_unanswered_until = time.monotonic() + _CHECK_BACKOFF
+            log.warning("could not record %s as pending: %s", workflow_id, exc)
 
     def update_with_start(
         self,
@@ -493,6 +502,7 @@ class Client:
             after = (datetime.fromisoformat(rows[-1]["created_at"]), rows[-1]["id"])
 
     def close(self) -> None:
+        self._pending.close(2 * _CHECK_TIMEOUT + 1.0)  # before the pool goes: a short-lived process leaves its rows
         if self._replies is not None:
             self._replies.close()
         if self._terminal_listener is not None:
