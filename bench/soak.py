@@ -179,8 +179,8 @@ def check(kafka: str, namespace: str, pg_url: str, started: dict[str, int], part
             "SELECT workflow_id, run_id, data->>'activity_id', count(*) FROM history WHERE type = 'ActivityCompleted'"
             " GROUP BY 1, 2, 3 HAVING count(*) > 1"
         ).fetchall()
-        children = conn.execute("SELECT count(*) FROM workflows WHERE type = 'soak.Child' AND status = 'completed'").fetchone()[0]
-        runs = conn.execute("SELECT count(*) FROM runs WHERE type = 'soak.Mixed'").fetchone()[0]
+        (children,) = conn.execute("SELECT count(*) FROM workflows WHERE type = 'soak.Child' AND status = 'completed'").fetchone() or (0,)
+        (runs,) = conn.execute("SELECT count(*) FROM runs WHERE type = 'soak.Mixed'").fetchone() or (0,)
     problems += [f"completed twice in the projection: {r}" for r in pg_completions[:10]]
     problems += [f"activity result twice in the projection: {r}" for r in pg_dup_results[:10]]
     missing = [k for k in log_events if k not in history]
