@@ -35,7 +35,7 @@ from kafka.structs import OffsetAndMetadata
 from eventstore import codec, groups, metrics
 from eventstore import events as ev
 from eventstore.deadletter import DeadLetters
-from eventstore.fencing import MessageFence, epoch_header
+from eventstore.fencing import MARKER, MessageFence, epoch_header
 from eventstore.log import TYPE_HEADER, EventLog, LogTruncatedError, check_not_truncated, producer
 from eventstore.store import PartitionStore
 from eventstore.topics import Topics, ensure_topics, leave_group, partition_for
@@ -107,6 +107,9 @@ class Node:
         self._last_offset: dict[int, int] = {}  # partition -> the newest event offset this process knows of
         # Commands that other owners (or this node's own past) sent: dropped when a newer owner has been seen.
         self._command_fence = MessageFence("node")
+        # Partitions where this node's last append landed after a newer owner's marker (it is a zombie there):
+        # nothing of that batch is applied or sent, and the loop rejoins the group (see _fenced_out).
+        self._fenced: set[int] = set()
         self._live: OrderedDict[str, tuple[pykka.ActorRef, int]] = OrderedDict()  # in order of last use
         self._used: dict[str, float] = {}
         # Outcomes of activities this node ran itself (eager dispatch), handed over without the broker.
@@ -216,6 +219,9 @@ class Node:
                 self._gauges(consumer)
                 if self._owned or groups.settled(consumer):
                     self._ready.set()
+                if self._fenced:
+                    fenced, self._fenced = sorted(self._fenced), set()
+                    raise FencedOutError(f"node {self.name} was fenced out of partition(s) {fenced} by a newer owner")
         finally:
             self._release(list(self._owned))
             metrics.forget_lag(consumer, "node")
@@ -393,6 +399,7 @@ class Node:
         self._flush_dead_letters()  # acknowledged before the offsets move past the records they replace
         for future in rerouted:
             future.get(timeout=30)  # likewise: a re-routed command is durable in its partition before we commit
+        commits = {tp: o for tp, o in commits.items() if tp.partition not in self._fenced}  # the new owner's now
         try:
             consumer.commit(commits)
         except CommitFailedError:
@@ -455,24 +462,57 @@ class Node:
         # Durable first, then act on it, then move the checkpoint: a crash before the checkpoint leaves
         # these events in the log tail, and restore sends their messages again.
         offsets = self._append(events)
+        fenced = self._fenced_out(offsets)
         for p, written in offsets.items():
             if written:
                 self._last_offset[p] = written[-1]
         messages = [
             replace(m, origin=p, origin_offset=offsets[p][i] if i >= 0 and offsets.get(p) else self._last_offset.get(p, -1))
             for m, p, i in obliged
+            if p not in fenced  # a zombie's messages about fenced events must not leave
         ]  # fmt: skip
         self._send(messages)
         self._flush_dead_letters()  # rejected commands: durable before the checkpoint and any commit
         for partition in set(events) | set(fired) | set(heartbeats):
             owned = self._owned.get(partition)
-            if owned is None:
-                continue
+            if owned is None or partition in fenced:
+                continue  # never put fenced events in the store: it would hold history no reader has
             records = list(zip(offsets.get(partition, []), events.get(partition, []), strict=True))
             owned.store.apply(records, fired.get(partition, ()))
             owned.store.heartbeat(heartbeats.get(partition, ()))
             metrics.events_appended.labels(str(partition)).inc(len(records))
         self._evict()
+
+    def _fenced_out(self, offsets: dict[int, list[int]]) -> set[int]:
+        """Partitions where the append just made landed after a newer owner's marker: here we are a zombie.
+
+        Only the owner writes its partition, so an append that does not follow the last offset this node
+        wrote or read means another writer came in between. If that includes an ownership marker of a higher
+        epoch (the group gave the partition to another node while this one was paused or cut off), the batch
+        is fenced out of history: every reader drops it. Applying it to the store anyway made the store hold
+        events no reader has -- a start that the projection never sees, and that the store then deduplicates
+        for ever once this node owns the partition again (found by bench/soak.py under a broker stall). The
+        caller applies and sends nothing of such a partition and the loop rejoins the group; the next
+        restore reads the log from the store's checkpoint, fenced events included, through the fence.
+        """
+        fenced: set[int] = set()
+        assert self._log is not None
+        for p, written in offsets.items():
+            last = self._last_offset.get(p)
+            if not written or last is None or written[0] == last + 1:
+                continue
+            mine = self._owned[p].epoch if p in self._owned else self._epochs.get(p, (-1, -1))[0]
+            for _offset, envelope in self._log.read(p, last + 1, written[0]):
+                kind, body = envelope["event"]
+                if kind == MARKER and body["epoch"] > mine:
+                    fenced.add(p)
+                    break
+        if fenced:
+            log.error("node %s: partition(s) %s now belong to a newer owner; the batch just appended is fenced out "
+                      "of history: not applied, not sent; rejoining the group", self.name, sorted(fenced))
+            metrics.fenced_batches.inc(len(fenced))
+            self._fenced |= fenced
+        return fenced
 
     def _append(self, events: dict[int, list[dict]]) -> dict[int, list[int]]:
         assert self._log is not None
@@ -660,6 +700,10 @@ class Node:
             self._deadletter(self.topics.events, partition, offset, f"undecodable event: {exc}", None, value, "undecodable")
 
         return report
+
+
+class FencedOutError(RuntimeError):
+    """This node wrote to a partition after a newer owner's marker: it leaves the group and joins again."""
 
 
 def _done(result: Result) -> pykka.Future:

@@ -90,6 +90,10 @@ stale_messages = Counter(
     "Messages dropped by their receiver because a node that no longer owned their partition sent them (older epoch)",
     ["component", "topic"],
 )
+fenced_batches = Counter(
+    "metamorph_node_fenced_batches_total",
+    "Batches a node appended after a newer owner's marker (it was a zombie there): not applied, not sent; it rejoins",
+)
 dependency_errors = Counter("metamorph_dependency_errors_total", "Failed calls to Kafka or PostgreSQL", ["component", "dependency"])
 
 # -- projector --------------------------------------------------------------------------------------------

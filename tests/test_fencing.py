@@ -155,3 +155,45 @@ def _status(handle) -> str | None:
         return handle.status()
     except WorkflowNotFound:
         return None
+
+
+def test_a_zombie_never_puts_a_batch_fenced_out_of_history_in_its_store(kafka, namespace, tmp_path):
+    """Found by bench/soak.py under a broker stall: a node the group had replaced kept processing commands, its
+    events landed after the new owner's marker (fenced: no reader has them), yet it applied them to its store.
+    Owning the partition again later, it restored from its checkpoint past them and deduplicated the re-sent
+    starts against them: three workflows stayed `pending` for ever. The zombie must notice the newer marker
+    in the gap before its own append, keep the batch out of its store and its messages unsent, and rejoin."""
+    from collections import OrderedDict
+
+    from actors.client import command_record
+    from actors.node import _Owned
+    from eventstore import codec
+    from eventstore.store import PartitionStore
+
+    ensure_topics(kafka, namespace, partitions=PARTITIONS)
+    n1 = Node(kafka, namespace, data_dir=tmp_path / "n1", name="n1", run_activities=False).start()
+    n2: Node | None = None
+    store = None
+    try:
+        wait_until(lambda: n1.owned_partitions == list(range(PARTITIONS)), 60, "n1 to own every partition")
+        n1.stop()
+        n2 = Node(kafka, namespace, data_dir=tmp_path / "n2", name="n2", run_activities=False).start()
+        wait_until(lambda: n2.owned_partitions == list(range(PARTITIONS)), 60, "n2 to own every partition")
+        wid = f"zombie-start-{uuid.uuid4().hex[:6]}"
+        p = partition_for(wid, PARTITIONS)
+        # n1 wakes up believing it still owns p, with its store and epoch, and handles a start.
+        n1._log = EventLog(kafka, Topics(namespace), PARTITIONS, producer(kafka))
+        store = PartitionStore(n1.data_dir / f"partition-{p}.sqlite", p)
+        n1._owned = {p: _Owned(store, n1._epochs[p][0])}
+        value = command_record("StartWorkflow", wid, f"start:{wid}", workflow_type=app.Hello.name, input=payloads.encode(["z"]))
+        command = ev.flat_command(codec.decode(value, "metamorph.CommandEnvelope"))
+        n1._process({p: OrderedDict({wid: [command]})})
+        assert store.history(wid) == [], "a batch fenced out of history reached the zombie's store"
+        assert n1._fenced == {p}, "the zombie did not notice the newer owner's marker before its append"
+    finally:
+        if store is not None:
+            store.close()
+        if n2 is not None:
+            n2.stop()
+        n1._owned = {}
+        n1.stop()
