@@ -73,6 +73,7 @@ class AsyncClient:
         self._setup = asyncio.Lock()
         self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._pg_unanswered_until = 0.0
+        self._pending_rows: set[asyncio.Task] = set()  # background pending-row writes (a start never waits)
 
     # -- plumbing ----------------------------------------------------------------------------------------
     async def _kafka(self) -> Any:
@@ -279,14 +280,22 @@ class AsyncClient:
         self._started.move_to_end(workflow_id)
         while len(self._started) > _c._REMEMBERED_STARTS:
             self._started.popitem(last=False)
-        if self.postgres and time.monotonic() >= self._pg_unanswered_until:
-            try:
-                await self._read("record_pending", workflow_id, type_name, list(args), _timeout=_c._CHECK_TIMEOUT)
-            except Exception as exc:  # the projector writes the row anyway; this only makes it visible sooner
-                if isinstance(exc, ConnectionError):
-                    self._pg_unanswered_until = time.monotonic() + _c._CHECK_BACKOFF
-                log.warning("could not record %s as pending: %s", workflow_id, exc)
+        if self.postgres:  # in the background: a start needs Kafka only (see actors.pending)
+            task = asyncio.create_task(self._record_pending(workflow_id, type_name, list(args)))
+            self._pending_rows.add(task)
+            task.add_done_callback(self._pending_rows.discard)
         return AsyncWorkflowHandle(self, workflow_id, run_id), update_reply
+
+    async def _record_pending(self, workflow_id: str, type_name: str, args: list) -> None:
+        """``Client._record_pending``: a best-effort `pending` row, unless PostgreSQL just failed to answer."""
+        if time.monotonic() < self._pg_unanswered_until:
+            return
+        try:
+            await self._read("record_pending", workflow_id, type_name, args, _timeout=_c._CHECK_TIMEOUT)
+        except Exception as exc:  # the projector writes the row anyway; this only makes it visible sooner
+            if isinstance(exc, ConnectionError):
+                self._pg_unanswered_until = time.monotonic() + _c._CHECK_BACKOFF
+            log.warning("could not record %s as pending: %s", workflow_id, exc)
 
     async def update_with_start(
         self, wf: type | str, *args: Any, id: str, update: str, update_args: Any = (),  # noqa: A002
@@ -399,6 +408,10 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Stop the listeners and close the connections; the blocking kafka-python closes run off the loop."""
+        if self._pending_rows:  # a bounded wait, so a short-lived program leaves its pending rows behind
+            _done, late = await asyncio.wait(set(self._pending_rows), timeout=2 * _c._CHECK_TIMEOUT + 1.0)
+            for task in late:
+                task.cancel()
         if self._terminal_listener is not None:
             await self._terminal_listener.close()
             self._terminal_listener = None

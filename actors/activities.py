@@ -31,6 +31,7 @@ from kafka.structs import OffsetAndMetadata
 from eventstore import codec, groups, metrics, payloads
 from eventstore import events as ev
 from eventstore.deadletter import DeadLetters
+from eventstore.fencing import MessageFence
 from eventstore.log import producer
 from eventstore.topics import Topics, leave_group, partition_for
 
@@ -286,6 +287,8 @@ class _QueueWorker(threading.Thread):
 
     def _submit(self, tp: TopicPartition, rec: Any) -> None:
         self.seen[tp] = rec.offset
+        if not self.worker.fence.admit(tp.topic, rec.headers):
+            return  # a zombie's task: its attempt is not history (the real owner dispatches its own)
         try:
             task = codec.decode(rec.value, "metamorph.ActivityTask")
         except codec.DecodeError as exc:
@@ -664,6 +667,8 @@ class ActivityWorker:
         self._running: dict[tuple[str, str, int], list[_Context]] = {}
         self._cancelled: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._cancels_ready = threading.Event()
+        # Tasks and cancellations a zombie node sent (about events fenced out of history) are dropped.
+        self.fence = MessageFence("worker")
         self._cancel_thread = threading.Thread(target=self._listen_cancels, name="metamorph-activity-cancels", daemon=True)
 
     def start(self) -> ActivityWorker:
@@ -751,6 +756,8 @@ class ActivityWorker:
                     for records in consumer.poll(timeout_ms=200).values():
                         for rec in records:
                             position = rec.offset + 1
+                            if not self.fence.admit(rec.topic, rec.headers):
+                                continue  # a zombie's: the activity may well be wanted by the real owner
                             try:
                                 c = codec.decode(rec.value, "metamorph.ActivityCancel")
                             except codec.DecodeError as exc:

@@ -23,6 +23,7 @@ from kafka.errors import KafkaError
 
 from eventstore import codec, payloads, statuses
 from eventstore import events as ev
+from eventstore.fencing import MessageFence
 from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
 
@@ -41,6 +42,7 @@ from .errors import (
     limited_payload,
 )
 from .instance import IF_CLOSED, IF_RUNNING, utcnow
+from .pending import PendingWriter
 
 if TYPE_CHECKING:
     from .schedules import ScheduleHandle
@@ -54,8 +56,9 @@ _NOT_FOUND_GRACE = 5.0
 #: How many ids a client remembers having started (to answer ``pending`` before the projector has them).
 _REMEMBERED_STARTS = 10_000
 #: How long an existence check before a command may wait for PostgreSQL, and how long after it did not
-#: answer commands skip the check altogether (they need only Kafka).
-_CHECK_TIMEOUT = 1.0
+#: answer commands skip the check altogether (they need only Kafka): a signal while PostgreSQL is down
+#: costs at most this once per backoff period, and a start never waits for it (actors.pending).
+_CHECK_TIMEOUT = 0.5
 _CHECK_BACKOFF = 5.0
 #: How long a command the projections doubted (ended or unknown workflow) waits for the owning node to
 #: confirm or refuse it (``Client._send_checked``).
@@ -111,6 +114,7 @@ class Client:
         # projector has the row these ids are `pending` (accepted), not unknown. Bounded, oldest dropped.
         self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._pg_unanswered_until = 0.0
+        self._pending = PendingWriter(self._record_pending)
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _kafka(self) -> Any:
@@ -367,24 +371,30 @@ class Client:
                 update_reply = replies.wait(update_id, update_waiter, _update[2])
                 if update_reply is None:
                     raise TimeoutError(f"no answer to update {_update[0]!r} of {workflow_id} within {_update[2]}s")
-        # Started once Kafka has it: PostgreSQL is not needed. This client answers `pending` for the id until
-        # the projector has the row; other clients (the CLI, the HTTP API) see it sooner through a `pending`
-        # row, written here only if PostgreSQL answers at once (it used to wait 5 s when it was down).
+        # Started once Kafka has it: PostgreSQL is not needed (issue 15). This client answers `pending` for the
+        # id until the projector has the row; other clients (the CLI, the HTTP API) see it sooner through a
+        # `pending` row, written in the background (actors.pending), so a start never waits for PostgreSQL.
         with self._lock:
             self._started[workflow_id] = (type_name, utcnow())
             self._started.move_to_end(workflow_id)
             while len(self._started) > _REMEMBERED_STARTS:
                 self._started.popitem(last=False)
-        if self.postgres and time.monotonic() >= self._pg_unanswered_until:
-            from projections.migrate import record_pending
-
-            try:
-                self._with_conn(record_pending, workflow_id, type_name, list(args), _timeout=_CHECK_TIMEOUT)
-            except Exception as exc:  # the projector writes the row anyway; this only makes it visible sooner
-                if isinstance(exc, ConnectionError):
-                    self._pg_unanswered_until = time.monotonic() + _CHECK_BACKOFF
-                log.warning("could not record %s as pending: %s", workflow_id, exc)
+        if self.postgres:
+            self._pending.add(workflow_id, type_name, list(args))
         return WorkflowHandle(self, workflow_id, run_id), update_reply
+
+    def _record_pending(self, workflow_id: str, type_name: str, args: list) -> None:
+        """Write a `pending` row (the PendingWriter's thread), unless PostgreSQL just failed to answer."""
+        if time.monotonic() < self._pg_unanswered_until:
+            return
+        from projections.migrate import record_pending
+
+        try:
+            self._with_conn(record_pending, workflow_id, type_name, args, _timeout=_CHECK_TIMEOUT)
+        except Exception as exc:  # the projector writes the row anyway; this only makes it visible sooner
+            if isinstance(exc, ConnectionError):
+                self._pg_unanswered_until = time.monotonic() + _CHECK_BACKOFF
+            log.warning("could not record %s as pending: %s", workflow_id, exc)
 
     def update_with_start(
         self,
@@ -530,6 +540,7 @@ class Client:
             after = (datetime.fromisoformat(rows[-1]["created_at"]), rows[-1]["id"])
 
     def close(self) -> None:
+        self._pending.close(2 * _CHECK_TIMEOUT + 1.0)  # before the pool goes: a short-lived process leaves its rows
         if self._replies is not None:
             self._replies.close()
         if self._terminal_listener is not None:
@@ -934,6 +945,8 @@ class _Replies:
         self._waiters: dict[str, tuple[threading.Event, list]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # A zombie node's answer (to an update whose events are fenced out of history) is dropped.
+        self.fence = MessageFence("client")
         self._thread = threading.Thread(target=self._run, name="metamorph-replies", daemon=True)
         self._thread.start()
 
@@ -959,6 +972,8 @@ class _Replies:
                 continue
             for records in batch.values():
                 for rec in records:
+                    if not self.fence.admit(rec.topic, rec.headers):
+                        continue
                     try:
                         reply = codec.decode(rec.value, "metamorph.Reply")
                     except codec.DecodeError:

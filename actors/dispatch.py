@@ -26,6 +26,11 @@ class Message:
     topic: str
     key: str
     value: bytes
+    #: The events partition whose owner decided this message, and the log offset of the event that obliged it:
+    #: the node stamps the message with its ownership of that partition when it sends it
+    #: (``eventstore.fencing.EPOCH_HEADER``). None: nobody's decision (e.g. a forwarded activity outcome).
+    origin: int | None = None
+    origin_offset: int = -1
 
 
 def _command(topics: Topics, kind: str, target: str, command_id: str, at: datetime, **body: object) -> Message:

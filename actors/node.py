@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from kafka.structs import OffsetAndMetadata
 from eventstore import codec, groups, metrics
 from eventstore import events as ev
 from eventstore.deadletter import DeadLetters
+from eventstore.fencing import MARKER, MessageFence, epoch_header
 from eventstore.log import TYPE_HEADER, EventLog, LogTruncatedError, check_not_truncated, producer
 from eventstore.store import PartitionStore
 from eventstore.topics import Topics, ensure_topics, leave_group, partition_for
@@ -99,6 +100,16 @@ class Node:
         # back to us with no marker above it (nobody else owned it in between) needs no re-dispatch: every
         # attempt we dispatched is still queued or running (see _own).
         self._marked: dict[int, int] = {}
+        # partition -> (epoch, marker offset) this process last owned it with, kept after a release: what it
+        # sends for that partition is stamped with it (a zombie's messages carry its old epoch, and receivers
+        # drop those about events after a newer owner's marker; eventstore.fencing.MessageFence).
+        self._epochs: dict[int, tuple[int, int]] = {}
+        self._last_offset: dict[int, int] = {}  # partition -> the newest event offset this process knows of
+        # Commands that other owners (or this node's own past) sent: dropped when a newer owner has been seen.
+        self._command_fence = MessageFence("node")
+        # Partitions where this node's last append landed after a newer owner's marker (it is a zombie there):
+        # nothing of that batch is applied or sent, and the loop rejoins the group (see _fenced_out).
+        self._fenced: set[int] = set()
         self._live: OrderedDict[str, tuple[pykka.ActorRef, int]] = OrderedDict()  # in order of last use
         self._used: dict[str, float] = {}
         # Outcomes of activities this node ran itself (eager dispatch), handed over without the broker.
@@ -208,6 +219,9 @@ class Node:
                 self._gauges(consumer)
                 if self._owned or groups.settled(consumer):
                     self._ready.set()
+                if self._fenced:
+                    fenced, self._fenced = sorted(self._fenced), set()
+                    raise FencedOutError(f"node {self.name} was fenced out of partition(s) {fenced} by a newer owner")
         finally:
             self._release(list(self._owned))
             metrics.forget_lag(consumer, "node")
@@ -276,6 +290,9 @@ class Node:
         if not again:
             store.reset_heartbeats(now)
         self._owned[partition] = _Owned(store, epoch)
+        self._epochs[partition] = (epoch, offset)
+        self._last_offset[partition] = offset
+        self._command_fence.observe(partition, epoch, offset)  # an earlier owner's later sends are stale now
         if store.fence.epoch == epoch:
             self._marked[partition] = epoch
         else:  # our marker lost to a higher one written meanwhile: that owner's attempts are not ours
@@ -330,7 +347,8 @@ class Node:
             scheduled = next((e for e in history if e["type"] == "ActivityScheduled" and e["activity_id"] == activity_id and e["run_id"] == run), None)
             if started is not None and scheduled is not None:
                 messages.append(task_message(self.topics, wid, started["workflow_type"], scheduled, attempt, now, started.get("priority")))
-        self._send(messages)
+        marker = self._epochs[store.partition][1]
+        self._send([replace(m, origin=store.partition, origin_offset=marker) for m in messages])
 
     def _release(self, partitions: list[int]) -> None:
         for partition in partitions:
@@ -362,6 +380,8 @@ class Node:
                 continue  # revoked during this poll; the new owner re-reads these
             per_wf: OrderedDict[str, list[dict]] = OrderedDict()
             for rec in records:
+                if not self._command_fence.admit(tp.topic, getattr(rec, "headers", None)):
+                    continue  # a former owner's, about an event after a newer owner's marker: not history
                 try:
                     command = ev.flat_command(codec.decode(rec.value, "metamorph.CommandEnvelope"))
                 except codec.DecodeError as exc:
@@ -379,6 +399,7 @@ class Node:
         self._flush_dead_letters()  # acknowledged before the offsets move past the records they replace
         for future in rerouted:
             future.get(timeout=30)  # likewise: a re-routed command is durable in its partition before we commit
+        commits = {tp: o for tp, o in commits.items() if tp.partition not in self._fenced}  # the new owner's now
         try:
             consumer.commit(commits)
         except CommitFailedError:
@@ -397,7 +418,7 @@ class Node:
         log.warning("command for %r arrived on %s[%d] but belongs to partition %d: re-routed",
                     rec.key.decode(errors="replace") if rec.key else None, tp.topic, tp.partition, home)
         metrics.rerouted_commands.inc()
-        return self._log.kafka_producer.send(tp.topic, key=rec.key, value=rec.value, partition=home)
+        return self._log.kafka_producer.send(tp.topic, key=rec.key, value=rec.value, partition=home, headers=rec.headers or None)
 
     def _process(
         self,
@@ -419,7 +440,7 @@ class Node:
                 if commands:
                     asks.append((partition, wid, ref.ask(("handle", commands), block=False)))
         events: dict[int, list[dict]] = defaultdict(list)
-        messages: list[Message] = []
+        obliged: list[tuple[Message, int, int]] = []  # (message, partition, index of its last event in events[p])
         heartbeats: dict[int, list[tuple[str, str, int, int, datetime]]] = defaultdict(list)
         for partition, wid, future in asks:
             result: Result = future.get()
@@ -429,7 +450,7 @@ class Node:
                 e["node"] = self.name
                 _count(e, result.workflow_type or "?", result.started_at, wid)
             events[partition].extend(result.events)
-            messages.extend(result.messages)
+            obliged.extend((m, partition, len(events[partition]) - 1) for m in result.messages)
             for beat in result.heartbeats:  # (activity_id, attempt, at[, waiting])
                 heartbeats[partition].append((wid, result.run_id or "", *beat))
             for command, reason in result.rejected:
@@ -441,17 +462,57 @@ class Node:
         # Durable first, then act on it, then move the checkpoint: a crash before the checkpoint leaves
         # these events in the log tail, and restore sends their messages again.
         offsets = self._append(events)
+        fenced = self._fenced_out(offsets)
+        for p, written in offsets.items():
+            if written:
+                self._last_offset[p] = written[-1]
+        messages = [
+            replace(m, origin=p, origin_offset=offsets[p][i] if i >= 0 and offsets.get(p) else self._last_offset.get(p, -1))
+            for m, p, i in obliged
+            if p not in fenced  # a zombie's messages about fenced events must not leave
+        ]  # fmt: skip
         self._send(messages)
         self._flush_dead_letters()  # rejected commands: durable before the checkpoint and any commit
         for partition in set(events) | set(fired) | set(heartbeats):
             owned = self._owned.get(partition)
-            if owned is None:
-                continue
+            if owned is None or partition in fenced:
+                continue  # never put fenced events in the store: it would hold history no reader has
             records = list(zip(offsets.get(partition, []), events.get(partition, []), strict=True))
             owned.store.apply(records, fired.get(partition, ()))
             owned.store.heartbeat(heartbeats.get(partition, ()))
             metrics.events_appended.labels(str(partition)).inc(len(records))
         self._evict()
+
+    def _fenced_out(self, offsets: dict[int, list[int]]) -> set[int]:
+        """Partitions where the append just made landed after a newer owner's marker: here we are a zombie.
+
+        Only the owner writes its partition, so an append that does not follow the last offset this node
+        wrote or read means another writer came in between. If that includes an ownership marker of a higher
+        epoch (the group gave the partition to another node while this one was paused or cut off), the batch
+        is fenced out of history: every reader drops it. Applying it to the store anyway made the store hold
+        events no reader has -- a start that the projection never sees, and that the store then deduplicates
+        for ever once this node owns the partition again (found by bench/soak.py under a broker stall). The
+        caller applies and sends nothing of such a partition and the loop rejoins the group; the next
+        restore reads the log from the store's checkpoint, fenced events included, through the fence.
+        """
+        fenced: set[int] = set()
+        assert self._log is not None
+        for p, written in offsets.items():
+            last = self._last_offset.get(p)
+            if not written or last is None or written[0] == last + 1:
+                continue
+            mine = self._owned[p].epoch if p in self._owned else self._epochs.get(p, (-1, -1))[0]
+            for _offset, envelope in self._log.read(p, last + 1, written[0]):
+                kind, body = envelope["event"]
+                if kind == MARKER and body["epoch"] > mine:
+                    fenced.add(p)
+                    break
+        if fenced:
+            log.error("node %s: partition(s) %s now belong to a newer owner; the batch just appended is fenced out "
+                      "of history: not applied, not sent; rejoining the group", self.name, sorted(fenced))
+            metrics.fenced_batches.inc(len(fenced))
+            self._fenced |= fenced
+        return fenced
 
     def _append(self, events: dict[int, list[dict]]) -> dict[int, list[int]]:
         assert self._log is not None
@@ -469,6 +530,11 @@ class Node:
         return self._log.append_many(encoded, keys, headers)
 
     def _send(self, messages: list[Message]) -> None:
+        """Send what events oblige, each stamped with this node's epoch for its origin partition.
+
+        The one place a node produces messages, so every kind (tasks, cancellations, commands to other
+        workflows, replies, and any added later) is fenced: receivers drop those of a former owner.
+        """
         if not messages or self._log is None:
             return
         kafka_producer = self._log.kafka_producer
@@ -480,7 +546,11 @@ class Node:
                 # Our own worker may be running it (eager dispatch): tell it now; others read the topic.
                 c = codec.decode(m.value, "metamorph.ActivityCancel")
                 self._worker.cancel(c["workflow_id"], c["run_id"], c["activity_id"])
-            kafka_producer.send(m.topic, key=m.key.encode(), value=m.value, partition=self._partition(m))
+            headers = None
+            if m.origin is not None and m.origin in self._epochs:
+                epoch, marker = self._epochs[m.origin]
+                headers = [epoch_header(m.origin, epoch, marker, max(m.origin_offset, marker))]
+            kafka_producer.send(m.topic, key=m.key.encode(), value=m.value, partition=self._partition(m), headers=headers)
             sent += 1
         if sent:
             kafka_producer.flush()
@@ -630,6 +700,10 @@ class Node:
             self._deadletter(self.topics.events, partition, offset, f"undecodable event: {exc}", None, value, "undecodable")
 
         return report
+
+
+class FencedOutError(RuntimeError):
+    """This node wrote to a partition after a newer owner's marker: it leaves the group and joins again."""
 
 
 def _done(result: Result) -> pykka.Future:
