@@ -431,7 +431,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
             args.type, *map(_json_arg, args.args), id=args.id, if_running=args.if_running, if_closed=args.if_closed,
             start_signal=args.start_signal, start_signal_args=[_json_arg(a) for a in args.start_signal_arg or ()],
             start_delay=args.start_delay, timeout=args.timeout, search=_start_search(args.search),
-            memo=json.loads(args.memo) if args.memo else None,
+            memo=json.loads(args.memo) if args.memo else None, priority=args.priority,
         )
         _emit(args, {"id": handle.id, "type": args.type, "run_id": handle.run_id}, handle.id)
     return EXIT_OK
@@ -982,6 +982,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--search", action="append", metavar="KEY=VALUE",
                    help="a search attribute (value JSON if it parses, else a string; repeat)")
     p.add_argument("--memo", metavar="JSON", help="memo: a JSON object shown with the workflow")
+    p.add_argument("--priority", type=int, metavar="N",
+                   help="0 (first) .. 9: orders the run's activity tasks against others waiting on their queue (default 5)")
 
     for name, text in (("signal", "send a signal"), ("query", "ask a query"), ("update", "run an update")):
         p = command(name, _cmd_signal if name == "signal" else _cmd_query, text, out)

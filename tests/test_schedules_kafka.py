@@ -72,6 +72,29 @@ def test_overlap_skip_with_a_long_running_target(kafka, pg_server, tmp_path):
         client.get_schedule("long").delete()
 
 
+@pytest.mark.parametrize(("policy", "ended"), [("terminate_other", "terminated"), ("cancel_other", "cancelled")])
+def test_overlap_terminate_other_and_cancel_other_end_the_open_run(kafka, pg_server, tmp_path, policy, ended):
+    """Each firing ends the run still open (a 60 s sleeper) and starts its own: only the latest is open."""
+    with running_stack(kafka, pg_server, tmp_path) as (client, _node, _ns):
+        sid = policy.replace("_", "-")
+        s = client.schedule(sid, app.Sleepy, 60, every=1, overlap=policy)
+        wait_until(lambda: len(_runs(client, sid)) >= 3, 20, "three firings")
+        s.pause()
+        time.sleep(1.0)  # a firing already under way when the pause arrived may still land
+        runs = _runs(client, sid)
+        times = [_fire_time(r) for r in runs]
+        assert all(b - a == timedelta(seconds=1) for a, b in zip(times, times[1:], strict=False)), f"no firing is skipped: {runs}"
+
+        def settled() -> bool:
+            return all(client.get(r).status() == ended for r in runs[:-1])
+
+        wait_until(settled, 20, f"every run but the latest to be {ended}")
+        assert client.get(runs[-1]).status() in ("running", "waiting"), "the latest run goes on"
+        assert not [r for r in s.describe()["recent_runs"] if r["status"] == "skipped"]
+        client.get(runs[-1]).terminate()
+        s.delete()
+
+
 @pytest.fixture
 def cluster_of_processes(kafka, namespace, pg_url, tmp_path):
     procs = Processes(tmp_path / "logs")
