@@ -557,16 +557,17 @@ class _Gate:
 
     def admit(self) -> None:
         """Start waiting tasks, lowest priority number first, while this worker's shares allow."""
+        started = False
         while self.ready:
             if self.concurrency is not None and self.running >= self.concurrency:
-                return
+                break
             if self.worker.in_flight - self.held >= self.worker.worker.concurrency:
-                return  # --activity-concurrency still caps what runs in this process
+                break  # --activity-concurrency still caps what runs in this process
             out = self.ready[0][2]
             cancelled = self.worker.worker.was_cancelled(_key(out.task))
             now = time.monotonic()
             if not cancelled and not self._rate_room(now):
-                return
+                break
             heapq.heappop(self.ready)
             self.running += 1
             key = out.task.get("key")
@@ -578,10 +579,10 @@ class _Gate:
                 # Its start-to-close timeout counts from now. Told for every gated task, not only those that
                 # waited here: the owner timed it from dispatch, and the time it sat unread in the topic
                 # (a loaded worker's pickup delay) is no more part of the attempt than a wait for a slot.
-                # Not flushed: the producer sends at once (linger 0) from its own thread, and this one goes on
-                # reading tasks instead of waiting for the broker's acknowledgement.
-                self._beat(out, flush=False)
+                started = self._beat(out, flush=False) or started
             self.worker._execute(out)
+        if started:
+            self.worker.producer.flush()  # once for all started now: at the broker before they could finish
 
     def poll_wait_ms(self, wait: int) -> int:
         """Wake up when the rate window lets the next waiting task start."""
@@ -604,12 +605,12 @@ class _Gate:
         if sent:
             self.worker.producer.flush()
 
-    def _beat(self, out: _Outcome, flush: bool = True) -> None:
+    def _beat(self, out: _Outcome, flush: bool = True) -> bool:
         """Tell the owner the attempt has not started yet, or starts now: its start-to-close (and heartbeat)
-        deadline moves to now + timeout (nothing to tell if it has no timeout)."""
+        deadline moves to now + timeout. False when it has no timeout, so there is nothing to tell."""
         task = out.task
         if not (task.get("timeout") or task.get("heartbeat_timeout")):
-            return
+            return False
         out.beat_at = time.monotonic()
         wid, run, aid, attempt = task["workflow_id"], task["run_id"], task["activity_id"], task["attempt"]
         self.worker.send_command(
@@ -618,6 +619,7 @@ class _Gate:
         )
         if flush:
             self.worker.producer.flush()
+        return True
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -95,6 +95,46 @@ def test_overlap_terminate_other_and_cancel_other_end_the_open_run(kafka, pg_ser
         s.delete()
 
 
+def test_cli_schedule_create_describe_list_pause_backfill_trigger_delete(kafka, pg_server, tmp_path, capsys):
+    """Every schedule action of ``metamorph schedule`` on a real node, and bad input as usage errors."""
+    import json
+
+    from actors.cli import EXIT_USAGE, main
+
+    with running_stack(kafka, pg_server, tmp_path) as (client, _node, namespace):
+        conn = ["--kafka", kafka, "--postgres", client.postgres, "--namespace", namespace]  # before the action
+        start_at = (datetime.now(UTC) + timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
+        for bad, message in ((["--cron", "61 * * * *"], "invalid cron expression"),
+                             (["--cron", "0 2 * * *", "--timezone", "Mars/Olympus"], "unknown time zone"),
+                             (["--every", "60", "--start-at", "tomorrow"], "start_at must be an ISO 8601 time"),
+                             (["--every", "60", "--overlap", "sometimes"], "unknown overlap policy")):
+            assert main(["schedule", *conn, "create", "bad", "sched.Quick", *bad]) == EXIT_USAGE, bad
+            assert message in capsys.readouterr().err
+        assert main(["schedule", *conn, "create", "hourly", "sched.Quick", '"h"', "--every", "3600", "--start-at",
+                     start_at.isoformat(), "--json"]) == 0  # fmt: skip
+        info = json.loads(capsys.readouterr().out)
+        assert info["next_runs"][0] == start_at.isoformat() and info["spec"]["start_at"] == start_at.isoformat()
+        assert main(["schedule", *conn, "list", "--json"]) == 0
+        assert [i["id"] for i in json.loads(capsys.readouterr().out)] == ["hourly"]
+        assert main(["schedule", *conn, "pause", "hourly", "--note", "maintenance"]) == 0
+        capsys.readouterr()
+        assert main(["schedule", *conn, "describe", "hourly", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["paused"] is True
+        assert main(["schedule", *conn, "resume", "hourly"]) == 0
+        past = datetime(2030, 1, 1, tzinfo=UTC)
+        assert main(["schedule", *conn, "backfill", "hourly", past.isoformat(), (past + timedelta(hours=2)).isoformat(), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["backfilled"] == 3
+        wait_until(lambda: len(_runs(client, "hourly")) >= 3, 20, "the backfilled runs")
+        assert _runs(client, "hourly") == [f"hourly@2030-01-01T0{h}:00:00Z" for h in range(3)]
+        assert main(["schedule", *conn, "backfill", "hourly", "2030-01-02T00:00:00Z", "2030-01-01T00:00:00Z"]) == EXIT_USAGE
+        assert "start <= end" in capsys.readouterr().err
+        assert main(["schedule", *conn, "trigger", "hourly"]) == 0
+        run_id = capsys.readouterr().out.strip()
+        assert run_id.startswith("hourly@") and client.get(run_id).result(timeout=20) == "h"
+        assert main(["schedule", *conn, "delete", "hourly"]) == 0
+        wait_until(lambda: client.list_schedules() == [], 20, "the schedule to be gone")
+
+
 @pytest.fixture
 def cluster_of_processes(kafka, namespace, pg_url, tmp_path):
     procs = Processes(tmp_path / "logs")
