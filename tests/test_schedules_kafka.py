@@ -111,7 +111,7 @@ def test_cli_schedule_create_describe_list_pause_backfill_trigger_delete(kafka, 
             assert main(["schedule", *conn, "create", "bad", "sched.Quick", *bad]) == EXIT_USAGE, bad
             assert message in capsys.readouterr().err
         assert main(["schedule", *conn, "create", "hourly", "sched.Quick", '"h"', "--every", "3600", "--start-at",
-                     start_at.isoformat(), "--json"]) == 0  # fmt: skip
+                     start_at.isoformat(), "--overlap", "allow_all", "--json"]) == 0  # fmt: skip
         info = json.loads(capsys.readouterr().out)
         assert info["next_runs"][0] == start_at.isoformat() and info["spec"]["start_at"] == start_at.isoformat()
         assert main(["schedule", *conn, "list", "--json"]) == 0
@@ -121,6 +121,7 @@ def test_cli_schedule_create_describe_list_pause_backfill_trigger_delete(kafka, 
         assert main(["schedule", *conn, "describe", "hourly", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["paused"] is True
         assert main(["schedule", *conn, "resume", "hourly"]) == 0
+        assert "resume" in capsys.readouterr().out
         past = datetime(2030, 1, 1, tzinfo=UTC)
         assert main(["schedule", *conn, "backfill", "hourly", past.isoformat(), (past + timedelta(hours=2)).isoformat(), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["backfilled"] == 3
