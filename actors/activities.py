@@ -104,12 +104,11 @@ def heartbeat(details: Any = None) -> None:
 
 
 class _Outcome:
-    __slots__ = ("tp", "offset", "task", "ok", "result", "error", "seconds", "sink", "gated", "waited", "beat_at")
+    __slots__ = ("tp", "offset", "task", "ok", "result", "error", "seconds", "sink", "gated", "beat_at")
 
     def __init__(self, tp: TopicPartition | None, offset: int, task: dict, sink: Any = None) -> None:
         self.tp, self.offset, self.task, self.sink = tp, offset, task, sink
         self.gated = False  # went through the flow-control gate (queue limits, key): holds a slot while running
-        self.waited = False  # was held for a slot or its key before it ran
         self.beat_at = 0.0  # last "still waiting" heartbeat sent for it (monotonic)
         self.ok = False
         self.result: bytes = b""
@@ -453,7 +452,9 @@ class _Gate:
     Keyed tasks run one at a time per key, in arrival order: the first of a key waits here for a slot, the
     others wait behind it. Among tasks waiting for a slot, lower priority runs first (FIFO within one).
     A held task is not an attempt: it is sent no timeout, and the owner is told by "waiting" heartbeats,
-    which move its start-to-close deadline (``PartitionStore.heartbeat``). Everything here runs on the
+    which move its start-to-close deadline (``PartitionStore.heartbeat``); one more such heartbeat when it
+    starts makes the deadline count from its real start (one command per gated task with a timeout; tasks
+    of unlimited, unkeyed queues never come here and send none). Everything here runs on the
     queue worker's consumer thread (rebalance callbacks included), so it needs no lock.
     """
 
@@ -528,7 +529,6 @@ class _Gate:
         key = out.task.get("key")
         if key:
             if key in self.behind:  # the key is taken (waiting for a slot or running): wait behind it
-                out.waited = True
                 self.behind[key].append(out)
                 return
             self.behind[key] = deque()
@@ -560,16 +560,17 @@ class _Gate:
 
     def admit(self) -> None:
         """Start waiting tasks, lowest priority number first, while this worker's shares allow."""
+        started = False
         while self.ready:
             if self.concurrency is not None and self.running >= self.concurrency:
-                return
+                break
             if self.worker.in_flight - self.held >= self.worker.worker.concurrency:
-                return  # --activity-concurrency still caps what runs in this process
+                break  # --activity-concurrency still caps what runs in this process
             out = self.ready[0][2]
             cancelled = self.worker.worker.was_cancelled(_key(out.task))
             now = time.monotonic()
             if not cancelled and not self._rate_room(now):
-                return
+                break
             heapq.heappop(self.ready)
             self.running += 1
             key = out.task.get("key")
@@ -578,9 +579,13 @@ class _Gate:
             if not cancelled:
                 if self.rate is not None:
                     self.starts.append(now)
-                if out.waited:
-                    self._beat(out)  # its start-to-close timeout counts from now
+                # Its start-to-close timeout counts from now. Told for every gated task, not only those that
+                # waited here: the owner timed it from dispatch, and the time it sat unread in the topic
+                # (a loaded worker's pickup delay) is no more part of the attempt than a wait for a slot.
+                started = self._beat(out, flush=False) or started
             self.worker._execute(out)
+        if started:
+            self.worker.producer.flush()  # once for all started now: at the broker before they could finish
 
     def poll_wait_ms(self, wait: int) -> int:
         """Wake up when the rate window lets the next waiting task start."""
@@ -597,18 +602,18 @@ class _Gate:
             limits = [t for t in (out.task.get("timeout"), out.task.get("heartbeat_timeout")) if t]
             if not limits:
                 continue
-            if out.beat_at == 0.0:
-                out.waited = True
             if now - out.beat_at >= max(0.2, min(limits) / 3):
                 self._beat(out, flush=False)
                 sent = True
         if sent:
             self.worker.producer.flush()
 
-    def _beat(self, out: _Outcome, flush: bool = True) -> None:
+    def _beat(self, out: _Outcome, flush: bool = True) -> bool:
+        """Tell the owner the attempt has not started yet, or starts now: its start-to-close (and heartbeat)
+        deadline moves to now + timeout. False when it has no timeout, so there is nothing to tell."""
         task = out.task
         if not (task.get("timeout") or task.get("heartbeat_timeout")):
-            return
+            return False
         out.beat_at = time.monotonic()
         wid, run, aid, attempt = task["workflow_id"], task["run_id"], task["activity_id"], task["attempt"]
         self.worker.send_command(
@@ -617,6 +622,7 @@ class _Gate:
         )
         if flush:
             self.worker.producer.flush()
+        return True
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -37,6 +37,7 @@ from eventstore import events as ev
 from eventstore.deadletter import DeadLetters
 from eventstore.fencing import MARKER, MessageFence, epoch_header
 from eventstore.log import TYPE_HEADER, EventLog, LogTruncatedError, check_not_truncated, producer
+from eventstore.statuses import BY_TERMINAL_EVENT, FINAL
 from eventstore.store import PartitionStore
 from eventstore.topics import Topics, ensure_topics, leave_group, partition_for
 
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 #: How long the broker may hold an empty fetch. Short, because not every broker answers a held fetch
 #: as soon as data arrives; an idle node pays a few cheap polls per second for low latency.
 _FETCH_WAIT_MS = int(__import__("os").environ.get("METAMORPH_FETCH_WAIT_MS", "100"))
+#: Events after which a workflow takes no more steps (continue-as-new goes on in the same actor).
+_FINAL_EVENTS = frozenset(kind for kind, status in BY_TERMINAL_EVENT.items() if status in FINAL)
 
 
 @dataclass
@@ -442,8 +445,11 @@ class Node:
         events: dict[int, list[dict]] = defaultdict(list)
         obliged: list[tuple[Message, int, int]] = []  # (message, partition, index of its last event in events[p])
         heartbeats: dict[int, list[tuple[str, str, int, int, datetime]]] = defaultdict(list)
+        ended: dict[str, bool] = {}  # workflow id -> its last event in this batch ended it for good
         for partition, wid, future in asks:
             result: Result = future.get()
+            if result.events:
+                ended[wid] = result.events[-1]["type"] in _FINAL_EVENTS
             for e in result.events:
                 e["workflow_id"] = wid
                 e["epoch"] = self._owned[partition].epoch
@@ -481,6 +487,7 @@ class Node:
             owned.store.apply(records, fired.get(partition, ()))
             owned.store.heartbeat(heartbeats.get(partition, ()))
             metrics.events_appended.labels(str(partition)).inc(len(records))
+        self._stop_finished([wid for wid, done in ended.items() if done])
         self._evict()
 
     def _fenced_out(self, offsets: dict[int, list[int]]) -> set[int]:
@@ -513,6 +520,17 @@ class Node:
             metrics.fenced_batches.inc(len(fenced))
             self._fenced |= fenced
         return fenced
+
+    def _stop_finished(self, workflow_ids: list[str]) -> None:
+        """Stop the actors of workflows that just ended: they take no more steps, and left in the LRU they
+        push out open workflows that do (1,000 schedules firing short runs evicted every schedule, which
+        then replayed its whole history at each firing). A late query or start is served from the store."""
+        for wid in workflow_ids:
+            entry = self._live.pop(wid, None)
+            if entry is not None:
+                self._used.pop(wid, None)
+                entry[0].stop(block=False)
+                metrics.passivations.labels("finished").inc()
 
     def _append(self, events: dict[int, list[dict]]) -> dict[int, list[int]]:
         assert self._log is not None
