@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from eventstore import codec, payloads, statuses
+from eventstore import codec, fetchhold, payloads, statuses
 from eventstore import events as ev
 from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
@@ -859,6 +859,7 @@ class _Replies:
         self._consumer = KafkaConsumer(
             bootstrap_servers=kafka, enable_auto_commit=False, fetch_max_wait_ms=50, allow_auto_create_topics=False
         )
+        fetchhold.hold_empty_fetches(self._consumer, fetchhold.LATENCY_HOLD_MS)  # no spin on noida-db
         parts = self._consumer.partitions_for_topic(topics.replies) or {0}
         tps = [TopicPartition(topics.replies, p) for p in sorted(parts)]
         self._consumer.assign(tps)
