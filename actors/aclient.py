@@ -68,6 +68,7 @@ class AsyncClient:
         self._pg_pool: Any = None
         self._terminal_listener: _AsyncTerminals | None = None
         self._replies: _c._Replies | None = None
+        self._replies_failed_until = 0.0
         self._setup = asyncio.Lock()
         self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._pg_unanswered_until = 0.0
@@ -144,6 +145,20 @@ class AsyncClient:
                     self._replies = await asyncio.to_thread(_c._Replies, self.kafka, self.topics)
         return self._replies
 
+    async def _result_replies(self) -> _c._Replies | None:
+        """``Client._result_replies`` on asyncio: the shared replies listener, or None while Kafka cannot
+        give one (result() then waits on the projection alone; not retried for ``_REPLIES_RETRY_S``)."""
+        if self._replies is not None:
+            return self._replies
+        if time.monotonic() < self._replies_failed_until:
+            return None
+        try:
+            return await self._reply_listener()
+        except Exception as exc:
+            log.warning("result(): no replies consumer (%s); waiting on the projection instead", exc)
+            self._replies_failed_until = time.monotonic() + _c._REPLIES_RETRY_S
+            return None
+
     async def _terminals(self) -> _AsyncTerminals:
         if self._terminal_listener is None:
             if not self.postgres:
@@ -214,6 +229,7 @@ class AsyncClient:
         command_id = f"start:{workflow_id}:{uuid.uuid4()}" if options or _update else f"start:{workflow_id}"
         options = {**options, **(attributes or {})}
         run_id = None
+        sent_at = time.monotonic()  # before the send: an outcome read after this is of this start or later
         if not decide:
             await self._send("StartWorkflow", workflow_id, command_id, workflow_type=type_name, input=data, **options)
         else:
@@ -252,7 +268,9 @@ class AsyncClient:
                 if isinstance(exc, ConnectionError):
                     self._pg_unanswered_until = time.monotonic() + _c._CHECK_BACKOFF
                 log.warning("could not record %s as pending: %s", workflow_id, exc)
-        return AsyncWorkflowHandle(self, workflow_id, run_id), update_reply
+        handle = AsyncWorkflowHandle(self, workflow_id, run_id)
+        handle._sent_at = sent_at
+        return handle, update_reply
 
     async def update_with_start(
         self, wf: type | str, *args: Any, id: str, update: str, update_args: Any = (),  # noqa: A002
@@ -388,6 +406,7 @@ class AsyncWorkflowHandle:
         self._client = client
         self.id = workflow_id
         self.run_id = run_id
+        self._sent_at: float | None = None  # as WorkflowHandle._sent_at
         self._run_seen = run_id is None
 
     def __repr__(self) -> str:
@@ -429,9 +448,17 @@ class AsyncWorkflowHandle:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         terminals = await self._client._terminals()
+        replies = await self._client._result_replies()
+        box: list[dict] = []
+        loop = asyncio.get_running_loop()
         while True:
             wake = terminals.expect(self.id)
+            waker = _ThreadsafeWake(loop, wake)
+            if replies is not None:  # the owner's outcome on <ns>.replies, as in Client.result()
+                replies.expect_result(self.id, waker, box, self.run_id, self._sent_at)
             try:
+                if box:
+                    return _c._outcome(self.id, _c._result_row(box[0]))
                 try:
                     row = await self.describe()
                 except WorkflowNotFound:
@@ -446,7 +473,11 @@ class AsyncWorkflowHandle:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"workflow {self.id} is still {status} after {timeout}s")
                 await _event(wake, 5.0 if remaining is None else min(remaining, 5.0))
+                if box:
+                    return _c._outcome(self.id, _c._result_row(box[0]))
             finally:
+                if replies is not None:
+                    replies.forget_result(self.id, waker)
                 terminals.forget(self.id, wake)
 
     async def signal(self, name: str, *args: Any) -> None:
@@ -606,6 +637,16 @@ async def _wait(replies: _c._Replies, request_id: str, waiter: _LoopWaiter, time
     finally:
         with replies._lock:
             replies._waiters.pop(request_id, None)
+
+
+class _ThreadsafeWake:
+    """Sets an ``asyncio.Event`` from the replies listener thread (``set()`` hops onto the loop)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        self._loop, self._event = loop, event
+
+    def set(self) -> None:
+        self._loop.call_soon_threadsafe(self._event.set)
 
 
 # -- results: one async LISTEN connection per client -----------------------------------------------------------

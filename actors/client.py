@@ -55,6 +55,10 @@ _REMEMBERED_STARTS = 10_000
 #: answer commands skip the check altogether (they need only Kafka).
 _CHECK_TIMEOUT = 1.0
 _CHECK_BACKOFF = 5.0
+#: After the replies consumer could not be built (Kafka down), result() waits on the projection alone this long.
+_REPLIES_RETRY_S = 30.0
+#: How many recent workflow results the replies listener keeps for a result() called after they arrived.
+_RECENT_RESULTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class Client:
         # projector has the row these ids are `pending` (accepted), not unknown. Bounded, oldest dropped.
         self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._pg_unanswered_until = 0.0
+        self._replies_failed_until = 0.0
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _kafka(self) -> Any:
@@ -196,6 +201,20 @@ class Client:
             if self._replies is None:
                 self._replies = _Replies(self.kafka, self.topics)
             return self._replies
+
+    def _result_replies(self) -> _Replies | None:
+        """The replies listener for result(), or None while Kafka cannot give one (result() then waits on
+        the projection alone, as it always could); a failure is not retried for ``_REPLIES_RETRY_S``."""
+        if self._replies is not None:
+            return self._replies
+        if time.monotonic() < self._replies_failed_until:
+            return None
+        try:
+            return self._reply_listener()
+        except Exception as exc:
+            log.warning("result(): no replies consumer (%s); waiting on the projection instead", exc)
+            self._replies_failed_until = time.monotonic() + _REPLIES_RETRY_S
+            return None
 
     def _request(self, kind: str, workflow_id: str, name: str, args: tuple, timeout: float) -> Any:
         # No existence check against the projections first: the owning node knows every id of its
@@ -301,6 +320,7 @@ class Client:
         # plain start keeps the id-derived command id that makes its re-sends collapse.
         command_id = f"start:{workflow_id}:{uuid.uuid4()}" if options or _update else f"start:{workflow_id}"
         options = {**options, **(attributes or {})}
+        sent_at = time.monotonic()  # before the send: an outcome read after this is of this start or later
         if not decide:
             self._send("StartWorkflow", workflow_id, command_id, workflow_type=type_name, input=data, **options)
             run_id = None
@@ -346,7 +366,9 @@ class Client:
                 if isinstance(exc, ConnectionError):
                     self._pg_unanswered_until = time.monotonic() + _CHECK_BACKOFF
                 log.warning("could not record %s as pending: %s", workflow_id, exc)
-        return WorkflowHandle(self, workflow_id, run_id), update_reply
+        handle = WorkflowHandle(self, workflow_id, run_id)
+        handle._sent_at = sent_at
+        return handle, update_reply
 
     def update_with_start(
         self,
@@ -522,6 +544,9 @@ class WorkflowHandle:
         self._client = client
         self.id = workflow_id
         self.run_id = run_id
+        #: When this client sent the start command (monotonic), for handles start() returns: result() may
+        #: then take an outcome the replies listener read before result() was called.
+        self._sent_at: float | None = None
         self._run_seen = run_id is None
 
     def __repr__(self) -> str:
@@ -560,15 +585,24 @@ class WorkflowHandle:
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the end (any run of the continue-as-new chain) and return the output or raise.
 
-        Waits on the projector's NOTIFY through the client's one shared LISTEN connection, so a thousand
-        waiting handles cost a thousand events, not a thousand connections.
+        The owning node publishes the outcome on ``<ns>.replies`` once it is durable; the client's one shared
+        replies consumer (reading from its end) hands it over, so the usual wait skips the projector and
+        PostgreSQL. The projection is read once after subscribing (the workflow may have ended before the
+        consumer listened), and the projector's NOTIFY, through the client's one shared LISTEN connection,
+        still wakes the waiter, so a thousand waiting handles cost a thousand events, not connections.
         """
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         terminals = self._client._terminals()
+        replies = self._client._result_replies()
+        box: list[dict] = []
         while True:
             wake = terminals.expect(self.id)
+            if replies is not None:
+                replies.expect_result(self.id, wake, box, self.run_id, self._sent_at)
             try:
+                if box:
+                    return _outcome(self.id, _result_row(box[0]))
                 try:
                     row = self.describe()
                 except WorkflowNotFound:
@@ -584,7 +618,11 @@ class WorkflowHandle:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"workflow {self.id} is still {status} after {timeout}s")
                 wake.wait(5.0 if remaining is None else min(remaining, 5.0))
+                if box:
+                    return _outcome(self.id, _result_row(box[0]))
             finally:
+                if replies is not None:
+                    replies.forget_result(self.id, wake)
                 terminals.forget(self.id, wake)
 
     def signal(self, name: str, *args: Any) -> None:
@@ -712,6 +750,16 @@ def _pending_row(workflow_id: str, type_name: str, at: datetime) -> dict:
         "parent_run_id": None, "continued_from": None, "created_at": at, "updated_at": at, "started_at": None,
         "closed_at": None,
     }
+
+
+def _result_row(result: dict) -> dict:
+    """A WorkflowResult from ``<ns>.replies`` as the projection row ``_outcome`` reads: the output decoded
+    exactly as the projector stores it and a read reveals it (JSON values, encrypted payloads decrypted)."""
+    from projections.apply import payload
+    from projections.read import reveal
+
+    data = result.get("result")
+    return {**result, "output": reveal(payload(bytes(data))) if data is not None else None}
 
 
 def _outcome(workflow_id: str, row: dict) -> Any:
@@ -867,6 +915,10 @@ class _Replies:
         for tp in tps:
             self._consumer.position(tp)  # resolve "end" now, before any request is sent
         self._waiters: dict[str, tuple[threading.Event, list]] = {}
+        #: result() waiters by workflow id: (wake, box); a WorkflowResult is appended to box, then wake.set().
+        self._results: dict[str, list[tuple[Any, list]]] = {}
+        #: The last results read, by workflow id (bounded): for a result() called after its reply arrived.
+        self._recent: OrderedDict[str, tuple[dict, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metamorph-replies", daemon=True)
@@ -885,7 +937,47 @@ class _Replies:
             with self._lock:
                 self._waiters.pop(request_id, None)
 
+    def expect_result(self, workflow_id: str, wake: Any, box: list, run_id: str | None = None,
+                      since: float | None = None) -> None:
+        """Until ``forget_result``: the next WorkflowResult of ``workflow_id`` is appended to ``box``, then
+        ``wake.set()`` is called (on the listener thread).
+
+        One read before this call (the workflow ended while the caller was still between start() and
+        result()) is handed over at once if it is of ``run_id``, or was read after ``since`` (the monotonic
+        time the caller's start command was sent): anything older may be an earlier run of a reused id, and
+        is left to the projection."""
+        with self._lock:
+            self._results.setdefault(workflow_id, []).append((wake, box))
+            seen = self._recent.get(workflow_id)
+        if seen is None or box:
+            return
+        result, read_at = seen
+        if (run_id is not None and result["run_id"] == run_id) or (since is not None and read_at >= since):
+            box.append(result)
+            wake.set()
+
+    def forget_result(self, workflow_id: str, wake: Any) -> None:
+        with self._lock:
+            waiters = [w for w in self._results.get(workflow_id, ()) if w[0] is not wake]
+            if waiters:
+                self._results[workflow_id] = waiters
+            else:
+                self._results.pop(workflow_id, None)
+
+    def _deliver_result(self, result: dict) -> None:
+        with self._lock:
+            waiters = list(self._results.get(result["workflow_id"], ()))
+            self._recent[result["workflow_id"]] = (result, time.monotonic())
+            self._recent.move_to_end(result["workflow_id"])
+            while len(self._recent) > _RECENT_RESULTS:
+                self._recent.popitem(last=False)
+        for wake, box in waiters:
+            if not box:
+                box.append(result)
+                wake.set()
+
     def _run(self) -> None:
+        registry = codec.registry()
         while not self._stop.is_set():
             try:
                 batch = self._consumer.poll(timeout_ms=100)
@@ -895,8 +987,13 @@ class _Replies:
             for records in batch.values():
                 for rec in records:
                     try:
-                        reply = codec.decode(rec.value, "metamorph.Reply")
+                        name, reply = registry.decode(rec.value)
                     except codec.DecodeError:
+                        continue
+                    if name == "metamorph.WorkflowResult":
+                        self._deliver_result(reply)
+                        continue
+                    if name != "metamorph.Reply":
                         continue
                     with self._lock:
                         waiter = self._waiters.get(reply["request_id"])
