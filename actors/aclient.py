@@ -69,6 +69,7 @@ class AsyncClient:
         self._terminal_listener: _AsyncTerminals | None = None
         self._replies: _c._Replies | None = None
         self._replies_failed_until = 0.0
+        self._unsettled: OrderedDict[str, float] = OrderedDict()  # as Client._unsettled
         self._setup = asyncio.Lock()
         self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._pg_unanswered_until = 0.0
@@ -181,10 +182,37 @@ class AsyncClient:
             raise TimeoutError(f"no answer to {kind} {name!r} of {workflow_id} within {timeout}s")
         return _c._reply_value(workflow_id, kind, name, reply)
 
+    def _unsettle(self, workflow_id: str) -> None:
+        """``Client._unsettle``."""
+        self._unsettled[workflow_id] = time.monotonic() + _c._SETTLE_S
+        self._unsettled.move_to_end(workflow_id)
+        while len(self._unsettled) > _c._RECENT_RESULTS:
+            self._unsettled.popitem(last=False)
+
+    async def _settle(self, ids: list[str] | None = None) -> None:
+        """``Client._settle`` on asyncio: reads after a result() from ``<ns>.replies`` wait (up to
+        ``_SETTLE_S``) until the projection has that outcome."""
+        pending = [(w, d) for w, d in self._unsettled.items() if ids is None or w in ids]
+        if not pending:
+            return
+        terminals = await self._terminals()
+        for workflow_id, deadline in pending:
+            while time.monotonic() < deadline:
+                wake = terminals.expect(workflow_id)
+                try:
+                    row = await self._read("get_workflow", workflow_id)
+                    if row is not None and row["status"] in statuses.FINAL:
+                        break
+                    await _event(wake, max(0.0, min(0.5, deadline - time.monotonic())))
+                finally:
+                    terminals.forget(workflow_id, wake)
+            self._unsettled.pop(workflow_id, None)
+
     async def _check_running(self, workflow_id: str, operation: str) -> None:
         """``Client._check_running``: refuse a command that could do nothing, never waiting for PostgreSQL."""
         if not self.postgres or time.monotonic() < self._pg_unanswered_until:
             return
+        await self._settle([workflow_id])
         try:
             status = (await self._require(workflow_id, _timeout=_c._CHECK_TIMEOUT))["status"]
         except ConnectionError as exc:
@@ -303,6 +331,7 @@ class AsyncClient:
             raise ValueError(f"limit must be a positive integer, not {limit!r}")
         scope = _c._cursor_scope(filters)
         after = _search.decode_cursor(cursor, scope) if cursor is not None else None
+        await self._settle()  # results this client returned from <ns>.replies are in the projection first
         rows = await self._read("list_workflows", limit=limit + 1, after=after, **filters)
         more = len(rows) > limit
         rows = rows[:limit]
@@ -315,6 +344,7 @@ class AsyncClient:
         started_before: datetime | str | None = None,
     ) -> int:
         """``Client.count``: how many workflows match ``list``'s filters."""
+        await self._settle()
         return await self._read("count_workflows", **_c._filters(status, type, search, started_after, started_before, None))
 
     async def batch(
@@ -407,12 +437,14 @@ class AsyncWorkflowHandle:
         self.id = workflow_id
         self.run_id = run_id
         self._sent_at: float | None = None  # as WorkflowHandle._sent_at
+        self._final: dict | None = None  # as WorkflowHandle._final
         self._run_seen = run_id is None
 
     def __repr__(self) -> str:
         return f"AsyncWorkflowHandle({self.id!r})"
 
     async def describe(self) -> dict:
+        await self._settle()
         row = await self._client._require(self.id)
         if not self._run_seen:
             if row.get("run_id") == self.run_id:
@@ -422,9 +454,9 @@ class AsyncWorkflowHandle:
                 self._run_seen = True
                 row = await self._client._require(self.id)
             else:
-                return {**row, "run_id": self.run_id, "status": "pending", "output": None, "error_type": None,
-                        "error_message": None, "error_traceback": None, "closed_at": None}
-        return row
+                row = {**row, "run_id": self.run_id, "status": "pending", "output": None, "error_type": None,
+                       "error_message": None, "error_traceback": None, "closed_at": None}
+        return _c._with_final(row, self._final)
 
     async def status(self) -> str:
         return (await self.describe())["status"]
@@ -458,7 +490,9 @@ class AsyncWorkflowHandle:
                 replies.expect_result(self.id, waker, box, self.run_id, self._sent_at)
             try:
                 if box:
-                    return _c._outcome(self.id, _c._result_row(box[0]))
+                    self._final = _c._result_row(box[0])
+                    self._client._unsettle(self.id)
+                    return _c._outcome(self.id, self._final)
                 try:
                     row = await self.describe()
                 except WorkflowNotFound:
@@ -474,7 +508,9 @@ class AsyncWorkflowHandle:
                     raise TimeoutError(f"workflow {self.id} is still {status} after {timeout}s")
                 await _event(wake, 5.0 if remaining is None else min(remaining, 5.0))
                 if box:
-                    return _c._outcome(self.id, _c._result_row(box[0]))
+                    self._final = _c._result_row(box[0])
+                    self._client._unsettle(self.id)
+                    return _c._outcome(self.id, self._final)
             finally:
                 if replies is not None:
                     replies.forget_result(self.id, waker)
@@ -529,12 +565,19 @@ class AsyncWorkflowHandle:
         await self._client._send("RetryWorkflow", self.id)
 
     async def history(self) -> list[dict]:
+        await self._settle()
         await self._client._require(self.id)
         return await self._client._read("history", self.id)
 
     async def exceptions(self) -> list[dict]:
+        await self._settle()
         await self._client._require(self.id)
         return await self._client._read("exceptions", self.id)
+
+    async def _settle(self) -> None:
+        """``WorkflowHandle._settle``: reads after a result() from ``<ns>.replies`` (``AsyncClient._settle``)."""
+        if self._final is not None:
+            await self._client._settle([self.id])
 
 
 class AsyncScheduleHandle:

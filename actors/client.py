@@ -59,6 +59,8 @@ _CHECK_BACKOFF = 5.0
 _REPLIES_RETRY_S = 30.0
 #: How many recent workflow results the replies listener keeps for a result() called after they arrived.
 _RECENT_RESULTS = 10_000
+#: How long reads through a handle whose result() came from <ns>.replies wait for the projection to have it.
+_SETTLE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ class Client:
         self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._pg_unanswered_until = 0.0
         self._replies_failed_until = 0.0
+        #: Ids whose outcome result() took from <ns>.replies, with until when reads wait for the projection.
+        self._unsettled: OrderedDict[str, float] = OrderedDict()
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _kafka(self) -> Any:
@@ -237,6 +241,36 @@ class Client:
                 self._terminal_listener = _Terminals(self.postgres, self.namespace)
             return self._terminal_listener
 
+    def _unsettle(self, workflow_id: str) -> None:
+        """result() gave ``workflow_id``'s outcome from ``<ns>.replies``, maybe before the projection has it."""
+        with self._lock:
+            self._unsettled[workflow_id] = time.monotonic() + _SETTLE_S
+            self._unsettled.move_to_end(workflow_id)
+            while len(self._unsettled) > _RECENT_RESULTS:
+                self._unsettled.popitem(last=False)
+
+    def _settle(self, ids: list[str] | None = None) -> None:
+        """Wait (on the projector's NOTIFY, up to ``_SETTLE_S`` after each result) until the projection has
+        the outcomes result() took from ``<ns>.replies`` (``ids``, or all): what result() said, the reads
+        after it (describe, history, list, the checks before a command) agree."""
+        with self._lock:
+            pending = [(w, d) for w, d in self._unsettled.items() if ids is None or w in ids]
+        if not pending:
+            return
+        terminals = self._terminals()
+        for workflow_id, deadline in pending:
+            while time.monotonic() < deadline:
+                wake = terminals.expect(workflow_id)
+                try:
+                    row = self._read("get_workflow", workflow_id)
+                    if row is not None and row["status"] in statuses.FINAL:
+                        break
+                    wake.wait(max(0.0, min(0.5, deadline - time.monotonic())))
+                finally:
+                    terminals.forget(workflow_id, wake)
+            with self._lock:
+                self._unsettled.pop(workflow_id, None)
+
     def _check_running(self, workflow_id: str, operation: str) -> None:
         """Refuse a command that could do nothing, when the projections can tell at once: an unknown id
         raises WorkflowNotFound, an ended workflow WorkflowNotRunning (``continued`` is not refused: the
@@ -250,6 +284,7 @@ class Client:
         """
         if not self.postgres or time.monotonic() < self._pg_unanswered_until:
             return
+        self._settle([workflow_id])
         try:
             status = self._require(workflow_id, _timeout=_CHECK_TIMEOUT)["status"]
         except ConnectionError as exc:
@@ -455,6 +490,7 @@ class Client:
             raise ValueError(f"limit must be a positive integer, not {limit!r}")
         scope = _cursor_scope(filters)
         after = _search.decode_cursor(cursor, scope) if cursor is not None else None
+        self._settle()  # results this client returned from <ns>.replies are in the projection first
         rows = self._read("list_workflows", limit=limit + 1, offset=offset, after=after, **filters)
         more = len(rows) > limit
         rows = rows[:limit]
@@ -472,6 +508,7 @@ class Client:
     ) -> int:
         """How many workflows match the filters of ``list`` (all pages)."""
         filters = _filters(status, type, search, started_after, started_before, None)
+        self._settle()
         return self._read("count_workflows", **filters)
 
     def batch(
@@ -547,12 +584,15 @@ class WorkflowHandle:
         #: When this client sent the start command (monotonic), for handles start() returns: result() may
         #: then take an outcome the replies listener read before result() was called.
         self._sent_at: float | None = None
+        #: The outcome result() took from <ns>.replies: what this handle reads until the projection has it.
+        self._final: dict | None = None
         self._run_seen = run_id is None
 
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.id!r})"
 
     def describe(self) -> dict:
+        self._settle()
         row = self._client._require(self.id)
         if not self._run_seen:
             if row.get("run_id") == self.run_id:
@@ -562,9 +602,9 @@ class WorkflowHandle:
                 self._run_seen = True
                 row = self._client._require(self.id)
             else:
-                return {**row, "run_id": self.run_id, "status": "pending", "output": None, "error_type": None,
-                        "error_message": None, "error_traceback": None, "closed_at": None}
-        return row
+                row = {**row, "run_id": self.run_id, "status": "pending", "output": None, "error_type": None,
+                       "error_message": None, "error_traceback": None, "closed_at": None}
+        return _with_final(row, self._final)
 
     def status(self) -> str:
         return self.describe()["status"]
@@ -602,7 +642,9 @@ class WorkflowHandle:
                 replies.expect_result(self.id, wake, box, self.run_id, self._sent_at)
             try:
                 if box:
-                    return _outcome(self.id, _result_row(box[0]))
+                    self._final = _result_row(box[0])
+                    self._client._unsettle(self.id)
+                    return _outcome(self.id, self._final)
                 try:
                     row = self.describe()
                 except WorkflowNotFound:
@@ -619,7 +661,9 @@ class WorkflowHandle:
                     raise TimeoutError(f"workflow {self.id} is still {status} after {timeout}s")
                 wake.wait(5.0 if remaining is None else min(remaining, 5.0))
                 if box:
-                    return _outcome(self.id, _result_row(box[0]))
+                    self._final = _result_row(box[0])
+                    self._client._unsettle(self.id)
+                    return _outcome(self.id, self._final)
             finally:
                 if replies is not None:
                     replies.forget_result(self.id, wake)
@@ -685,12 +729,19 @@ class WorkflowHandle:
         self._client._send("ResetWorkflow", self.id, seq=seq)
 
     def history(self) -> list[dict]:
+        self._settle()
         self._client._require(self.id)
         return self._client._read("history", self.id)
 
     def exceptions(self) -> list[dict]:
+        self._settle()
         self._client._require(self.id)
         return self._client._read("exceptions", self.id)
+
+    def _settle(self) -> None:
+        """Reads through this handle after its result() came from ``<ns>.replies`` (``Client._settle``)."""
+        if self._final is not None:
+            self._client._settle([self.id])
 
 
 def command_record(kind: str, workflow_id: str, command_id: str | None = None, **body: Any) -> bytes:
@@ -760,6 +811,14 @@ def _result_row(result: dict) -> dict:
 
     data = result.get("result")
     return {**result, "output": reveal(payload(bytes(data))) if data is not None else None}
+
+
+def _with_final(row: dict, final: dict | None) -> dict:
+    """``row`` as this handle reads it: once its result() took the outcome from ``<ns>.replies``, a row the
+    projector has not brought up to date yet shows that outcome, so ``result()`` then ``status()`` agree."""
+    if final is None or row.get("status") in statuses.FINAL:
+        return row
+    return {**row, **{k: final.get(k) for k in ("run_id", "status", "output", "error_type", "error_message", "error_traceback")}}
 
 
 def _outcome(workflow_id: str, row: dict) -> Any:
@@ -904,6 +963,9 @@ class _Replies:
     """Listens on every ``<ns>.replies`` partition from the moment it starts; hands replies to waiters."""
 
     def __init__(self, kafka: str, topics: Topics) -> None:
+        import projections.apply
+        import projections.read  # noqa: F401 - _result_row needs them: imported here, off an asyncio loop
+
         self._consumer = KafkaConsumer(
             bootstrap_servers=kafka, enable_auto_commit=False, fetch_max_wait_ms=50, allow_auto_create_topics=False
         )

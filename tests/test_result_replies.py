@@ -49,7 +49,10 @@ def test_sync_result_comes_from_the_replies_topic(no_projector):
         # even the first workflow's outcome is published after it listens (else only the projection has it).
         assert client._result_replies() is not None
         assert client.start(app.Hello, "ada").result(timeout=20) == "hello ada"
-        assert client.start(app.Chain, "c", 3).result(timeout=20) == "hello c/2"
+        chain = client.start(app.Chain, "c", 3)
+        assert chain.result(timeout=20) == "hello c/2"
+        # The projection never hears of it here, yet the handle that got the outcome reads it back.
+        assert chain.status() == "completed" and chain.output() == "hello c/2"
         with pytest.raises(WorkflowFailed, match="fails on purpose") as failed:
             client.start(Fails, "f").result(timeout=20)
         assert failed.value.error_type == "RuntimeError" and "Traceback" in failed.value.traceback
