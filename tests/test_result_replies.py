@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -57,14 +58,20 @@ def test_sync_result_comes_from_the_replies_topic(no_projector):
             client.start(Fails, "f").result(timeout=20)
         assert failed.value.error_type == "RuntimeError" and "Traceback" in failed.value.traceback
         # Two handles of the same id waiting at once both get the outcome.
-        h = client.start(app.Chain, "two", 5)
+        h = client.start(app.Signalled, "two")
         both: list = []
-        waiters = [threading.Thread(target=lambda: both.append(client.get(h.id).result(timeout=20))) for _ in range(2)]
+        waiters = [threading.Thread(target=lambda: both.append(client.get(h.id).result(timeout=30))) for _ in range(2)]
         for t in waiters:
             t.start()
+        replies = client._result_replies()
+        assert replies is not None
+        deadline = time.monotonic() + 20
+        while len(replies._results.get(h.id, ())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)  # both waiters subscribed before the workflow can end
+        h.signal("go", "now")
         for t in waiters:
-            t.join(30)
-        assert both == ["hello two/4", "hello two/4"]
+            t.join(40)
+        assert both == ["hello two/now", "hello two/now"]
 
 
 def test_async_result_comes_from_the_replies_topic(no_projector):
