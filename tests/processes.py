@@ -120,7 +120,7 @@ def assert_exactly_once(pg_url: str, namespace: str, ids: list[str]) -> None:
                 "SELECT count(DISTINCT workflow_id) FROM history WHERE type = 'WorkflowCompleted' AND workflow_id = ANY(%s)",
                 (list(ids),),
             ).fetchone()
-            return bool(done) and done[0] == len(set(ids))
+            return done is not None and done[0] == len(set(ids))
 
         wait_until(projected, 60, "the projector to have every workflow's end")
         for wid in ids:
