@@ -24,6 +24,8 @@ IfClosed = Literal["use_existing", "fail", "allow", "allow_failed"]
 Overlap = Literal["skip", "buffer_one", "allow_all", "cancel_other", "terminate_other"]
 BatchAction = Literal[BATCH_ACTIONS]  # type: ignore[valid-type]
 SearchValue = str | int | float | bool
+#: The longest duration the API takes (seconds; ten years): beyond it datetime arithmetic overflows.
+MAX_SECONDS = 10 * 366 * 24 * 3600
 
 
 class _Request(BaseModel):
@@ -112,8 +114,8 @@ class StartRequest(_Request):
     if_closed: IfClosed | None = Field(None, description="The last run with this id has ended (default use_existing)")
     start_signal: str | None = Field(None, min_length=1, description="Signal-with-start: delivered before the first step")
     start_signal_args: list[Any] | None = None
-    start_delay: float | None = Field(None, ge=0, description="Seconds before the first step")
-    timeout: float | None = Field(None, gt=0, description="Seconds the whole execution may take; then it ends timed_out")
+    start_delay: float | None = Field(None, ge=0, le=MAX_SECONDS, description="Seconds before the first step")
+    timeout: float | None = Field(None, gt=0, le=MAX_SECONDS, description="Seconds the whole execution may take; then it ends timed_out")
     search: dict[str, SearchValue] | None = Field(None, description="Search attributes: str, number, bool, ISO datetime")
     memo: dict[str, Any] | None = Field(None, description="Any JSON object, shown with the workflow")
     priority: int | None = Field(None, ge=0, le=9, description="0 (first) .. 9; default 5")
@@ -202,11 +204,11 @@ class ScheduleRequest(_Request):
     args: list[Any] = Field(default_factory=list)
     paused: bool = False
     cron: str | None = Field(None, description="5-field cron")
-    every: float | None = Field(None, ge=1, description="Seconds between firings (at least 1)")
+    every: float | None = Field(None, ge=1, le=MAX_SECONDS, description="Seconds between firings (at least 1)")
     timezone: str | None = None
     overlap: Overlap | None = None
-    catchup_window: float | None = Field(None, ge=0)
-    jitter: float | None = Field(None, ge=0)
+    catchup_window: float | None = Field(None, ge=0, le=MAX_SECONDS)
+    jitter: float | None = Field(None, ge=0, le=MAX_SECONDS)
     start_at: datetime | None = Field(None, strict=False)
     end_at: datetime | None = Field(None, strict=False)
 
