@@ -360,7 +360,8 @@ def _add_workflow_routes(app: FastAPI, client: Client) -> None:
     after_q = Q(None, description="Started at or after (ISO 8601)")
     before_q = Q(None, description="Started before (ISO 8601)")
     read_errors = _errors(400, 401, 404, 503)
-    act_errors = _errors(400, 401, 403, 404, 409, 413, 503)
+    act_codes = (400, 401, 403, 404, 409, 413, 503)
+    act_errors = _errors(*act_codes)
 
     @app.get("/workflows", response_model=WorkflowPage, dependencies=READS, tags=["workflows"],
              operation_id="listWorkflows", responses=_errors(400, 401, 503))
@@ -433,7 +434,7 @@ def _add_workflow_routes(app: FastAPI, client: Client) -> None:
         return {"id": id, "result": client.get(id).query(name, *body.args, timeout=body.timeout)}
 
     @app.post("/workflows/{id}/update/{name}", response_model=CallResult, dependencies=ACTS,
-              tags=["workflows"], operation_id="updateWorkflow", responses=_errors(*act_errors, 504))
+              tags=["workflows"], operation_id="updateWorkflow", responses=_errors(*act_codes, 504))
     def update(id: str = WID, name: str = NAME, body: CallRequest | None = None) -> dict:  # noqa: A002
         """Run an update and return its result."""
         body = body or CallRequest()
@@ -467,9 +468,10 @@ def _add_workflow_routes(app: FastAPI, client: Client) -> None:
         force = bool(body and body.force)
         try:
             if force:
-                if not _supports(handle.retry, "force"):
+                retry_with: Callable[..., None] = handle.retry  # force=: added with compensated sagas
+                if not _supports(retry_with, "force"):
                     raise BadRequest('"force" is not supported by this version of the client')
-                handle.retry(force=True)
+                retry_with(force=True)
             else:
                 handle.retry()
         except ValueError as exc:  # not failed: a state conflict, not a bad request

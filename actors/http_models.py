@@ -109,16 +109,16 @@ class StartRequest(_Request):
 
     type: str = Field(min_length=1, description="Workflow type name")
     args: list[Any] = Field(default_factory=list, description="Positional arguments of execute()")
-    id: str | None = Field(None, min_length=1, description="Workflow id (default: a new UUID); any characters")
-    if_running: IfRunning | None = Field(None, description="An open run with this id exists (default use_existing)")
-    if_closed: IfClosed | None = Field(None, description="The last run with this id has ended (default use_existing)")
-    start_signal: str | None = Field(None, min_length=1, description="Signal-with-start: delivered before the first step")
+    id: str | None = Field(default=None, min_length=1, description="Workflow id (default: a new UUID); any characters")
+    if_running: IfRunning | None = Field(default=None, description="An open run with this id exists (default use_existing)")
+    if_closed: IfClosed | None = Field(default=None, description="The last run with this id has ended (default use_existing)")
+    start_signal: str | None = Field(default=None, min_length=1, description="Signal-with-start: delivered before the first step")
     start_signal_args: list[Any] | None = None
-    start_delay: float | None = Field(None, ge=0, le=MAX_SECONDS, description="Seconds before the first step")
-    timeout: float | None = Field(None, gt=0, le=MAX_SECONDS, description="Seconds the whole execution may take; then it ends timed_out")
-    search: dict[str, SearchValue] | None = Field(None, description="Search attributes: str, number, bool, ISO datetime")
-    memo: dict[str, Any] | None = Field(None, description="Any JSON object, shown with the workflow")
-    priority: int | None = Field(None, ge=0, le=9, description="0 (first) .. 9; default 5")
+    start_delay: float | None = Field(default=None, ge=0, le=MAX_SECONDS, description="Seconds before the first step")
+    timeout: float | None = Field(default=None, gt=0, le=MAX_SECONDS, description="Seconds the whole execution may take; then it ends timed_out")
+    search: dict[str, SearchValue] | None = Field(default=None, description="Search attributes: str, number, bool, ISO datetime")
+    memo: dict[str, Any] | None = Field(default=None, description="Any JSON object, shown with the workflow")
+    priority: int | None = Field(default=None, ge=0, le=9, description="0 (first) .. 9; default 5")
 
 
 class Started(_Response):
@@ -130,7 +130,7 @@ class CallRequest(_Request):
     """The body of signal, query and update."""
 
     args: list[Any] = Field(default_factory=list)
-    timeout: float = Field(10.0, gt=0, le=3600, description="Seconds to wait for the answer (queries and updates)")
+    timeout: float = Field(default=10.0, gt=0, le=3600, description="Seconds to wait for the answer (queries and updates)")
 
 
 class CallResult(_Response):
@@ -147,14 +147,14 @@ class ResetRequest(_Request):
 
 
 class RetryRequest(_Request):
-    force: bool = Field(False, description="Retry even a run whose compensations ran (if the client supports it)")
+    force: bool = Field(default=False, description="Retry even a run whose compensations ran (if the client supports it)")
 
 
 class BatchRequest(_Request):
     action: BatchAction
-    status: Status | None = Field(None, strict=False)
+    status: Status | None = Field(default=None, strict=False)
     type: str | None = None
-    search: dict[str, Any] | None = Field(None, description='Attribute filters: {"k": v} or {"k": [op, v]}')
+    search: dict[str, Any] | None = Field(default=None, description='Attribute filters: {"k": v} or {"k": [op, v]}')
     reason: str | None = None
     signal: str | None = None
     args: list[Any] = Field(default_factory=list)
@@ -191,7 +191,7 @@ class ReplayReport(_Response):
     run_id: str
     events: int
     deterministic: bool
-    status: str | None = Field(None, description="The run's status at the end of the history (if deterministic)")
+    status: str | None = Field(default=None, description="The run's status at the end of the history (if deterministic)")
     nondeterminism: Nondeterminism | None = None
 
 
@@ -203,14 +203,14 @@ class ScheduleRequest(_Request):
     type: str = Field(min_length=1)
     args: list[Any] = Field(default_factory=list)
     paused: bool = False
-    cron: str | None = Field(None, description="5-field cron")
-    every: float | None = Field(None, ge=1, le=MAX_SECONDS, description="Seconds between firings (at least 1)")
+    cron: str | None = Field(default=None, description="5-field cron")
+    every: float | None = Field(default=None, ge=1, le=MAX_SECONDS, description="Seconds between firings (at least 1)")
     timezone: str | None = None
     overlap: Overlap | None = None
-    catchup_window: float | None = Field(None, ge=0, le=MAX_SECONDS)
-    jitter: float | None = Field(None, ge=0, le=MAX_SECONDS)
-    start_at: datetime | None = Field(None, strict=False)
-    end_at: datetime | None = Field(None, strict=False)
+    catchup_window: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    jitter: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    start_at: datetime | None = Field(default=None, strict=False)
+    end_at: datetime | None = Field(default=None, strict=False)
 
 
 class ScheduleInfo(_Response):

@@ -6,6 +6,7 @@ a read-only token gets 403. Schedule ids, like workflow ids, may hold any charac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Path
@@ -44,11 +45,13 @@ def add_routes(app: FastAPI, client: Client) -> None:
 
     def pause(id: str = SID, body: SchedulePause | None = None) -> dict:  # noqa: A002
         """Pause: no firing until resumed."""
-        return done(id, "pause", client.get_schedule(id).pause(body.note if body else None))
+        client.get_schedule(id).pause(body.note if body else None)
+        return done(id, "pause", None)
 
     def resume(id: str = SID) -> dict:  # noqa: A002
         """Resume from now on (fire times that passed while paused are not fired)."""
-        return done(id, "resume", client.get_schedule(id).resume())
+        client.get_schedule(id).resume()
+        return done(id, "resume", None)
 
     def trigger(id: str = SID) -> dict:  # noqa: A002
         """Fire now (honouring the overlap policy); the result is the run id."""
@@ -58,7 +61,8 @@ def add_routes(app: FastAPI, client: Client) -> None:
         """Fire every spec time in [start, end]; the result is how many."""
         return done(id, "backfill", client.get_schedule(id).backfill(body.start, body.end))
 
-    for action, endpoint in zip(ACTIONS, (pause, resume, trigger, backfill), strict=True):
+    endpoints: tuple[Callable[..., dict], ...] = (pause, resume, trigger, backfill)
+    for action, endpoint in zip(ACTIONS, endpoints, strict=True):
         app.add_api_route(f"/schedules/{{id}}/{action}", endpoint, methods=["POST"], response_model=ScheduleDone,
                           dependencies=ACTS, tags=tags, operation_id=f"{action}Schedule",
                           responses=_errors(400, 401, 403, 404, 409, 413, 503, 504))
