@@ -80,6 +80,7 @@ from .http_models import (
     SignalAccepted,
     Started,
     StartRequest,
+    UpdateWithStartRequest,
     WorkflowDetails,
     WorkflowPage,
 )
@@ -394,6 +395,18 @@ def _add_workflow_routes(app: FastAPI, client: Client) -> None:
         response.headers["Location"] = f"/workflows/{quote(handle.id, safe='')}"
         return {"id": handle.id}
 
+    @app.post("/workflows/update-with-start", response_model=CallResult, dependencies=ACTS, tags=["workflows"],
+              operation_id="updateWithStart", responses=_errors(400, 401, 403, 409, 413, 503, 504))
+    def update_with_start(body: UpdateWithStartRequest, response: Response) -> dict:
+        """Start (under the §6 policies) and run an update on the open or new run, in one command (API.md §6);
+        answers the update's result."""
+        options = body.model_dump(exclude_none=True, exclude={"type", "args", "id", "update", "update_args",
+                                                              "update_timeout"})
+        handle, result = client.update_with_start(body.type, *body.args, id=body.id, update=body.update,
+                                                  update_args=body.update_args, timeout=body.update_timeout, **options)
+        response.headers["Location"] = f"/workflows/{quote(handle.id, safe='')}"
+        return {"id": handle.id, "result": result}
+
     # Before the "{id}" routes, which would take "count" and "batch" for workflow ids.
     @app.get("/workflows/count", response_model=Count, dependencies=READS, tags=["workflows"],
              operation_id="countWorkflows", responses=_errors(400, 401, 503))
@@ -418,6 +431,12 @@ def _add_workflow_routes(app: FastAPI, client: Client) -> None:
         """The current run's events in order (replayable: see POST /replay)."""
         handle = client.get(id)
         return {"id": handle.id, "events": plain(handle.history())}
+
+    @app.get("/workflows/{id}/replay", response_model=ReplayReport, dependencies=READS, tags=["workflows"],
+             operation_id="replayWorkflow", responses=read_errors)
+    def replay_stored(id: str = WID) -> dict:  # noqa: A002
+        """Replay the current run's stored history against this server's code (is a deploy safe for it?)."""
+        return replay_report(client.get(id).history())
 
     @app.post("/workflows/{id}/signal/{name}", status_code=202, response_model=SignalAccepted,
               dependencies=ACTS, tags=["workflows"], operation_id="signalWorkflow", responses=act_errors)
@@ -502,26 +521,33 @@ def _add_workflow_routes(app: FastAPI, client: Client) -> None:
             description="A history as `metamorph history ID --json` or GET /workflows/{id}/history writes it")) -> dict:
         """Replay a recorded history against the workflow code this server imported (``serve --app``) and
         report the first non-determinism (API.md §11); nothing is started or changed."""
-        from . import replayer
-        from .definitions import workflows
+        return replay_report(body.model_dump() if isinstance(body, RecordedHistory) else body)
 
-        doc = body.model_dump() if isinstance(body, RecordedHistory) else body
-        try:
-            history = replayer.load_history(doc)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise BadRequest(f"not a replayable history: {exc}") from None
-        report = {"workflow_id": history.workflow_id, "workflow_type": history.workflow_type,
-                  "run_id": history.run_id, "events": len(history.events)}
-        cls = workflows().get(history.workflow_type)
-        if cls is None:
-            raise ApiError(404, "UnknownWorkflowType", f"this server does not have the code of workflow type "
-                           f"{history.workflow_type!r} (start serve with --app MODULE)")
-        try:
-            status = replayer.replay(history, cls)
-        except NondeterminismError as exc:
-            finding = {"seq": exc.seq, "recorded": exc.recorded, "issued": exc.issued, "message": str(exc)}
-            return {**report, "deterministic": False, "nondeterminism": finding}
-        return {**report, "deterministic": True, "status": str(status)}
+
+def replay_report(doc: Any) -> dict:
+    """Replay one history document against this process's workflow classes: the ReplayReport as a dict.
+
+    400 for a document that is not a history, 404 ``UnknownWorkflowType`` when the code is not imported.
+    """
+    from . import replayer
+    from .definitions import workflows
+
+    try:
+        history = replayer.load_history(doc)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BadRequest(f"not a replayable history: {exc}") from None
+    report = {"workflow_id": history.workflow_id, "workflow_type": history.workflow_type,
+              "run_id": history.run_id, "events": len(history.events)}
+    cls = workflows().get(history.workflow_type)
+    if cls is None:
+        raise ApiError(404, "UnknownWorkflowType", f"this server does not have the code of workflow type "
+                       f"{history.workflow_type!r} (start serve with --app MODULE)")
+    try:
+        status = replayer.replay(history, cls)
+    except NondeterminismError as exc:
+        finding = {"seq": exc.seq, "recorded": exc.recorded, "issued": exc.issued, "message": str(exc)}
+        return {**report, "deterministic": False, "nondeterminism": finding}
+    return {**report, "deterministic": True, "status": str(status)}
 
 
 WID = PathParam(description="Workflow id, percent-encoded (any character, '/' as %2F)")

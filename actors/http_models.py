@@ -121,6 +121,15 @@ class StartRequest(_Request):
     priority: int | None = Field(default=None, ge=0, le=9, description="0 (first) .. 9; default 5")
 
 
+class UpdateWithStartRequest(StartRequest):
+    """Update-with-start (API.md §6): the start options plus the update to run on the open or new run."""
+
+    id: str = Field(min_length=1, description="Workflow id (required: the update needs to know its target)")  # type: ignore[assignment]
+    update: str = Field(min_length=1, description="Update handler name")
+    update_args: list[Any] = Field(default_factory=list)
+    update_timeout: float = Field(default=10.0, gt=0, le=3600, description="Seconds to wait for the update's answer")
+
+
 class Started(_Response):
     id: str
     run_id: str | None = None

@@ -750,6 +750,22 @@ def test_start_options_list_filters_cursor_count_and_batch(api: TestClient) -> N
     assert wait_status(api, other, "terminated")["error_message"] == "batch"
 
 
+def test_update_with_start(api: TestClient) -> None:
+    wid = f"uws/{uuid.uuid4().hex[:8]}"
+    body = {"type": "http.Order", "args": ["U-1"], "id": wid, "update": "note", "update_args": ["hi"]}
+    r = api.post("/workflows/update-with-start", json=body)
+    assert (r.status_code, r.json()) == (200, {"id": wid, "result": 1}), r.text
+    assert r.headers["location"] == "/workflows/" + quote(wid, safe="")
+    r = api.post("/workflows/update-with-start", json={**body, "update_args": ["again"]})  # the open run
+    assert r.json() == {"id": wid, "result": 2}
+    r = api.post("/workflows/update-with-start", json={**body, "if_running": "fail"})
+    assert (r.status_code, error_of(r)) == (409, "WorkflowAlreadyStarted")
+    for bad in ({k: v for k, v in body.items() if k != "update"}, {k: v for k, v in body.items() if k != "id"}):
+        r = api.post("/workflows/update-with-start", json=bad)
+        assert r.status_code == 400 and error_of(r) == "BadRequest"
+    api.post(f"/workflows/{quote(wid, safe='')}/terminate", json={"reason": "done"})
+
+
 def test_retry_passes_force_only_to_a_client_that_supports_it(api: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     from actors import client as client_module
 
@@ -787,6 +803,8 @@ def test_replay_of_a_stored_history_reports_nondeterminism(api: TestClient) -> N
         report = r.json()
         assert report["deterministic"] is True and report["status"] == "completed", report
         assert (report["workflow_id"], report["workflow_type"], report["events"]) == (wid, "http.Order", len(events))
+    stored = api.get(f"/workflows/{quote(wid, safe='')}/replay").json()  # the stored history, server-side
+    assert stored["deterministic"] is True and stored["events"] == len(events), stored
     # The same history replayed as another type's code: it schedules http.explode where http.charge was recorded.
     changed = [{**e, "workflow_type": "http.Fails"} if e["type"] == "WorkflowStarted" else e for e in events]
     report = api.post("/replay", json=changed).json()
