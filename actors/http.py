@@ -399,7 +399,10 @@ def _add_workflow_routes(app: FastAPI, client: Client) -> None:
               operation_id="updateWithStart", responses=_errors(400, 401, 403, 409, 413, 503, 504))
     def update_with_start(body: UpdateWithStartRequest, response: Response) -> dict:
         """Start (under the §6 policies) and run an update on the open or new run, in one command (API.md §6);
-        answers the update's result."""
+        answers the update's result. The execution ``timeout`` is not available here (the Client's
+        update_with_start takes ``timeout`` as the update's)."""
+        if body.timeout is not None:
+            raise BadRequest('"timeout" (the execution timeout) is not available with update-with-start')
         options = body.model_dump(exclude_none=True, exclude={"type", "args", "id", "update", "update_args",
                                                               "update_timeout"})
         handle, result = client.update_with_start(body.type, *body.args, id=body.id, update=body.update,

@@ -760,7 +760,8 @@ def test_update_with_start(api: TestClient) -> None:
     assert r.json() == {"id": wid, "result": 2}
     r = api.post("/workflows/update-with-start", json={**body, "if_running": "fail"})
     assert (r.status_code, error_of(r)) == (409, "WorkflowAlreadyStarted")
-    for bad in ({k: v for k, v in body.items() if k != "update"}, {k: v for k, v in body.items() if k != "id"}):
+    for bad in ({k: v for k, v in body.items() if k != "update"}, {k: v for k, v in body.items() if k != "id"},
+                {**body, "timeout": 5}):
         r = api.post("/workflows/update-with-start", json=bad)
         assert r.status_code == 400 and error_of(r) == "BadRequest"
     api.post(f"/workflows/{quote(wid, safe='')}/terminate", json={"reason": "done"})
