@@ -228,6 +228,7 @@ def error_table() -> list[tuple[type[BaseException], ErrorKind]]:
         (PayloadTooLargeError, ErrorKind(413, "PayloadTooLarge", EXIT_USAGE)),
         (PayloadError, ErrorKind(400, "BadRequest", EXIT_USAGE)),  # arguments the converter refuses
         (TopicMismatchError, ErrorKind(503, "Unavailable", EXIT_USAGE)),
+        (RecursionError, ErrorKind(400, "BadRequest", EXIT_USAGE)),  # a body nested too deep to parse
         # Any other ValueError is a parameter the Client refused (an unknown status filter, say).
         (ValueError, ErrorKind(400, "BadRequest", EXIT_USAGE)),
         (ConnectionError, ErrorKind(503, "Unavailable", EXIT_UNREACHABLE)),

@@ -11,7 +11,7 @@ column without breaking clients.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,7 +23,6 @@ IfRunning = Literal["use_existing", "fail", "terminate"]
 IfClosed = Literal["use_existing", "fail", "allow", "allow_failed"]
 Overlap = Literal["skip", "buffer_one", "allow_all", "cancel_other", "terminate_other"]
 BatchAction = Literal[BATCH_ACTIONS]  # type: ignore[valid-type]
-SearchValue = str | int | float | bool
 #: The longest duration the API takes (seconds; ten years): beyond it datetime arithmetic overflows.
 MAX_SECONDS = 10 * 366 * 24 * 3600
 
@@ -110,13 +109,17 @@ class StartRequest(_Request):
     type: str = Field(min_length=1, description="Workflow type name")
     args: list[Any] = Field(default_factory=list, description="Positional arguments of execute()")
     id: str | None = Field(default=None, min_length=1, description="Workflow id (default: a new UUID); any characters")
-    if_running: IfRunning | None = Field(default=None, description="An open run with this id exists (default use_existing)")
-    if_closed: IfClosed | None = Field(default=None, description="The last run with this id has ended (default use_existing)")
+    # Policies as strings with the choices documented: the Client checks them and words the refusal.
+    if_running: str | None = Field(default=None, json_schema_extra={"enum": [*get_args(IfRunning), None]},
+                                   description="An open run with this id exists (default use_existing)")
+    if_closed: str | None = Field(default=None, json_schema_extra={"enum": [*get_args(IfClosed), None]},
+                                  description="The last run with this id has ended (default use_existing)")
     start_signal: str | None = Field(default=None, min_length=1, description="Signal-with-start: delivered before the first step")
     start_signal_args: list[Any] | None = None
     start_delay: float | None = Field(default=None, ge=0, le=MAX_SECONDS, description="Seconds before the first step")
     timeout: float | None = Field(default=None, gt=0, le=MAX_SECONDS, description="Seconds the whole execution may take; then it ends timed_out")
-    search: dict[str, SearchValue] | None = Field(default=None, description="Search attributes: str, number, bool, ISO datetime")
+    search: dict[str, Any] | None = Field(default=None, description="Search attributes: str, number, bool, ISO datetime "
+                                          "(the Client refuses other values, naming the key)")
     memo: dict[str, Any] | None = Field(default=None, description="Any JSON object, shown with the workflow")
     priority: int | None = Field(default=None, ge=0, le=9, description="0 (first) .. 9; default 5")
 
