@@ -615,6 +615,8 @@ def validation_message(errors: Any) -> str:
     for e in errors:
         loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "header")]
         where = ".".join(loc)
+        if tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), bytes | bytearray):
+            return "the body must be JSON, sent as Content-Type: application/json"
         if e.get("type") == "json_invalid":
             return f"the body is not valid JSON: {(e.get('ctx') or {}).get('error', e.get('msg'))}"
         if e.get("type") in ("enum", "literal_error"):
@@ -787,6 +789,7 @@ def create_app(
         description="Start, steer and inspect durable workflows (API.md §6–§11). Errors are `{error, message}` "
         "objects; ids may hold any character (percent-encode them, '/' as %2F).",
         openapi_url=None, docs_url=None, redoc_url=None,  # /openapi.json is a documented route; no CDN pages
+        strict_content_type=False,  # a body without Content-Type is JSON (as before); another type is refused
         exception_handlers=_handlers(),
         middleware=[Middleware(_CountRequests), Middleware(_Guard, tokens=tokens, max_body=max_body)],
     )

@@ -705,6 +705,8 @@ def test_bad_requests_are_400_naming_the_field(api: TestClient) -> None:
     ):
         r = api.post("/workflows", json=body)
         assert r.status_code == 400 and error_of(r) == "BadRequest" and field in r.json()["message"], (body, r.text)
+    r = api.post("/workflows", content=b'{"type": "x"}', headers={"content-type": "text/plain"})
+    assert r.status_code == 400 and "Content-Type: application/json" in r.json()["message"]
     r = api.post("/workflows/x/reset", json={"seq": "3"})
     assert r.status_code == 400 and "seq" in r.json()["message"]
     r = api.post("/workflows/x/reset", json={})
@@ -857,6 +859,40 @@ def test_one_error_table_for_http_and_cli() -> None:
         (ConnectionError("down"), 503, EXIT_UNREACHABLE),
     ):
         assert (classify(exc).status, classify(exc).exit_code, _classify(exc)[0]) == (status, code, code)
+
+
+def test_schedules_over_http(client: Client) -> None:
+    rw, ro = {"Authorization": f"Bearer {RW}"}, {"Authorization": f"Bearer {RO}"}
+    sid = f"sched-{uuid.uuid4().hex[:8]}"
+    body = {"id": sid, "type": "http.Order", "args": ["S"], "every": 3600, "paused": True}
+    with TestClient(create_app(client, webhook_auth="none", api_tokens=API_TOKENS), raise_server_exceptions=False) as tc:
+        assert tc.post("/schedules", json=body, headers=ro).status_code == 403
+        r = tc.post("/schedules", json=body, headers=rw)
+        assert r.status_code == 201, r.text
+        info = r.json()
+        assert info["id"] == sid and info["paused"] is True and len(info["next_runs"]) == 5
+        assert tc.get(f"/schedules/{sid}", headers=ro).json()["spec"]["every"] == 3600
+        assert sid in [s["id"] for s in tc.get("/schedules", headers=ro).json()["schedules"]]
+        r = tc.post(f"/schedules/{sid}/resume", headers=rw)
+        assert r.json() == {"id": sid, "action": "resume", "result": None}
+        assert tc.get(f"/schedules/{sid}", headers=ro).json()["paused"] is False
+        r = tc.post(f"/schedules/{sid}/trigger", headers=rw)
+        assert r.status_code == 200 and r.json()["result"].startswith(f"{sid}@"), r.text
+        r = tc.post(f"/schedules/{sid}/backfill", json={"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T02:30:00Z"},
+                    headers=rw)
+        assert r.status_code == 200 and r.json()["result"] in (2, 3), r.text  # hourly times in 2.5 h
+        r = tc.post(f"/schedules/{sid}/pause", json={"note": "maintenance"}, headers=rw)
+        assert r.status_code == 200 and tc.get(f"/schedules/{sid}", headers=ro).json()["paused"] is True
+        assert tc.post(f"/schedules/{sid}/pause", json={}, headers=ro).status_code == 403
+        for bad in ({**body, "cron": "0 2 * * *"}, {**body, "colour": "red"}, {**body, "every": 0.5},
+                    {**body, "overlap": "sometimes"}):
+            r = tc.post("/schedules", json=bad, headers=rw)
+            assert r.status_code == 400 and error_of(r) == "BadRequest", (bad, r.text)
+        r = tc.post(f"/schedules/{sid}/backfill", json={"start": "soon"}, headers=rw)
+        assert r.status_code == 400 and error_of(r) == "BadRequest"
+        r = tc.delete(f"/schedules/{sid}", headers=rw)
+        assert r.json() == {"id": sid, "action": "delete", "result": True}
+        assert sid not in [s["id"] for s in tc.get("/schedules", headers=ro).json()["schedules"]]
 
 
 # -- last: property-based calls of every documented operation (they start, signal and batch-terminate at random)
