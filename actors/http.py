@@ -58,7 +58,7 @@ from eventstore import metrics
 from eventstore.log import PayloadTooLargeError
 from eventstore.statuses import Status
 
-from . import schedules_http, webhooks
+from . import schedules_http, stream_http, webhooks
 from .errors import INTERNAL, NondeterminismError, NotRetryable, classify, error_table
 from .http_models import (
     BatchRequest,
@@ -642,21 +642,27 @@ def _handlers() -> dict[Any, Callable[[Request, Exception], Any]]:
 # Routes that are not typed FastAPI routes (the webhooks verify a signature over the raw body; a stream
 # answers text/event-stream) are documented here, by route template and method, so the generated document
 # still covers every route. A raw route without an entry fails create_app: nothing is served undocumented.
-_SSE = {"description": "Server-Sent Events: one `data:` line of JSON per stream item, `id:` its position",
+_SSE = {"description": "Server-Sent Events: `id:` the position, `data:` the item as JSON; then `event: end` "
+                       "(data: the final status) or `event: timeout`",
         "content": {"text/event-stream": {"schema": {"type": "string"}}}}
 RAW_ROUTE_DOCS: dict[tuple[str, str], dict[str, Any]] = {
     ("/workflows/{id}/stream", "GET"): {
         "operationId": "streamWorkflow", "tags": ["workflows"],
-        "summary": "The workflow's stream items, live (API.md §10); resumes after Last-Event-ID or ?after=N",
+        "summary": "The items the workflow streams, live (Server-Sent Events, resumable; API.md §10)",
         "parameters": [
             {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
              "description": "Workflow id, percent-encoded"},
-            {"name": "after", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 0, "default": 0}, "description": "Items after this position"},
+            {"name": "after", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
+             "description": "Start after this position (Last-Event-ID, when sent, wins)"},
+            {"name": "timeout", "in": "query", "required": False,
+             "schema": {"type": "number", "exclusiveMinimum": 0},
+             "description": "End with `event: timeout` after this many seconds if the workflow has not ended"},
+            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "The last position received (sent by EventSource on reconnect)"},
         ],
         "responses": {"200": _SSE},
         "security": [{"apiToken": []}],
-        "x-error-codes": [401, 404, 503],
+        "x-error-codes": [400, 401, 404, 503],
     },
     ("/webhooks/start/{workflow_type}", "POST"): {
         "operationId": "webhookStart", "tags": ["webhooks"],
@@ -803,7 +809,7 @@ def create_app(
     schedules_http.add_routes(app, any_client)
     raw: list[BaseRoute] = [
         *(raw_routes or []),
-        # One line per raw Starlette module, e.g. the SSE stream: *stream_http.routes(client),
+        *stream_http.routes(any_client),  # GET /workflows/{id}/stream (SSE)
         *webhooks.routes(any_client, webhooks.WebhookAuth.configure(webhook_auth, webhook_token, webhook_secret)),
     ]
     app.router.routes[:0] = raw  # before "/workflows/{id}", which would take "x/stream" for an id
