@@ -644,7 +644,8 @@ def _handlers() -> dict[Any, Callable[[Request, Exception], Any]]:
 # still covers every route. A raw route without an entry fails create_app: nothing is served undocumented.
 _SSE = {"description": "Server-Sent Events: `id:` the position, `data:` the item as JSON; then `event: end` "
                        "(data: the final status) or `event: timeout`",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+        # Any event: a reconnect hint (`retry:`) has no data, an item's data is any JSON value.
+       "content": {"text/event-stream": {"schema": {}}}}
 RAW_ROUTE_DOCS: dict[tuple[str, str], dict[str, Any]] = {
     ("/workflows/{id}/stream", "GET"): {
         "operationId": "streamWorkflow", "tags": ["workflows"],
