@@ -41,12 +41,23 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+# The exit statuses live with the one error table that the HTTP API shares (re-exported for callers).
+from .errors import (  # noqa: F401
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_TIMEOUT,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    EXIT_WORKFLOW,
+)
+
 DEFAULT_KAFKA = "127.0.0.1:9092"
 PROBE_TIMEOUT = 3.0
 PG_CONNECT_TIMEOUT = 5
 
-EXIT_OK, EXIT_WORKFLOW, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_REFUSED = range(7)
-EXIT_INTERNAL, EXIT_INTERRUPTED = 70, 130
 
 EPILOG = """\
 exit codes:
@@ -1126,45 +1137,30 @@ def _connection_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 # -- errors ----------------------------------------------------------------------------------------------
 def _classify(exc: BaseException) -> tuple[int, str]:
-    """Map an exception to (exit status, one-line message)."""
+    """Map an exception to (exit status, one-line message): the exit status from the error table the HTTP
+    API shares (actors.errors.error_table), so a 409 there is always "refused" (6) here."""
     import psycopg
     from kafka.errors import KafkaError
 
-    from eventstore.topics import TopicMismatchError
-
     from .dev import AppImportError
-    from .errors import (
-        QueryFailed,
-        WorkflowAlreadyStarted,
-        WorkflowCancelled,
-        WorkflowFailed,
-        WorkflowNotFound,
-        WorkflowNotRunning,
-        WorkflowTerminated,
-        WorkflowTimedOut,
-    )
+    from .errors import INTERNAL, classify
 
     if isinstance(exc, CliError):
         return exc.code, str(exc)
-    if isinstance(exc, WorkflowNotFound):
-        return EXIT_NOT_FOUND, str(exc)
-    if isinstance(exc, WorkflowFailed | WorkflowCancelled | WorkflowTerminated | WorkflowTimedOut):
-        return EXIT_WORKFLOW, str(exc)
-    if isinstance(exc, QueryFailed | WorkflowNotRunning | WorkflowAlreadyStarted):
+    if isinstance(exc, AppImportError):
+        return EXIT_USAGE, str(exc)
+    kind = classify(exc)
+    if kind.exit_code == EXIT_REFUSED:
         return EXIT_REFUSED, f"refused: {exc}"
-    if isinstance(exc, TopicMismatchError | AppImportError):
-        return EXIT_USAGE, str(exc)
-    if isinstance(exc, ConnectionError):
-        return EXIT_UNREACHABLE, str(exc)
     if isinstance(exc, KafkaError):
-        return EXIT_UNREACHABLE, f"Kafka error: {exc}"
+        return kind.exit_code, f"Kafka error: {exc}"
     if isinstance(exc, psycopg.OperationalError):
-        return EXIT_UNREACHABLE, f"PostgreSQL is unreachable: {exc}"
+        return kind.exit_code, f"PostgreSQL is unreachable: {exc}"
     if isinstance(exc, TimeoutError):
-        return EXIT_TIMEOUT, str(exc) or "timed out"
-    if isinstance(exc, RuntimeError | ValueError | OSError):
-        return EXIT_USAGE, str(exc)
-    return EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        return kind.exit_code, str(exc) or "timed out"
+    if kind is INTERNAL:
+        return EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+    return kind.exit_code, str(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from eventstore import payloads
@@ -252,3 +253,71 @@ def limited_payload(what: str, value: Any) -> bytes:
     if len(data) > limit:
         raise PayloadTooLarge(what, len(data), limit)
     return data
+
+class NotRetryable(WorkflowError, ValueError):
+    """A retry of a workflow that has not failed (or, without ``force``, a compensated one): nothing was sent.
+
+    A ``ValueError`` too, as ``retry()`` has always raised one; HTTP 409, CLI exit status 6 "refused".
+    """
+
+
+# -- the one error table (HTTP status and CLI exit status of every error an interface reports) ------------
+@dataclass(frozen=True)
+class ErrorKind:
+    """How the interfaces report one kind of error: HTTP status, the ``error`` name of the JSON body (None:
+    the exception's ``error_type`` or class name) and the CLI exit status."""
+
+    status: int
+    error: str | None
+    exit_code: int
+
+
+EXIT_OK, EXIT_WORKFLOW, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_REFUSED = range(7)
+EXIT_INTERNAL, EXIT_INTERRUPTED = 70, 130
+INTERNAL = ErrorKind(500, "InternalError", EXIT_INTERNAL)
+
+
+def error_table() -> list[tuple[type[BaseException], ErrorKind]]:
+    """Exception type → how the HTTP API and the CLI report it; the first ``isinstance`` match wins.
+
+    One table so that ``metamorph`` and the HTTP API cannot disagree about what an error means (a 409 is
+    always exit status 6). Built lazily: the driver modules it names are heavy imports.
+    """
+    import psycopg
+    from kafka.errors import KafkaError
+
+    from eventstore.payloads import PayloadError
+    from eventstore.topics import TopicMismatchError
+
+    return [
+        (WorkflowNotFound, ErrorKind(404, "WorkflowNotFound", EXIT_NOT_FOUND)),
+        (WorkflowFailed, ErrorKind(409, "WorkflowFailed", EXIT_WORKFLOW)),
+        (WorkflowCancelled, ErrorKind(409, "WorkflowCancelled", EXIT_WORKFLOW)),
+        (WorkflowTerminated, ErrorKind(409, "WorkflowTerminated", EXIT_WORKFLOW)),
+        (WorkflowTimedOut, ErrorKind(409, "WorkflowTimedOut", EXIT_WORKFLOW)),
+        (QueryFailed, ErrorKind(409, None, EXIT_REFUSED)),
+        (WorkflowNotRunning, ErrorKind(409, "WorkflowNotRunning", EXIT_REFUSED)),
+        (WorkflowAlreadyStarted, ErrorKind(409, "WorkflowAlreadyStarted", EXIT_REFUSED)),
+        (NotRetryable, ErrorKind(409, "NotRetryable", EXIT_REFUSED)),
+        (PayloadTooLargeError, ErrorKind(413, "PayloadTooLarge", EXIT_USAGE)),
+        (PayloadError, ErrorKind(400, "BadRequest", EXIT_USAGE)),  # arguments the converter refuses
+        (TopicMismatchError, ErrorKind(503, "Unavailable", EXIT_USAGE)),
+        (RecursionError, ErrorKind(400, "BadRequest", EXIT_USAGE)),  # a body nested too deep to parse
+        # Any other ValueError is a parameter the Client refused (an unknown status filter, say).
+        (ValueError, ErrorKind(400, "BadRequest", EXIT_USAGE)),
+        (ConnectionError, ErrorKind(503, "Unavailable", EXIT_UNREACHABLE)),
+        (KafkaError, ErrorKind(503, "Unavailable", EXIT_UNREACHABLE)),
+        (psycopg.OperationalError, ErrorKind(503, "Unavailable", EXIT_UNREACHABLE)),
+        (TimeoutError, ErrorKind(504, "Timeout", EXIT_TIMEOUT)),
+        # Not configured: no PostgreSQL, no topics (run `metamorph init`); a usage error for the CLI.
+        (RuntimeError, ErrorKind(503, "Unavailable", EXIT_USAGE)),
+        (OSError, ErrorKind(503, "Unavailable", EXIT_USAGE)),
+    ]
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """The :func:`error_table` entry of ``exc`` (``INTERNAL`` when none matches)."""
+    for kind, info in error_table():
+        if isinstance(exc, kind):
+            return info
+    return INTERNAL

@@ -1,56 +1,90 @@
-"""The HTTP API: the Client's operations as JSON over HTTP, for dashboards, scripts and other languages.
+"""The HTTP API: the Client's operations as typed JSON over HTTP, for dashboards, scripts and other languages.
 
-Why Starlette and not a hand-rolled server: routing, body handling and the ASGI contract are solved
-problems, and uvicorn serves it. The Client is synchronous (Kafka producer, psycopg), so every call into it
-runs in Starlette's thread pool and never blocks the event loop.
+Why FastAPI and Pydantic: every route's request and response bodies are models (actors/http_models.py),
+so bad input is refused naming the field, what an endpoint returns is checked against its model, and the
+OpenAPI document at ``/openapi.json`` is generated from the same models: it cannot drift from the server.
+The Client is synchronous (Kafka producer, psycopg), so the endpoints are plain functions that FastAPI runs
+in its thread pool, never blocking the event loop.
 
-Errors are always JSON ``{"error": <type>, "message": <text>}``: 400 bad body or parameters, 404 unknown
-workflow or route, 400 an unknown status filter, 401 no or a wrong bearer token, 403 a read-only token on
-a route that acts, 409 a query/update the workflow refused, an action on a workflow that has already ended
-(WorkflowNotRunning), or a retry of a workflow that has not failed, 413 payload too large, 503 Kafka or
-PostgreSQL unreachable, 504 no answer in time. ``/openapi.json`` describes every route; it is written by
-hand so that it states what the API promises rather than what a framework happens to infer.
+Errors are always JSON ``{"error": <type>, "message": <text>}``, the status taken from the one error table
+shared with the CLI's exit codes (``actors.errors.error_table``): 400 bad body or parameters (validation
+errors too: never FastAPI's 422 list), 401 no or a wrong bearer token, 403 a read-only token on a route
+that acts, 404 unknown workflow, schedule or route, 409 refused (query/update failed, workflow already
+ended, already started, retry of a workflow that has not failed), 413 payload too large, 503 Kafka or
+PostgreSQL unreachable, 504 no answer in time.
 
 Security (DESIGN.md, "Security"): with ``METAMORPH_API_TOKENS`` set, every route except the UI shell and its
 assets, ``/healthz``, ``/openapi.json`` and the webhooks (which have their own credentials) needs
 ``Authorization: Bearer <token>``. Request bodies are bounded (``METAMORPH_HTTP_MAX_BODY``) before any
-credential is looked at, so an anonymous caller cannot make the server buffer megabytes. Workflow ids may
-hold any character: a client percent-encodes them (``/`` as ``%2F``) and the routes match the raw path.
+credential is looked at, so an anonymous caller cannot make the server buffer megabytes; the guard
+middleware then refuses anonymous callers before routing (they cannot probe which routes exist), and each
+route's permission dependency (``reading`` or ``acting``) refuses read-only tokens where it acts. Workflow
+and schedule ids may hold any character: a client percent-encodes them (``/`` as ``%2F``) and the routes
+match the raw path.
 """
 
 from __future__ import annotations
 
 import hmac
+import inspect
 import ipaddress
 import json
 import logging
 import os
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 from uuid import UUID
 
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
+from fastapi import Body, Depends, FastAPI, Query, Security
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from eventstore import metrics
 from eventstore.log import PayloadTooLargeError
-from eventstore.payloads import PayloadError
+from eventstore.statuses import Status
 
 from . import schedules_http, stream_http, webhooks
-from .errors import QueryFailed, WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning
-from .routing import IdRoute, route_path
+from .errors import INTERNAL, NondeterminismError, NotRetryable, classify, error_table
+from .http_models import (
+    BatchRequest,
+    BatchResult,
+    CallRequest,
+    CallResult,
+    Count,
+    ErrorBody,
+    Health,
+    History,
+    NoBody,
+    ReasonRequest,
+    RecordedHistory,
+    ReplayReport,
+    Requested,
+    ResetRequest,
+    ResetRequested,
+    RetryRequest,
+    SignalAccepted,
+    Started,
+    StartRequest,
+    UpdateWithStartRequest,
+    WorkflowDetails,
+    WorkflowPage,
+)
+from .routing import IdAPIRoute, route_path
 
 if TYPE_CHECKING:
     from .client import Client
@@ -163,7 +197,6 @@ def _bearer(value: str | None) -> str | None:
 
 
 _PUBLIC = {"/", "/ui.js", "/ui.css", "/healthz", "/openapi.json"}
-_READ_ONLY_POST = re.compile(r"^/workflows/.+/query/[^/]+$")  # a query reads, even though it is a POST
 
 
 class BodyTooLarge(ValueError):
@@ -171,7 +204,7 @@ class BodyTooLarge(ValueError):
 
 
 class _Guard:
-    """ASGI middleware: bound the body, then check the bearer token, then add security headers.
+    """ASGI middleware: bound the body, then authenticate the bearer token, then add security headers.
 
     The order matters: the size check comes first so an unauthenticated caller cannot make the server read
     a large body, and authentication runs before routing so that, with tokens set, an anonymous caller
@@ -214,7 +247,7 @@ class _Guard:
         await self.app(scope, bounded, secure)
 
     def _refusal(self, scope: dict, headers: dict[str, str]) -> Response | None:
-        path, method = route_path(scope), scope["method"]
+        path = route_path(scope)
         public = {path, scope["path"]}  # raw and decoded: both must be public, whichever a route matches
         if not self.tokens or public <= _PUBLIC or all(p.startswith("/webhooks/") for p in public):
             return None
@@ -224,289 +257,570 @@ class _Guard:
             response.headers["WWW-Authenticate"] = 'Bearer realm="metamorph"'
             return response
         scope.setdefault("state", {})["principal"] = token.name
-        if token.read_only and method not in SAFE_METHODS and not _READ_ONLY_POST.match(path):
-            return _error(403, "Forbidden", f"token {token.name!r} is read-only")
+        return None  # what the token may do is each route's permission dependency (reading / acting)
+
+
+# -- permissions (FastAPI dependencies: declared per route, documented in the OpenAPI document) ------------
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiToken",
+    description="METAMORPH_API_TOKENS (name:token, or ro:name:token for reading only); required on every "
+    "route but the UI, /healthz, /openapi.json and the webhooks when tokens are configured",
+)
+
+
+class ApiError(Exception):
+    """An error answered as ``{error, message}`` with this status (and headers): auth and state refusals."""
+
+    def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message, self.headers = status, error, message, headers or {}
+
+
+def _principal(request: Request, credentials: HTTPAuthorizationCredentials | None) -> ApiToken | None:
+    """The caller's token (None when no tokens are configured); 401 without a valid one.
+
+    The guard middleware already refused anonymous callers before routing; checking again here keeps a
+    route safe even if it were mounted without that middleware.
+    """
+    tokens: ApiTokens = request.app.state.api_tokens
+    if not tokens:
         return None
+    token = tokens.find(credentials.credentials if credentials else "")
+    if token is None:
+        raise ApiError(401, "Unauthorized", "this API needs Authorization: Bearer <token>",
+                       {"WWW-Authenticate": 'Bearer realm="metamorph"'})
+    return token
 
 
-# -- request helpers -------------------------------------------------------------------------------------
-async def _body(request: Request) -> dict:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
+async def reading(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_BEARER)) -> None:
+    """Permission of a route that only reads: any valid token (a query is a read, though it is a POST)."""
+    _principal(request, credentials)
 
 
-def _args(body: dict) -> list[Any]:
-    args = body.get("args", [])
-    if not isinstance(args, list):
-        raise BadRequest('"args" must be a JSON array')
-    return args
+async def acting(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_BEARER)) -> None:
+    """Permission of a route that changes something: a token that is not read-only (403 otherwise)."""
+    token = _principal(request, credentials)
+    if token is not None and token.read_only:
+        raise ApiError(403, "Forbidden", f"token {token.name!r} is read-only")
 
 
-def _reason(body: dict) -> str | None:
-    """The optional ``reason`` of terminate and pause: a string or absent."""
-    reason = body.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise BadRequest('"reason" must be a string')
-    return reason
+READS, ACTS = [Depends(reading)], [Depends(acting)]
 
 
-def _timeout(body: dict, default: float = 10.0) -> float:
-    value = body.get("timeout", default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise BadRequest('"timeout" must be a positive number of seconds')
-    return float(value)
+# -- helpers ---------------------------------------------------------------------------------------------
+def plain(value: Any) -> Any:
+    """Projection values made JSON-native (decimals → numbers, UUIDs/bytes → text), datetimes kept."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool | datetime | date):
+        return value
+    return jsonable(value)
 
 
-def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, not {raw!r}") from None
-    if not lo <= value <= hi:
-        raise BadRequest(f"{name} must be between {lo} and {hi}")
-    return value
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error responses of a route (each an ``ErrorBody``)."""
+    return {c: {"model": ErrorBody, "description": _ERROR_TEXT[c]} for c in sorted(codes)}
 
 
-def _list_filters(request: Request) -> dict[str, Any]:
-    """``search`` (repeatable ``key=value``, ``amount>100``...), ``started_after``, ``started_before``."""
+_ERROR_TEXT = {
+    400: "Bad body or parameter",
+    401: "Missing or invalid credentials (API bearer token, or webhook token/signature)",
+    403: "The token is read-only",
+    404: "Unknown workflow, schedule or route",
+    409: "Refused by the workflow, or not in a state that allows it",
+    413: "Payload too large",
+    503: "Kafka or PostgreSQL unreachable (or not initialised)",
+    504: "No answer in time",
+}
+
+
+def _list_filters(search: list[str], started_after: datetime | None, started_before: datetime | None) -> dict:
     from .search import filters_from_text
 
-    q = request.query_params
-    return {"search": filters_from_text(q.getlist("search")),
-            "started_after": q.get("started_after") or None, "started_before": q.get("started_before") or None}
+    return {"search": filters_from_text(search), "started_after": started_after, "started_before": started_before}
 
 
-def _start_options(body: dict) -> dict[str, Any]:
-    """The API.md §6 start options of a start body, shape-checked; the Client checks their values (400)."""
-    options: dict[str, Any] = {}
-    for name in ("if_running", "if_closed", "start_signal"):
-        if body.get(name) is not None:
-            if not isinstance(body[name], str):
-                raise BadRequest(f'"{name}" must be a string')
-            options[name] = body[name]
-    if body.get("start_signal_args") is not None:
-        if not isinstance(body["start_signal_args"], list):
-            raise BadRequest('"start_signal_args" must be a JSON array')
-        options["start_signal_args"] = body["start_signal_args"]
-    for name in ("start_delay", "timeout"):
-        if body.get(name) is not None:
-            if isinstance(body[name], bool) or not isinstance(body[name], int | float):
-                raise BadRequest(f'"{name}" must be a number of seconds')
-            options[name] = body[name]
-    if body.get("priority") is not None:
-        if isinstance(body["priority"], bool) or not isinstance(body["priority"], int):
-            raise BadRequest('"priority" must be an integer, 0 (first) to 9')
-        options["priority"] = body["priority"]
-    for name in ("search", "memo"):
-        if body.get(name) is not None:
-            if not isinstance(body[name], dict):
-                raise BadRequest(f'"{name}" must be a JSON object')
-            options[name] = body[name]
-    return options
+def _supports(fn: Callable[..., Any], parameter: str) -> bool:
+    try:
+        return parameter in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
-# -- endpoints -------------------------------------------------------------------------------------------
-class _Api:
-    """The endpoints, bound to one Client."""
+# -- the routes ------------------------------------------------------------------------------------------
+def _add_workflow_routes(app: FastAPI, client: Client) -> None:
+    """The ``/workflows`` routes (API.md §3, §6, §7, §11), typed; plain ``def``: FastAPI runs them in its
+    thread pool, as the Client blocks (Kafka producer, psycopg)."""
+    Q = Query  # noqa: N806 - short alias, many uses
+    status_q = Q(None, description="Only this status")
+    type_q = Q(None, description="Only this workflow type")
+    search_q = Q([], description="Search attribute filter (repeat): key=value, key!=value, key>N, key<=N, 'key in a,b'")
+    after_q = Q(None, description="Started at or after (ISO 8601)")
+    before_q = Q(None, description="Started before (ISO 8601)")
+    read_errors = _errors(400, 401, 404, 503)
+    act_codes = (400, 401, 403, 404, 409, 413, 503)
+    act_errors = _errors(*act_codes)
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
-
-    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        return run_in_threadpool(fn, *args, **kwargs)
-
-    async def healthz(self, request: Request) -> Response:
-        return JSON({"status": "ok", "namespace": self.client.namespace})
-
-    async def openapi(self, request: Request) -> Response:
-        return JSON(openapi_document())
-
-    async def list_workflows(self, request: Request) -> Response:
-        """A page of workflows: ``cursor`` (keyset, stable while workflows arrive) or the older ``offset``."""
-        limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
-        offset = _int_param(request, "offset", 0, 0, 2**31 - 1)
-        q = request.query_params
-        if offset and q.get("cursor"):
+    @app.get("/workflows", response_model=WorkflowPage, dependencies=READS, tags=["workflows"],
+             operation_id="listWorkflows", responses=_errors(400, 401, 503))
+    def list_workflows(
+        status: Status | None = status_q, type: str | None = type_q,  # noqa: A002 - API name
+        parent_id: str | None = Q(None, description="Only children of this workflow"),
+        limit: int = Q(100, ge=1, le=MAX_PAGE, description="Page size"),
+        offset: int = Q(0, ge=0, le=2**31 - 1, description="Rows to skip (prefer cursor)"),
+        cursor: str | None = Q(None, description="next_cursor of the previous page (keyset paging)"),
+        search: list[str] = search_q, started_after: datetime | None = after_q,
+        started_before: datetime | None = before_q,
+    ) -> dict:
+        """List workflows, newest first, one page at a time (``cursor``: stable while workflows arrive)."""
+        if offset and cursor:
             raise BadRequest("pass either cursor or offset, not both")
-        page = await self._call(
-            self.client._list_page, q.get("status") or None, q.get("type") or None, limit, offset=offset,
-            parent_id=q.get("parent_id") or None, cursor=q.get("cursor") or None, raw=True, **_list_filters(request),
-        )
-        rows = list(page)
+        page = client._list_page(status, type or None, limit, offset=offset, parent_id=parent_id or None,
+                                 cursor=cursor or None, raw=True,
+                                 **_list_filters(search, started_after, started_before))
         more = page.next_cursor is not None
-        return JSON(
-            {
-                "workflows": rows,
-                "limit": limit,
-                "offset": offset,
-                "next_offset": offset + limit if more else None,
-                "next_cursor": page.next_cursor,
-            }
-        )
+        return {"workflows": plain(list(page)), "limit": limit, "offset": offset,
+                "next_offset": offset + limit if more else None, "next_cursor": page.next_cursor}
 
-    async def count(self, request: Request) -> Response:
-        q = request.query_params
-        n = await self._call(self.client.count, q.get("status") or None, q.get("type") or None, **_list_filters(request))
-        return JSON({"count": n})
+    @app.post("/workflows", status_code=201, response_model=Started, dependencies=ACTS, tags=["workflows"],
+              operation_id="startWorkflow", responses=_errors(400, 401, 403, 409, 413, 503, 504))
+    def start(body: StartRequest, response: Response) -> dict:
+        """Start a workflow with the options of API.md §6 (an existing id is not started twice unless a
+        policy says so; a policy makes this wait for the owning node's decision)."""
+        options = body.model_dump(exclude_none=True, exclude={"type", "args", "id"})
+        handle = client.start(body.type, *body.args, id=body.id, **options)
+        response.headers["Location"] = f"/workflows/{quote(handle.id, safe='')}"
+        return {"id": handle.id}
 
-    async def batch(self, request: Request) -> Response:
-        """Act on every open workflow matching the filters (mutating: a read-only token gets 403)."""
-        body = await _body(request)
-        action = body.get("action")
-        if not isinstance(action, str) or not action:
-            raise BadRequest('"action" is required: cancel, terminate, signal, pause or resume')
-        for name in ("status", "type", "reason", "signal"):
-            if body.get(name) is not None and not isinstance(body[name], str):
-                raise BadRequest(f'"{name}" must be a string')
-        search = body.get("search")
-        if search is not None and not isinstance(search, dict):
-            raise BadRequest('"search" must be a JSON object of attribute filters')
-        n = await self._call(
-            self.client.batch, action, status=body.get("status"), type=body.get("type"), search=search,
-            reason=body.get("reason"), signal=body.get("signal"), args=_args(body),
-        )
-        return JSON({"action": action, "count": n})
+    @app.post("/workflows/update-with-start", response_model=CallResult, dependencies=ACTS, tags=["workflows"],
+              operation_id="updateWithStart", responses=_errors(400, 401, 403, 409, 413, 503, 504))
+    def update_with_start(body: UpdateWithStartRequest, response: Response) -> dict:
+        """Start (under the §6 policies) and run an update on the open or new run, in one command (API.md §6);
+        answers the update's result. The execution ``timeout`` is not available here (the Client's
+        update_with_start takes ``timeout`` as the update's)."""
+        if body.timeout is not None:
+            raise BadRequest('"timeout" (the execution timeout) is not available with update-with-start')
+        options = body.model_dump(exclude_none=True, exclude={"type", "args", "id", "update", "update_args",
+                                                              "update_timeout"})
+        handle, result = client.update_with_start(body.type, *body.args, id=body.id, update=body.update,
+                                                  update_args=body.update_args, timeout=body.update_timeout, **options)
+        response.headers["Location"] = f"/workflows/{quote(handle.id, safe='')}"
+        return {"id": handle.id, "result": result}
 
-    async def start(self, request: Request) -> Response:
-        body = await _body(request)
-        wf_type = body.get("type")
-        if not isinstance(wf_type, str) or not wf_type:
-            raise BadRequest('"type" (the workflow type name) is required')
-        workflow_id = body.get("id")
-        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
-            raise BadRequest('"id" must be a non-empty string')
-        handle = await self._call(self.client.start, wf_type, *_args(body), id=workflow_id, **_start_options(body))
-        location = f"/workflows/{quote(handle.id, safe='')}"
-        return JSON({"id": handle.id}, status_code=201, headers={"Location": location})
+    # Before the "{id}" routes, which would take "count" and "batch" for workflow ids.
+    @app.get("/workflows/count", response_model=Count, dependencies=READS, tags=["workflows"],
+             operation_id="countWorkflows", responses=_errors(400, 401, 503))
+    def count(status: Status | None = status_q, type: str | None = type_q,  # noqa: A002
+              search: list[str] = search_q, started_after: datetime | None = after_q,
+              started_before: datetime | None = before_q) -> dict:
+        """How many workflows match the list filters (all pages)."""
+        return {"count": client.count(status, type or None, **_list_filters(search, started_after, started_before))}
 
-    async def get_workflow(self, request: Request) -> Response:
-        workflow_id = request.path_params["id"]
-        return JSON(await self._call(self._details, workflow_id))
+    @app.post("/workflows/batch", response_model=BatchResult, dependencies=ACTS, tags=["workflows"],
+              operation_id="batchWorkflows", responses=_errors(400, 401, 403, 413, 503))
+    def batch(body: BatchRequest) -> dict:
+        """Cancel, terminate, signal, pause or resume every open workflow matching the filters."""
+        n = client.batch(body.action, status=body.status, type=body.type, search=body.search,
+                         reason=body.reason, signal=body.signal, args=body.args)
+        return {"action": body.action, "count": n}
 
-    def _details(self, workflow_id: str) -> dict:
-        row = dict(self.client.get(workflow_id).describe())
-        for part in ("history", "activities", "exceptions", "children", "runs", "signals"):
-            row[part] = self.client._read(part, workflow_id)
-        return row
+    # The suffixed routes before the bare one: "{id}" matches "a/b/history" too.
+    @app.get("/workflows/{id}/history", response_model=History, dependencies=READS, tags=["workflows"],
+             operation_id="getHistory", responses=read_errors)
+    def history(id: str = WID) -> dict:  # noqa: A002
+        """The current run's events in order (replayable: see POST /replay)."""
+        handle = client.get(id)
+        return {"id": handle.id, "events": plain(handle.history())}
 
-    async def history(self, request: Request) -> Response:
-        handle = self.client.get(request.path_params["id"])
-        return JSON({"id": handle.id, "events": await self._call(handle.history)})
+    @app.get("/workflows/{id}/replay", response_model=ReplayReport, dependencies=READS, tags=["workflows"],
+             operation_id="replayWorkflow", responses=read_errors)
+    def replay_stored(id: str = WID) -> dict:  # noqa: A002
+        """Replay the current run's stored history against this server's code (is a deploy safe for it?)."""
+        return replay_report(client.get(id).history())
 
-    async def signal(self, request: Request) -> Response:
-        body = await _body(request)
-        handle, name = self.client.get(request.path_params["id"]), request.path_params["name"]
-        await self._call(handle.signal, name, *_args(body))
-        return JSON({"id": handle.id, "signal": name}, status_code=202)
+    @app.post("/workflows/{id}/signal/{name}", status_code=202, response_model=SignalAccepted,
+              dependencies=ACTS, tags=["workflows"], operation_id="signalWorkflow", responses=act_errors)
+    def signal(id: str = WID, name: str = NAME, body: CallRequest | None = None) -> dict:  # noqa: A002
+        """Send a signal (409 if the workflow has ended)."""
+        client.get(id).signal(name, *(body.args if body else []))
+        return {"id": id, "signal": name}
 
-    async def query(self, request: Request) -> Response:
-        return await self._ask(request, "query")
+    @app.post("/workflows/{id}/query/{name}", response_model=CallResult, dependencies=READS,
+              tags=["workflows"], operation_id="queryWorkflow", responses=_errors(400, 401, 404, 409, 413, 503, 504))
+    def query(id: str = WID, name: str = NAME, body: CallRequest | None = None) -> dict:  # noqa: A002
+        """Ask a query (a read: read-only tokens may)."""
+        body = body or CallRequest()
+        return {"id": id, "result": client.get(id).query(name, *body.args, timeout=body.timeout)}
 
-    async def update(self, request: Request) -> Response:
-        return await self._ask(request, "update")
+    @app.post("/workflows/{id}/update/{name}", response_model=CallResult, dependencies=ACTS,
+              tags=["workflows"], operation_id="updateWorkflow", responses=_errors(*act_codes, 504))
+    def update(id: str = WID, name: str = NAME, body: CallRequest | None = None) -> dict:  # noqa: A002
+        """Run an update and return its result."""
+        body = body or CallRequest()
+        return {"id": id, "result": client.get(id).update(name, *body.args, timeout=body.timeout)}
 
-    async def _ask(self, request: Request, kind: str) -> Response:
-        body = await _body(request)
-        handle = self.client.get(request.path_params["id"])
-        fn = handle.query if kind == "query" else handle.update
-        result = await self._call(fn, request.path_params["name"], *_args(body), timeout=_timeout(body))
-        return JSON({"id": handle.id, "result": result})
+    def requested(path: str, op: str, doc: str, call: Callable[[Any, Any], Any], model: type = ReasonRequest) -> None:
+        def endpoint(id: str = WID, body: Any = None) -> dict:  # noqa: A002
+            call(client.get(id), body or model())
+            return {"id": id, "requested": path}
 
-    async def cancel(self, request: Request) -> Response:
-        handle = self.client.get(request.path_params["id"])
-        await self._call(handle.cancel)
-        return JSON({"id": handle.id, "requested": "cancel"}, status_code=202)
+        # Real types, not the strings of ``from __future__ import annotations``: ``model`` is a local.
+        endpoint.__annotations__ = {"id": str, "body": model | None, "return": dict}
+        endpoint.__doc__ = doc
+        app.add_api_route(f"/workflows/{{id}}/{path}", endpoint, methods=["POST"], status_code=202,
+                          response_model=Requested, dependencies=ACTS, tags=["workflows"], operation_id=op,
+                          responses=act_errors, name=path)
 
-    async def terminate(self, request: Request) -> Response:
-        body = await _body(request)
-        reason = _reason(body)
-        handle = self.client.get(request.path_params["id"])
-        await self._call(handle.terminate, reason)
-        return JSON({"id": handle.id, "requested": "terminate"}, status_code=202)
+    requested("cancel", "cancelWorkflow", "Request cancellation (the workflow's cleanup code runs).",
+              lambda h, b: h.cancel(), NoBody)
+    requested("terminate", "terminateWorkflow", "Terminate at once (no cleanup code runs).",
+              lambda h, b: h.terminate(b.reason))
+    requested("pause", "pauseWorkflow", "Take no step until resumed (API.md §7).", lambda h, b: h.pause(b.reason))
+    requested("resume", "resumeWorkflow", "End a pause.", lambda h, b: h.resume(), NoBody)
 
-    async def pause(self, request: Request) -> Response:
-        body = await _body(request)
-        reason = _reason(body)
-        handle = self.client.get(request.path_params["id"])
-        await self._call(handle.pause, reason)
-        return JSON({"id": handle.id, "requested": "pause"}, status_code=202)
-
-    async def resume(self, request: Request) -> Response:
-        handle = self.client.get(request.path_params["id"])
-        await self._call(handle.resume)
-        return JSON({"id": handle.id, "requested": "resume"}, status_code=202)
-
-    async def reset(self, request: Request) -> Response:
-        body = await _body(request)
-        seq = body.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int):
-            raise BadRequest('"seq" (an integer: the last event the new run keeps) is required')
-        handle = self.client.get(request.path_params["id"])
-        await self._call(handle.reset, seq)
-        return JSON({"id": handle.id, "requested": "reset", "seq": seq}, status_code=202)
-
-    async def retry(self, request: Request) -> Response:
-        handle = self.client.get(request.path_params["id"])
+    @app.post("/workflows/{id}/retry", status_code=202, response_model=Requested, dependencies=ACTS,
+              tags=["workflows"], operation_id="retryWorkflow", responses=act_errors)
+    def retry(id: str = WID, body: RetryRequest | None = None) -> dict:  # noqa: A002
+        """Reset a failed workflow to its last good step (``force``: even a compensated saga, when the
+        client supports it). 409 NotRetryable for a workflow that has not failed."""
+        handle = client.get(id)
+        force = bool(body and body.force)
         try:
-            await self._call(handle.retry)
+            if force:
+                retry_with: Callable[..., None] = handle.retry  # force=: added with compensated sagas
+                if not _supports(retry_with, "force"):
+                    raise BadRequest('"force" is not supported by this version of the client')
+                retry_with(force=True)
+            else:
+                handle.retry()
         except ValueError as exc:  # not failed: a state conflict, not a bad request
-            if isinstance(exc, PayloadTooLargeError):
+            if isinstance(exc, PayloadTooLargeError | BadRequest | NotRetryable):
                 raise
-            return _error(409, "NotRetryable", str(exc))
-        return JSON({"id": handle.id, "requested": "retry"}, status_code=202)
+            raise NotRetryable(str(exc)) from None
+        return {"id": id, "requested": "retry"}
+
+    @app.post("/workflows/{id}/reset", status_code=202, response_model=ResetRequested, dependencies=ACTS,
+              tags=["workflows"], operation_id="resetWorkflow", responses=act_errors)
+    def reset(body: ResetRequest, id: str = WID) -> dict:  # noqa: A002
+        """A new run replaying the history up to and including ``seq``, then live (API.md §7)."""
+        client.get(id).reset(body.seq)
+        return {"id": id, "requested": "reset", "seq": body.seq}
+
+    @app.get("/workflows/{id}", response_model=WorkflowDetails, dependencies=READS, tags=["workflows"],
+             operation_id="getWorkflow", responses=read_errors)
+    def get_workflow(id: str = WID) -> dict:  # noqa: A002
+        """A workflow with its history, activities, exceptions, children, runs and signals."""
+        row = dict(client.get(id).describe())
+        for part in ("history", "activities", "exceptions", "children", "runs", "signals"):
+            row[part] = client._read(part, id)
+        return plain(row)
+
+    @app.post("/replay", response_model=ReplayReport, dependencies=READS, tags=["workflows"],
+              operation_id="replayHistory", responses=_errors(400, 401, 404, 413))
+    def replay(body: list[dict[str, Any]] | RecordedHistory = Body(
+            description="A history as `metamorph history ID --json` or GET /workflows/{id}/history writes it")) -> dict:
+        """Replay a recorded history against the workflow code this server imported (``serve --app``) and
+        report the first non-determinism (API.md §11); nothing is started or changed."""
+        return replay_report(body.model_dump() if isinstance(body, RecordedHistory) else body)
 
 
-# -- errors and metrics ----------------------------------------------------------------------------------
+def replay_report(doc: Any) -> dict:
+    """Replay one history document against this process's workflow classes: the ReplayReport as a dict.
+
+    400 for a document that is not a history, 404 ``UnknownWorkflowType`` when the code is not imported.
+    """
+    from . import replayer
+    from .definitions import workflows
+
+    try:
+        history = replayer.load_history(doc)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BadRequest(f"not a replayable history: {exc}") from None
+    report = {"workflow_id": history.workflow_id, "workflow_type": history.workflow_type,
+              "run_id": history.run_id, "events": len(history.events)}
+    cls = workflows().get(history.workflow_type)
+    if cls is None:
+        raise ApiError(404, "UnknownWorkflowType", f"this server does not have the code of workflow type "
+                       f"{history.workflow_type!r} (start serve with --app MODULE)")
+    try:
+        status = replayer.replay(history, cls)
+    except NondeterminismError as exc:
+        finding = {"seq": exc.seq, "recorded": exc.recorded, "issued": exc.issued, "message": str(exc)}
+        return {**report, "deterministic": False, "nondeterminism": finding}
+    return {**report, "deterministic": True, "status": str(status)}
+
+
+WID = PathParam(description="Workflow id, percent-encoded (any character, '/' as %2F)")
+NAME = PathParam(description="Handler (method) name")
+
+
+def _add_ops_routes(app: FastAPI) -> None:
+    html = {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "The dashboard page"}
+    app.add_api_route("/", _ui, methods=["GET"], response_class=HTMLResponse, tags=["ops"], operation_id="ui",
+                      responses={200: html}, summary="The dashboard (HTML)")
+    for path, (name, media_type) in _UI_ASSETS.items():
+        app.add_api_route(path, _ui_asset, methods=["GET"], response_class=Response, tags=["ops"],
+                          operation_id="ui_" + name.replace(".", "_"), summary=f"The dashboard's {name}",
+                          responses={200: {"content": {media_type: {"schema": {"type": "string"}}},
+                                           "description": "The file"}})
+
+    @app.get("/healthz", response_model=Health, tags=["ops"], operation_id="healthz")
+    async def healthz(request: Request) -> dict:
+        """Liveness: the process answers (it does not probe Kafka or PostgreSQL)."""
+        return {"status": "ok", "namespace": request.app.state.namespace}
+
+    @app.get("/openapi.json", tags=["ops"], operation_id="openapi", response_model=dict[str, Any])
+    async def openapi(request: Request) -> Response:
+        """This document (OpenAPI 3.1), generated from the routes' typed models."""
+        return JSON(request.app.openapi())
+
+
+# -- errors ----------------------------------------------------------------------------------------------
+def _tabled(request: Request, exc: Exception) -> Response:
+    """Every error of the one error table (actors.errors) as ``{error, message}`` with its status."""
+    kind = classify(exc)
+    name = kind.error or getattr(exc, "error_type", None) or type(exc).__name__
+    message = getattr(exc, "message", None) or str(exc) or name
+    if kind is INTERNAL:
+        log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(kind.status, name, redact(str(message)))
+
+
+def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    response = _error(exc.status, exc.error, exc.message)
+    response.headers.update(exc.headers)
+    return response
+
+
+def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    name = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+    detail = exc.detail if exc.status_code != 404 else f"no route {request.method} {request.url.path}"
+    return _error(exc.status_code, name, str(detail))
+
+
+def _invalid(request: Request, exc: Exception) -> Response:
+    """A request the models refuse: 400 ``BadRequest`` naming the field (not FastAPI's 422 list)."""
+    assert isinstance(exc, RequestValidationError)
+    return _error(400, "BadRequest", validation_message(exc.errors()))
+
+
+def validation_message(errors: Any) -> str:
+    """One readable sentence per validation error: ``"timeout": Input should be a valid number``."""
+    parts = []
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "header")]
+        where = ".".join(loc)
+        if tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), bytes | bytearray):
+            return "the body must be JSON, sent as Content-Type: application/json"
+        if e.get("type") == "json_invalid":
+            return f"the body is not valid JSON: {(e.get('ctx') or {}).get('error', e.get('msg'))}"
+        if e.get("type") in ("enum", "literal_error"):
+            parts.append(f"unknown {where or 'value'} {e.get('input')!r}: {e.get('msg')}")
+        elif e.get("type") == "missing":
+            parts.append(f'"{where}" is required')
+        else:
+            parts.append(f'"{where}": {e.get("msg")}' if where else str(e.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
 def _handlers() -> dict[Any, Callable[[Request, Exception], Any]]:
-    def handler(status: int, error: str | None = None) -> Callable[[Request, Exception], Response]:
-        def handle(request: Request, exc: Exception) -> Response:
-            name = error or getattr(exc, "error_type", None) or type(exc).__name__
-            message = getattr(exc, "message", None) or str(exc)
-            return _error(status, name, redact(message))
+    handlers: dict[Any, Callable[[Request, Exception], Any]] = {kind: _tabled for kind, _ in error_table()}
+    handlers.update({
+        ApiError: _api_error, HTTPException: _http_exception, RequestValidationError: _invalid,
+        BadRequest: _tabled, BodyTooLarge: lambda r, e: _error(413, "PayloadTooLarge", str(e)),
+        Exception: _tabled,
+    })
+    return handlers
 
-        return handle
 
-    def http_exception(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        name = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
-        detail = exc.detail if exc.status_code != 404 else f"no route {request.method} {request.url.path}"
-        return _error(exc.status_code, name, detail)
+# -- raw Starlette routes --------------------------------------------------------------------------------
+# Routes that are not typed FastAPI routes (the webhooks verify a signature over the raw body; a stream
+# answers text/event-stream) are documented here, by route template and method, so the generated document
+# still covers every route. A raw route without an entry fails create_app: nothing is served undocumented.
+_SSE = {"description": "Server-Sent Events: `id:` the position, `data:` the item as JSON; then `event: end` "
+                       "(data: the final status) or `event: timeout`",
+        # Any event: a reconnect hint (`retry:`) has no data, an item's data is any JSON value.
+       "content": {"text/event-stream": {"schema": {}}}}
+RAW_ROUTE_DOCS: dict[tuple[str, str], dict[str, Any]] = {
+    ("/workflows/{id}/stream", "GET"): {
+        "operationId": "streamWorkflow", "tags": ["workflows"],
+        "summary": "The items the workflow streams, live (Server-Sent Events, resumable; API.md §10)",
+        "parameters": [
+            {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+             "description": "Workflow id, percent-encoded"},
+            {"name": "after", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
+             "description": "Start after this position (Last-Event-ID, when sent, wins)"},
+            {"name": "timeout", "in": "query", "required": False,
+             "schema": {"type": "number", "exclusiveMinimum": 0},
+             "description": "End with `event: timeout` after this many seconds if the workflow has not ended"},
+            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "The last position received (sent by EventSource on reconnect)"},
+        ],
+        "responses": {"200": _SSE},
+        "security": [{"apiToken": []}],
+        "x-error-codes": [400, 401, 404, 503],
+    },
+    ("/webhooks/start/{workflow_type}", "POST"): {
+        "operationId": "webhookStart", "tags": ["webhooks"],
+        "summary": "Start a @webhook workflow; a JSON object maps to execute()'s parameters by name, an array is positional",
+        "parameters": [
+            {"name": "workflow_type", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "id", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "Workflow id (default: a new UUID)"},
+        ],
+        "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookBody"}}}},
+        "responses": {"201": {"description": "Started", "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/WebhookStarted"}}}}},
+        "security": [{"webhookToken": []}, {"webhookHeaderToken": []}, {"webhookSignature": []}, {}],
+        "x-error-codes": [400, 401, 404, 413, 503],
+    },
+    ("/webhooks/signal/{workflow_type}/{id}/{signal}", "POST"): {
+        "operationId": "webhookSignal", "tags": ["webhooks"],
+        "summary": "Send a @webhook signal; the body maps to the handler's parameters",
+        "parameters": [
+            {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+            for n in ("workflow_type", "id", "signal")
+        ],
+        "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookBody"}}}},
+        "responses": {"202": {"description": "Accepted", "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/SignalAccepted"}}}}},
+        "security": [{"webhookToken": []}, {"webhookHeaderToken": []}, {"webhookSignature": []}, {}],
+        "x-error-codes": [400, 401, 404, 409, 413, 503],
+    },
+}
+_WEBHOOK_SCHEMES = {
+    "webhookToken": {"type": "http", "scheme": "bearer", "description": "METAMORPH_WEBHOOK_AUTH=token"},
+    "webhookHeaderToken": {"type": "apiKey", "in": "header", "name": "X-Metamorph-Token"},
+    "webhookSignature": {
+        "type": "apiKey", "in": "header", "name": "X-Signature",
+        "description": "Hex HMAC-SHA256 of '<X-Metamorph-Timestamp>.<request target>.' + the raw body (optional "
+        "sha256= prefix); METAMORPH_WEBHOOK_AUTH=signature",
+    },
+}
 
-    import psycopg
-    from kafka.errors import KafkaError
 
-    return {
-        HTTPException: http_exception,
-        BadRequest: handler(400, "BadRequest"),
-        WorkflowNotFound: handler(404, "WorkflowNotFound"),
-        QueryFailed: handler(409),
-        WorkflowNotRunning: handler(409, "WorkflowNotRunning"),
-        WorkflowAlreadyStarted: handler(409, "WorkflowAlreadyStarted"),
-        # Any other ValueError from the Client is a parameter it refused (an unknown status filter, say).
-        ValueError: handler(400, "BadRequest"),
-        PayloadTooLargeError: handler(413, "PayloadTooLarge"),
-        BodyTooLarge: handler(413, "PayloadTooLarge"),
-        PayloadError: handler(400, "BadRequest"),  # arguments the client refuses (lone surrogates, too deep)
-        ConnectionError: handler(503, "Unavailable"),
-        KafkaError: handler(503, "Unavailable"),
-        psycopg.OperationalError: handler(503, "Unavailable"),
-        RuntimeError: handler(
-            503, "Unavailable"
-        ),  # not configured: no Postgres, no topics (run `metamorph init`)
-        TimeoutError: handler(504, "Timeout"),
-        Exception: handler(500, "InternalError"),
-    }
+def _template(route: BaseRoute) -> str:
+    return getattr(route, "path", "")
+
+
+def _generate(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document: FastAPI's, generated from the typed routes, plus the raw routes' entries.
+
+    Adjusted where FastAPI's defaults are not what the API does: request validation errors are 400
+    ``ErrorBody`` (not 422), and every error response is an ``ErrorBody``.
+    """
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
+                      openapi_version="3.1.0")
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    from pydantic import TypeAdapter
+
+    schemas["WebhookBody"] = TypeAdapter(dict[str, Any] | list[Any]).json_schema()
+    schemas["WebhookBody"]["description"] = "Arguments by name (object) or by position (array); empty: none"
+    schemas["WebhookStarted"] = {"type": "object", "required": ["id", "type"],
+                                 "properties": {"id": {"type": "string"}, "type": {"type": "string"}}}
+    schemas.setdefault("ErrorBody", ErrorBody.model_json_schema())
+    error_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for ops in doc.get("paths", {}).values():
+        for op in ops.values():
+            responses = op.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", {"description": _ERROR_TEXT[400], **error_ref})
+    for route in app.routes:
+        if isinstance(route, APIRoute) or not isinstance(route, Route):
+            continue
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            entry = RAW_ROUTE_DOCS.get((_template(route), method))
+            if entry is None:
+                continue
+            op = {k: v for k, v in entry.items() if k != "x-error-codes"}
+            op["responses"] = {**op["responses"], **{
+                str(c): {"description": _ERROR_TEXT[c], **error_ref} for c in entry["x-error-codes"]}}
+            doc.setdefault("paths", {}).setdefault(_template(route), {})[method.lower()] = op
+    components.setdefault("securitySchemes", {}).update(_WEBHOOK_SCHEMES)
+    app.openapi_schema = doc
+    return doc
+
+
+def _check_routes(app: FastAPI, tokens: ApiTokens) -> None:
+    """Fail closed at start: every typed route outside the public ones declares a permission, and every raw
+    route is documented and, if it acts, is a webhook (which has its own credentials)."""
+    permissions = {reading, acting}
+    for route in app.routes:
+        path = _template(route)
+        if isinstance(route, APIRoute):
+            declared = {d.call for d in route.dependant.dependencies}
+            if path not in _PUBLIC and not declared & permissions:
+                raise RuntimeError(f"route {path} declares no permission (reading or acting)")
+        elif isinstance(route, Route):
+            for method in (route.methods or set()) - {"HEAD"}:
+                if (path, method) not in RAW_ROUTE_DOCS:
+                    raise RuntimeError(f"raw route {method} {path} is not documented (RAW_ROUTE_DOCS)")
+                if method not in SAFE_METHODS and not path.startswith("/webhooks/"):
+                    raise RuntimeError(f"raw route {method} {path} acts but has no permission check")
+
+
+# -- the app ---------------------------------------------------------------------------------------------
+def create_app(
+    client: Client | None,
+    *,
+    webhook_auth: str | None = None,
+    webhook_token: str | None = None,
+    webhook_secret: str | None = None,
+    api_tokens: str | ApiTokens | None = None,
+    max_body: int | None = None,
+    raw_routes: list[BaseRoute] | None = None,
+) -> FastAPI:
+    """The HTTP API (and the webhook routes) over ``client``.
+
+    ``webhook_*`` override ``METAMORPH_WEBHOOK_AUTH`` / ``_TOKEN`` / ``_SECRET``; see :mod:`actors.webhooks`.
+    ``api_tokens`` overrides ``METAMORPH_API_TOKENS`` and ``max_body`` ``METAMORPH_HTTP_MAX_BODY`` (bytes).
+    ``raw_routes``: extra Starlette routes (matched before the typed ones; each documented in
+    ``RAW_ROUTE_DOCS``). ``client`` None builds the app only to describe it (``openapi_document``).
+    """
+    tokens = ApiTokens.configure(api_tokens)
+    if max_body is None:
+        max_body = int(os.environ.get("METAMORPH_HTTP_MAX_BODY") or MAX_BODY)
+    app = FastAPI(
+        title="Metamorph",
+        version="0.1.0",
+        description="Start, steer and inspect durable workflows (API.md §6–§11). Errors are `{error, message}` "
+        "objects; ids may hold any character (percent-encode them, '/' as %2F).",
+        openapi_url=None, docs_url=None, redoc_url=None,  # /openapi.json is a documented route; no CDN pages
+        strict_content_type=False,  # a body without Content-Type is JSON (as before); another type is refused
+        exception_handlers=_handlers(),
+        middleware=[Middleware(_CountRequests), Middleware(_Guard, tokens=tokens, max_body=max_body)],
+    )
+    app.router.route_class = IdAPIRoute
+    app.state.api_tokens = tokens
+    app.state.namespace = client.namespace if client is not None else "default"
+    app.openapi = lambda: _generate(app)  # type: ignore[method-assign]
+    _add_ops_routes(app)
+    any_client = cast("Client", client)
+    _add_workflow_routes(app, any_client)
+    schedules_http.add_routes(app, any_client)
+    raw: list[BaseRoute] = [
+        *(raw_routes or []),
+        *stream_http.routes(any_client),  # GET /workflows/{id}/stream (SSE)
+        *webhooks.routes(any_client, webhooks.WebhookAuth.configure(webhook_auth, webhook_token, webhook_secret)),
+    ]
+    app.router.routes[:0] = raw  # before "/workflows/{id}", which would take "x/stream" for an id
+    _check_routes(app, tokens)
+    return app
+
+
+def openapi_document() -> dict:
+    """The OpenAPI 3.1 document of :func:`create_app`, generated from its typed routes (no server needed)."""
+    return create_app(None, webhook_auth="none", api_tokens="").openapi()
 
 
 class _CountRequests:
@@ -564,60 +878,6 @@ async def _ui_asset(request: Request) -> Response:
     )
 
 
-def create_app(
-    client: Client,
-    *,
-    webhook_auth: str | None = None,
-    webhook_token: str | None = None,
-    webhook_secret: str | None = None,
-    api_tokens: str | ApiTokens | None = None,
-    max_body: int | None = None,
-) -> Starlette:
-    """The HTTP API (and the webhook routes) over ``client``.
-
-    ``webhook_*`` override ``METAMORPH_WEBHOOK_AUTH`` / ``_TOKEN`` / ``_SECRET``; see :mod:`actors.webhooks`.
-    ``api_tokens`` overrides ``METAMORPH_API_TOKENS`` and ``max_body`` ``METAMORPH_HTTP_MAX_BODY`` (bytes).
-    """
-    tokens = ApiTokens.configure(api_tokens)
-    if max_body is None:
-        max_body = int(os.environ.get("METAMORPH_HTTP_MAX_BODY") or MAX_BODY)
-    api = _Api(client)
-    wid = "/workflows/{id}"
-    routes = [
-        Route("/", _ui, methods=["GET"]),
-        *(Route(path, _ui_asset, methods=["GET"]) for path in _UI_ASSETS),
-        Route("/healthz", api.healthz, methods=["GET"]),
-        Route("/openapi.json", api.openapi, methods=["GET"]),
-        Route("/workflows", api.list_workflows, methods=["GET"]),
-        Route("/workflows", api.start, methods=["POST"]),
-        # Before the "{id}" routes, which would take "count" and "batch" for workflow ids.
-        Route("/workflows/count", api.count, methods=["GET"]),
-        Route("/workflows/batch", api.batch, methods=["POST"]),
-        # The suffixed routes before the bare one: "{id}" matches "a/b/history" too.
-        IdRoute(wid + "/history", api.history, methods=["GET"]),
-        *stream_http.routes(client),  # GET /workflows/{id}/stream (SSE), before the {id} catch-all
-        IdRoute(wid + "/signal/{name}", api.signal, methods=["POST"]),
-        IdRoute(wid + "/query/{name}", api.query, methods=["POST"]),
-        IdRoute(wid + "/update/{name}", api.update, methods=["POST"]),
-        IdRoute(wid + "/cancel", api.cancel, methods=["POST"]),
-        IdRoute(wid + "/terminate", api.terminate, methods=["POST"]),
-        IdRoute(wid + "/retry", api.retry, methods=["POST"]),
-        IdRoute(wid + "/pause", api.pause, methods=["POST"]),
-        IdRoute(wid + "/resume", api.resume, methods=["POST"]),
-        IdRoute(wid + "/reset", api.reset, methods=["POST"]),
-        IdRoute(wid, api.get_workflow, methods=["GET"]),
-        *schedules_http.routes(client, _body, JSON),
-        *webhooks.routes(client, webhooks.WebhookAuth.configure(webhook_auth, webhook_token, webhook_secret)),
-    ]
-    app = Starlette(
-        routes=routes,
-        exception_handlers=_handlers(),
-        middleware=[Middleware(_CountRequests), Middleware(_Guard, tokens=tokens, max_body=max_body)],
-    )
-    app.state.api_tokens = tokens
-    return app
-
-
 def is_loopback(host: str) -> bool:
     """True for an address only this machine can reach (127.0.0.0/8, ::1, ``localhost``)."""
     if host.strip("[]").lower() == "localhost":
@@ -643,7 +903,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def server(app: Starlette, sock: socket.socket, log_level: str = "warning") -> Any:
+def server(app: FastAPI, sock: socket.socket, log_level: str = "warning") -> Any:
     """A uvicorn server for ``app`` on an already bound socket; ``.run(sockets=[sock])`` serves it.
 
     Warns when the socket is reachable from other machines and the app has no API tokens.
@@ -670,459 +930,3 @@ def serve(client: Client, host: str = "127.0.0.1", port: int = 8080, **webhook_o
         sock.close()
 
 
-# -- OpenAPI ---------------------------------------------------------------------------------------------
-def _ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*codes: int) -> dict:
-    return {str(c): {"$ref": f"#/components/responses/E{c}"} for c in sorted(codes)}
-
-
-def _asset(media_type: str) -> dict:
-    return {"200": {"description": "The file", "content": {media_type: {"schema": {"type": "string"}}}}}
-
-
-def _path_param(name: str, description: str) -> dict:
-    return {
-        "name": name,
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string"},
-        "description": description,
-    }
-
-
-def _query_param(name: str, schema: dict, description: str) -> dict:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
-
-
-def _body_schema(schema: dict, required: bool = False) -> dict:
-    return {"required": required, "content": {"application/json": {"schema": schema}}}
-
-
-def _op(
-    op_id: str,
-    summary: str,
-    responses: dict,
-    params: list | None = None,
-    body: dict | None = None,
-    tags: list | None = None,
-) -> dict:
-    op: dict[str, Any] = {
-        "operationId": op_id,
-        "summary": summary,
-        "tags": tags or ["workflows"],
-        "responses": responses,
-    }
-    if params:
-        op["parameters"] = params
-    if body:
-        op["requestBody"] = body
-    return op
-
-
-def openapi_document() -> dict:
-    """The hand-written OpenAPI 3.1 description of every route of :func:`create_app`."""
-    filter_params = [
-        {**_query_param("search", {"type": "array", "items": {"type": "string"}},
-                        "Search attribute filter (repeat): key=value, key!=value, key>N, key<=N, 'key in a,b'"),
-         "style": "form", "explode": True},
-        _query_param("started_after", {"type": "string", "format": "date-time"}, "Started at or after"),
-        _query_param("started_before", {"type": "string", "format": "date-time"}, "Started before"),
-    ]
-    wid = _path_param("id", "Workflow id")
-    name = _path_param("name", "Handler (method) name")
-    accepted = _json(_ref("Accepted"), "Accepted: the command is durably in Kafka")
-    call_body = _body_schema(_ref("CallRequest"))
-    call_ok = _json(_ref("CallResult"), "The handler's return value")
-    any_args = {"oneOf": [{"type": "object"}, {"type": "array"}]}
-    paths = {
-        "/": {
-            "get": _op(
-                "ui",
-                "The dashboard (HTML)",
-                {
-                    "200": {
-                        "description": "The dashboard page",
-                        "content": {"text/html": {"schema": {"type": "string"}}},
-                    }
-                },
-                tags=["ops"],
-            )
-        },
-        "/ui.js": {"get": _op("uiScript", "The dashboard's script", _asset("text/javascript"), tags=["ops"])},
-        "/ui.css": {"get": _op("uiStyle", "The dashboard's style sheet", _asset("text/css"), tags=["ops"])},
-        "/healthz": {"get": _op("healthz", "Liveness", {"200": _json(_ref("Health"), "Up")}, tags=["ops"])},
-        "/openapi.json": {
-            "get": _op(
-                "openapi", "This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")}, tags=["ops"]
-            )
-        },
-        "/workflows": {
-            "get": _op(
-                "listWorkflows",
-                "List workflows, newest first, one page at a time",
-                {"200": _json(_ref("WorkflowPage"), "A page of workflows"), **_errors(400, 503)},
-                params=[
-                    _query_param("status", _ref("Status"), "Only this status"),
-                    _query_param("type", {"type": "string"}, "Only this workflow type"),
-                    _query_param("parent_id", {"type": "string"}, "Only children of this workflow"),
-                    _query_param(
-                        "limit",
-                        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100},
-                        "Page size",
-                    ),
-                    _query_param("offset", {"type": "integer", "minimum": 0, "default": 0}, "Rows to skip"),
-                    _query_param("cursor", {"type": "string"}, "next_cursor of the previous page (keyset paging)"),
-                    *filter_params,
-                ],
-            ),
-            "post": _op(
-                "startWorkflow",
-                "Start a workflow (an existing id is not started twice unless a policy says so)",
-                {"201": _json(_ref("Started"), "Start command accepted"), **_errors(400, 409, 413, 503, 504)},
-                body=_body_schema(_ref("StartRequest"), required=True),
-            ),
-        },
-        "/workflows/count": {
-            "get": _op(
-                "countWorkflows",
-                "How many workflows match the list filters",
-                {"200": _json(_ref("Count"), "The count"), **_errors(400, 503)},
-                params=[_query_param("status", _ref("Status"), "Only this status"),
-                        _query_param("type", {"type": "string"}, "Only this workflow type"), *filter_params],
-            )
-        },
-        "/workflows/batch": {
-            "post": _op(
-                "batchWorkflows",
-                "Cancel, terminate or signal every open workflow matching the filters",
-                {"200": _json(_ref("BatchResult"), "How many were acted on"), **_errors(400, 503)},
-                body=_body_schema(_ref("BatchRequest"), required=True),
-            )
-        },
-        "/workflows/{id}": {
-            "get": _op(
-                "getWorkflow",
-                "A workflow with its history, activities, exceptions, children, runs and signals",
-                {"200": _json(_ref("WorkflowDetails"), "The workflow"), **_errors(404, 503)},
-                params=[wid],
-            )
-        },
-        "/workflows/{id}/history": {
-            "get": _op(
-                "getHistory",
-                "The current run's events in order",
-                {"200": _json(_ref("History"), "The events"), **_errors(404, 503)},
-                params=[wid],
-            )
-        },
-        "/workflows/{id}/signal/{name}": {
-            "post": _op(
-                "signalWorkflow",
-                "Send a signal",
-                {"202": accepted, **_errors(400, 404, 413, 503)},
-                [wid, name],
-                call_body,
-            )
-        },
-        "/workflows/{id}/query/{name}": {
-            "post": _op(
-                "queryWorkflow",
-                "Ask a query",
-                {"200": call_ok, **_errors(400, 404, 409, 503, 504)},
-                [wid, name],
-                call_body,
-            )
-        },
-        "/workflows/{id}/update/{name}": {
-            "post": _op(
-                "updateWorkflow",
-                "Run an update",
-                {"200": call_ok, **_errors(400, 404, 409, 503, 504)},
-                [wid, name],
-                call_body,
-            )
-        },
-        "/workflows/{id}/cancel": {
-            "post": _op(
-                "cancelWorkflow", "Request cancellation", {"202": accepted, **_errors(404, 503)}, [wid]
-            )
-        },
-        "/workflows/{id}/terminate": {
-            "post": _op(
-                "terminateWorkflow",
-                "Terminate at once (no cleanup code runs)",
-                {"202": accepted, **_errors(400, 404, 503)},
-                [wid],
-                _body_schema({"type": "object", "properties": {"reason": {"type": "string"}}}),
-            )
-        },
-        "/workflows/{id}/retry": {
-            "post": _op(
-                "retryWorkflow", "Reset a failed workflow", {"202": accepted, **_errors(404, 409, 503)}, [wid]
-            )
-        },
-        "/workflows/{id}/pause": {
-            "post": _op(
-                "pauseWorkflow", "Take no step until resumed", {"202": accepted, **_errors(400, 404, 409, 503)}, [wid],
-                _body_schema({"type": "object", "properties": {"reason": {"type": "string"}}}),
-            )
-        },
-        "/workflows/{id}/resume": {
-            "post": _op("resumeWorkflow", "End a pause", {"202": accepted, **_errors(404, 409, 503)}, [wid])
-        },
-        "/workflows/{id}/reset": {
-            "post": _op(
-                "resetWorkflow", "A new run replaying history up to and including seq",
-                {"202": accepted, **_errors(400, 404, 503)}, [wid],
-                _body_schema({"type": "object", "required": ["seq"], "properties": {"seq": {"type": "integer"}}}),
-            )
-        },
-        "/webhooks/start/{workflow_type}": {
-            "post": _op(
-                "webhookStart",
-                "Start a @webhook workflow; a JSON object maps to execute()'s parameters by name, an array is positional",
-                {"201": _json(_ref("Started"), "Start command accepted"), **_errors(400, 401, 404, 413, 503)},
-                [
-                    _path_param("workflow_type", "Registered workflow type name"),
-                    _query_param("id", {"type": "string"}, "Workflow id (default: a new UUID)"),
-                ],
-                _body_schema(any_args),
-                tags=["webhooks"],
-            )
-        },
-        "/webhooks/signal/{workflow_type}/{id}/{signal}": {
-            "post": _op(
-                "webhookSignal",
-                "Send a @webhook signal; the body maps to the handler's parameters",
-                {"202": accepted, **_errors(400, 401, 404, 413, 503)},
-                [
-                    _path_param("workflow_type", "Workflow type name"),
-                    wid,
-                    _path_param("signal", "Signal name"),
-                ],
-                _body_schema(any_args),
-                tags=["webhooks"],
-            )
-        },
-    }
-    paths.update(schedules_http.openapi_paths(_op, _json, _errors, _path_param, _body_schema))
-    paths.update(stream_http.openapi_paths(_op, _errors, _path_param))
-    for path, ops in paths.items():
-        if path.startswith(("/workflows", "/schedules")):
-            for method, op in ops.items():
-                acts = method != "get" and not path.endswith("/query/{name}")
-                op["responses"].update(_errors(401, 403) if acts else _errors(401))
-                op["security"] = [{"apiToken": []}, {}]
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "Metamorph",
-            "version": "0.1.0",
-            "description": "Start, steer and inspect durable workflows. Errors are {error, message} objects.",
-        },
-        "paths": paths,
-        "components": {
-            "schemas": _schemas(),
-            "responses": {f"E{c}": _json(_ref("Error"), text) for c, text in _ERROR_TEXT.items()},
-            "securitySchemes": {
-                "apiToken": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "METAMORPH_API_TOKENS (name:token, or ro:name:token for reading only); "
-                    "required on /workflows routes when tokens are configured",
-                },
-                "webhookToken": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "METAMORPH_WEBHOOK_AUTH=token",
-                },
-                "webhookHeaderToken": {"type": "apiKey", "in": "header", "name": "X-Metamorph-Token"},
-                "webhookSignature": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "X-Signature",
-                    "description": "Hex HMAC-SHA256 of '<X-Metamorph-Timestamp>.<request target>.' + the raw "
-                    "body (optional sha256= prefix); METAMORPH_WEBHOOK_AUTH=signature",
-                },
-            },
-        },
-    }
-
-
-_ERROR_TEXT = {
-    400: "Bad body or parameter",
-    401: "Missing or invalid credentials (API bearer token, or webhook token/signature)",
-    403: "The token is read-only",
-    404: "Unknown workflow (or route)",
-    409: "Refused by the workflow, or not in a state that allows it",
-    413: "Payload too large",
-    503: "Kafka or PostgreSQL unreachable (or not initialised)",
-    504: "No answer in time",
-}
-
-
-def _schemas() -> dict:
-    stamp = {"type": ["string", "null"], "format": "date-time"}
-    event = {
-        "type": "object",
-        "required": ["seq", "type", "at"],
-        "properties": {"seq": {"type": "integer"}, "type": {"type": "string"}, "at": stamp},
-    }
-    rows = {"type": "array", "items": {"type": "object"}}
-    workflow = {
-        "type": "object",
-        "required": ["id", "type", "status"],
-        "properties": {
-            "id": {"type": "string"},
-            "run_id": {"type": ["string", "null"]},
-            "type": {"type": "string"},
-            "status": _ref("Status"),
-            "input": {},
-            "output": {},
-            "error_type": {"type": ["string", "null"]},
-            "error_message": {"type": ["string", "null"]},
-            "error_traceback": {"type": ["string", "null"]},
-            "parent_id": {"type": ["string", "null"]},
-            "search": {"type": "object"},
-            "memo": {"type": "object"},
-            "created_at": stamp,
-            "updated_at": stamp,
-        },
-    }
-    return {
-        "Status": {
-            "type": "string",
-            "enum": [
-                "pending",
-                "running",
-                "waiting",
-                "blocked",
-                "paused",
-                "completed",
-                "failed",
-                "continued",
-                "cancelled",
-                "terminated",
-            ],
-        },
-        "Error": {
-            "type": "object",
-            "required": ["error", "message"],
-            "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-        },
-        "Health": {
-            "type": "object",
-            "properties": {"status": {"const": "ok"}, "namespace": {"type": "string"}},
-        },
-        "Workflow": workflow,
-        "WorkflowPage": {
-            "type": "object",
-            "required": ["workflows", "limit", "offset", "next_offset"],
-            "properties": {
-                "workflows": {"type": "array", "items": _ref("Workflow")},
-                "limit": {"type": "integer"},
-                "offset": {"type": "integer"},
-                "next_offset": {"type": ["integer", "null"]},
-                "next_cursor": {"type": ["string", "null"], "description": "Pass as cursor for the next page"},
-            },
-        },
-        "Count": {"type": "object", "required": ["count"], "properties": {"count": {"type": "integer"}}},
-        "BatchRequest": {
-            "type": "object",
-            "required": ["action"],
-            "properties": {
-                "action": {"type": "string", "enum": ["cancel", "terminate", "signal", "pause", "resume"]},
-                "status": {"type": "string"},
-                "type": {"type": "string"},
-                "search": {"type": "object", "description": 'Attribute filters: {"k": v} or {"k": [op, v]}'},
-                "reason": {"type": "string"},
-                "signal": {"type": "string"},
-                "args": {"type": "array", "default": []},
-            },
-        },
-        "BatchResult": {
-            "type": "object",
-            "required": ["action", "count"],
-            "properties": {"action": {"type": "string"}, "count": {"type": "integer"}},
-        },
-        "WorkflowDetails": {
-            "allOf": [
-                _ref("Workflow"),
-                {
-                    "type": "object",
-                    "properties": {
-                        "history": {"type": "array", "items": _ref("Event")},
-                        "activities": rows,
-                        "exceptions": rows,
-                        "children": rows,
-                        "runs": rows,
-                        "signals": rows,
-                    },
-                },
-            ]
-        },
-        "Event": event,
-        "History": {
-            "type": "object",
-            "properties": {"id": {"type": "string"}, "events": {"type": "array", "items": _ref("Event")}},
-        },
-        "StartRequest": {
-            "type": "object",
-            "required": ["type"],
-            "properties": {
-                "type": {"type": "string", "description": "Workflow type name"},
-                "args": {"type": "array", "default": []},
-                "id": {"type": "string", "description": "Workflow id (default: a new UUID)"},
-                "if_running": {"type": "string", "enum": ["use_existing", "fail", "terminate"], "default": "use_existing"},
-                "if_closed": {"type": "string", "enum": ["use_existing", "fail", "allow", "allow_failed"],
-                              "default": "use_existing"},
-                "start_signal": {"type": "string", "description": "Signal-with-start: delivered before the first step"},
-                "start_signal_args": {"type": "array", "default": []},
-                "start_delay": {"type": "number", "minimum": 0, "description": "Seconds before the first step"},
-                "timeout": {"type": "number", "exclusiveMinimum": 0,
-                            "description": "Seconds the whole execution may take; then it ends timed_out"},
-                "search": {"type": "object", "description": "Search attributes: str, number, bool, ISO datetime"},
-                "memo": {"type": "object", "description": "Any JSON object, shown with the workflow"},
-                "priority": {"type": "integer", "minimum": 0, "maximum": 9,
-                             "description": "Activity task priority, 0 first (default 5)"},
-            },
-        },
-        "Started": {
-            "type": "object",
-            "required": ["id"],
-            "properties": {"id": {"type": "string"}, "type": {"type": "string"}},
-        },
-        "CallRequest": {
-            "type": "object",
-            "properties": {
-                "args": {"type": "array", "default": []},
-                "timeout": {
-                    "type": "number",
-                    "exclusiveMinimum": 0,
-                    "default": 10,
-                    "description": "Seconds (queries and updates)",
-                },
-            },
-        },
-        "CallResult": {
-            "type": "object",
-            "required": ["id", "result"],
-            "properties": {"id": {"type": "string"}, "result": {}},
-        },
-        "Accepted": {
-            "type": "object",
-            "required": ["id"],
-            "properties": {
-                "id": {"type": "string"},
-                "signal": {"type": "string"},
-                "requested": {"type": "string"},
-            },
-        },
-    }

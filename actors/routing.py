@@ -6,6 +6,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
+from fastapi.routing import APIRoute
 from starlette.routing import Match, Route
 
 
@@ -30,6 +31,26 @@ class IdRoute(Route):
     def __init__(self, template: str, endpoint: Callable[..., Any], methods: list[str]) -> None:
         super().__init__(template.replace("{id}", "{id:path}", 1), endpoint, methods=methods)
         self.path = template
+
+    def matches(self, scope: Any) -> tuple[Match, Any]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        match, child = super().matches({**scope, "path": route_path(scope), "root_path": ""})
+        if match != Match.NONE:
+            child["path_params"] = {k: unquote(v) for k, v in child["path_params"].items()}
+        return match, child
+
+
+class IdAPIRoute(APIRoute):
+    """:class:`IdRoute` for the typed (FastAPI) routes: ``{id}`` may hold any character, ``/`` included.
+
+    ``path`` keeps the documented template (``/workflows/{id}/history``), as for ``IdRoute``; FastAPI
+    documents ``path_format``, which is the same template.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path.replace("{id}", "{id:path}", 1), endpoint, **kwargs)
+        self.path = path
 
     def matches(self, scope: Any) -> tuple[Match, Any]:
         if scope["type"] != "http":

@@ -142,23 +142,3 @@ def _event(value: Any, event_id: int | None = None, kind: str | None = None) -> 
 def routes(client: Client) -> list:
     """The stream route over ``client`` (register it before the ``/workflows/{id}`` catch-all)."""
     return [IdRoute("/workflows/{id}/stream", _StreamEndpoint(client).handle, methods=["GET"])]
-
-
-
-def openapi_paths(op: Any, ref_errors: Any, path_param: Any) -> dict:
-    """The OpenAPI entry of the route (http.py's helpers passed in, so the document stays one style)."""
-    sse = {"description": "Server-Sent Events: `id:` the position, `data:` the item as JSON; then `event: end` "
-                          "(data: the final status) or `event: timeout`",
-           "content": {"text/event-stream": {"schema": {"type": "string"}}}}
-    params = [
-        path_param("id", "Workflow id"),
-        {"name": "after", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
-         "description": "Start after this position (Last-Event-ID, when sent, wins)"},
-        {"name": "timeout", "in": "query", "required": False, "schema": {"type": "number", "exclusiveMinimum": 0},
-         "description": "End with `event: timeout` after this many seconds if the workflow has not ended"},
-        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
-         "description": "The last position received (sent by EventSource on reconnect)"},
-    ]
-    return {"/workflows/{id}/stream": {"get": op(
-        "streamWorkflow", "The items the workflow streams, live (Server-Sent Events, resumable)",
-        {"200": sse, **ref_errors(400, 404, 503)}, params, tags=["workflows"])}}

@@ -663,3 +663,294 @@ def test_the_compose_example_publishes_the_api_only_with_tokens() -> None:
     assert "0.0.0.0" in server_service["command"] and server_service["ports"]
     assert server_service["environment"]["METAMORPH_API_TOKENS"].startswith("${METAMORPH_API_TOKENS:?")
     assert _parser().parse_args(["serve"]).host == "127.0.0.1"  # loopback unless --host says otherwise
+
+
+# -- the typed API: generated document, validation, §6–§11 ----------------------------------------------
+def test_openapi_is_generated_from_the_typed_models() -> None:
+    """No hand-written document: FastAPI generates it from the models; errors are ErrorBody, never 422."""
+    assert not hasattr(http, "_schemas") and not hasattr(http, "_op")
+    doc = openapi_document()
+    validate(doc)
+    schemas = doc["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            assert "422" not in op["responses"], (path, method)
+            for code, response in op["responses"].items():
+                if code[0] in "45":
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, method, code)
+            if path.startswith(("/workflows", "/schedules", "/replay")):
+                assert {"apiToken": []} in op["security"] and "401" in op["responses"], (path, method)
+    options = set(schemas["StartRequest"]["properties"])
+    assert {"if_running", "if_closed", "start_signal", "start_signal_args", "start_delay", "timeout", "search",
+            "memo", "priority"} <= options
+    assert "timed_out" in schemas["Status"]["enum"]  # the hand-written enum had forgotten it
+    assert "force" in schemas["RetryRequest"]["properties"]
+    acting = doc["paths"]["/workflows/{id}/terminate"]["post"]["responses"]
+    reading = doc["paths"]["/workflows/{id}/query/{name}"]["post"]["responses"]
+    assert "403" in acting and "403" not in reading  # a query is a read, though it is a POST
+
+
+def test_bad_requests_are_400_naming_the_field(api: TestClient) -> None:
+    for body, field in (
+        ({"type": "x", "if_runing": "fail"}, "if_runing"),  # a typo is refused, not ignored
+        ({"type": "x", "priority": 10}, "priority"),
+        ({"type": "x", "priority": True}, "priority"),
+        ({"type": "x", "start_delay": "5"}, "start_delay"),
+        ({"type": "x", "if_closed": "sometimes"}, "if_closed"),
+        ({"type": "x", "search": {"k": [1]}}, "search"),
+        ({"type": "x", "memo": []}, "memo"),
+        ({"type": ""}, "type"),
+    ):
+        r = api.post("/workflows", json=body)
+        assert r.status_code == 400 and error_of(r) == "BadRequest" and field in r.json()["message"], (body, r.text)
+    r = api.post("/workflows", content=b'{"type": "x"}', headers={"content-type": "text/plain"})
+    assert r.status_code == 400 and "Content-Type: application/json" in r.json()["message"]
+    r = api.post("/workflows/x/reset", json={"seq": "3"})
+    assert r.status_code == 400 and "seq" in r.json()["message"]
+    r = api.post("/workflows/x/reset", json={})
+    assert r.status_code == 400 and '"seq" is required' in r.json()["message"]
+    for params in ({"started_after": "yesterday"}, {"cursor": "not-a-cursor"}, {"cursor": "x", "offset": 2},
+                   {"search": "noop"}):
+        r = api.get("/workflows", params=params)
+        assert r.status_code == 400 and error_of(r) == "BadRequest", (params, r.text)
+    r = api.post("/workflows/batch", json={"action": "explode"})
+    assert r.status_code == 400 and "action" in r.json()["message"]
+
+
+def test_start_options_list_filters_cursor_count_and_batch(api: TestClient) -> None:
+    tag = uuid.uuid4().hex[:8]
+    wid, other = f"opt-{tag}", f"opt2-{tag}"
+    body = {"type": "http.Order", "args": ["O-1", 5], "id": wid, "if_running": "fail", "if_closed": "allow",
+            "start_signal": "approve", "start_signal_args": ["early"], "start_delay": 0, "timeout": 120,
+            "search": {"customer": f"c-{tag}", "amount": 250}, "memo": {"note": "<b>memo</b>"}, "priority": 1}
+    r = api.post("/workflows", json=body)
+    assert r.status_code == 201 and r.json()["id"] == wid, r.text
+    done = wait_status(api, wid, "completed")  # the start signal approved it before its first step
+    assert done["output"]["approved_by"] == "early"
+    assert done["search"]["customer"] == f"c-{tag}" and done["memo"] == {"note": "<b>memo</b>"}
+    r = api.post("/workflows", json={**body, "if_closed": "fail"})
+    assert (r.status_code, error_of(r)) == (409, "WorkflowAlreadyStarted")
+    api.post("/workflows", json={"type": "http.Order", "args": ["O-2"], "id": other,
+                                 "search": {"customer": f"c-{tag}", "amount": 50}})
+    wait_status(api, other, "waiting")
+    mine = ("search", f"customer=c-{tag}")
+    page = api.get("/workflows", params=[mine, ("search", "amount>100")]).json()
+    assert [w["id"] for w in page["workflows"]] == [wid]
+    assert api.get("/workflows/count", params=[mine]).json() == {"count": 2}
+    first = api.get("/workflows", params=[mine, ("limit", 1)]).json()
+    second = api.get("/workflows", params=[mine, ("limit", 1), ("cursor", first["next_cursor"])]).json()
+    assert {w["id"] for w in first["workflows"] + second["workflows"]} == {wid, other}
+    assert first["next_cursor"] and second["next_cursor"] is None
+    future = "2999-01-01T00:00:00+00:00"
+    assert api.get("/workflows/count", params=[mine, ("started_after", future)]).json() == {"count": 0}
+    assert api.get("/workflows/count", params=[mine, ("started_before", future)]).json() == {"count": 2}
+    assert api.get("/workflows/count", params=[mine, ("status", "waiting")]).json() == {"count": 1}
+    r = api.post("/workflows/batch", json={"action": "terminate", "search": {"customer": f"c-{tag}"}, "reason": "batch"})
+    assert r.json() == {"action": "terminate", "count": 1}  # the completed one is not acted on
+    assert wait_status(api, other, "terminated")["error_message"] == "batch"
+
+
+def test_update_with_start(api: TestClient) -> None:
+    wid = f"uws/{uuid.uuid4().hex[:8]}"
+    body = {"type": "http.Order", "args": ["U-1"], "id": wid, "update": "note", "update_args": ["hi"]}
+    r = api.post("/workflows/update-with-start", json=body)
+    assert (r.status_code, r.json()) == (200, {"id": wid, "result": 1}), r.text
+    assert r.headers["location"] == "/workflows/" + quote(wid, safe="")
+    r = api.post("/workflows/update-with-start", json={**body, "update_args": ["again"]})  # the open run
+    assert r.json() == {"id": wid, "result": 2}
+    r = api.post("/workflows/update-with-start", json={**body, "if_running": "fail"})
+    assert (r.status_code, error_of(r)) == (409, "WorkflowAlreadyStarted")
+    for bad in ({k: v for k, v in body.items() if k != "update"}, {k: v for k, v in body.items() if k != "id"},
+                {**body, "timeout": 5}):
+        r = api.post("/workflows/update-with-start", json=bad)
+        assert r.status_code == 400 and error_of(r) == "BadRequest"
+    api.post(f"/workflows/{quote(wid, safe='')}/terminate", json={"reason": "done"})
+
+
+def test_retry_passes_force_only_to_a_client_that_supports_it(api: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors import client as client_module
+
+    seen: list[tuple[str, Any]] = []
+
+    def with_force(self: Any, force: bool = False) -> None:
+        seen.append((self.id, force))
+
+    monkeypatch.setattr(client_module.WorkflowHandle, "retry", with_force)
+    r = api.post("/workflows/saga%2F1/retry", json={"force": True})
+    assert (r.status_code, r.json()) == (202, {"id": "saga/1", "requested": "retry"})
+    assert api.post("/workflows/saga%2F1/retry").status_code == 202
+    assert seen == [("saga/1", True), ("saga/1", False)]
+
+    def without_force(self: Any) -> None:
+        seen.append((self.id, None))
+
+    monkeypatch.setattr(client_module.WorkflowHandle, "retry", without_force)
+    r = api.post("/workflows/saga/retry", json={"force": True})
+    assert r.status_code == 400 and "force" in r.json()["message"]
+    assert api.post("/workflows/saga/retry", json={"force": "yes"}).status_code == 400
+    assert api.post("/workflows/saga/retry", json={"force": False}).status_code == 202
+    assert seen[-1] == ("saga", None)
+
+
+def test_replay_of_a_stored_history_reports_nondeterminism(api: TestClient) -> None:
+    wid = api.post("/workflows", json={"type": "http.Order", "args": ["R-1"]}).json()["id"]
+    wait_status(api, wid, "waiting")
+    api.post(f"/workflows/{wid}/signal/approve", json={"args": ["replayer"]})
+    wait_status(api, wid, "completed")
+    events = api.get(f"/workflows/{wid}/history").json()["events"]
+    for body in (events, {"events": events}):
+        r = api.post("/replay", json=body)
+        assert r.status_code == 200, r.text
+        report = r.json()
+        assert report["deterministic"] is True and report["status"] == "completed", report
+        assert (report["workflow_id"], report["workflow_type"], report["events"]) == (wid, "http.Order", len(events))
+    stored = api.get(f"/workflows/{quote(wid, safe='')}/replay").json()  # the stored history, server-side
+    assert stored["deterministic"] is True and stored["events"] == len(events), stored
+    # The same history replayed as another type's code: it schedules http.explode where http.charge was recorded.
+    changed = [{**e, "workflow_type": "http.Fails"} if e["type"] == "WorkflowStarted" else e for e in events]
+    report = api.post("/replay", json=changed).json()
+    assert report["deterministic"] is False and report["status"] is None, report
+    finding = report["nondeterminism"]
+    assert isinstance(finding["seq"], int) and "http.charge" in str(finding["recorded"]) + finding["message"]
+    unknown = [{**e, "workflow_type": "no.such.Type"} if e["type"] == "WorkflowStarted" else e for e in events]
+    r = api.post("/replay", json=unknown)
+    assert (r.status_code, error_of(r)) == (404, "UnknownWorkflowType")
+    for bad in ([], {"events": "x"}, [{"seq": 1}], "text"):
+        r = api.post("/replay", json=bad)
+        assert r.status_code == 400 and error_of(r) == "BadRequest", (bad, r.text)
+
+
+def test_raw_starlette_routes_are_documented_and_guarded(client: Client) -> None:
+    """The slot for GET /workflows/{id}/stream (a raw Starlette endpoint, text/event-stream)."""
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from actors.routing import IdRoute
+
+    async def stream(request: Any) -> Response:
+        return Response(f"data: {json.dumps(request.path_params['id'])}\n\n", media_type="text/event-stream")
+
+    app = create_app(client, webhook_auth="none", api_tokens=API_TOKENS,
+                     raw_routes=[IdRoute("/workflows/{id}/stream", stream, methods=["GET"])])
+    doc = app.openapi()
+    validate(doc)
+    op = doc["paths"]["/workflows/{id}/stream"]["get"]
+    assert "text/event-stream" in op["responses"]["200"]["content"] and "401" in op["responses"]
+    served = openapi_document()["paths"]["/workflows/{id}/stream"]["get"]  # the real SSE route (stream_http)
+    assert "text/event-stream" in served["responses"]["200"]["content"] and "400" in served["responses"]
+    with TestClient(app) as tc:
+        r = tc.get("/workflows/a%2Fb%2Fstream/stream", headers={"Authorization": f"Bearer {RO}"})
+        assert r.status_code == 200 and r.text == 'data: "a/b/stream"\n\n'  # before "/workflows/{id}"
+        assert tc.get("/workflows/a/stream").status_code == 401
+    with pytest.raises(RuntimeError, match="not documented"):
+        create_app(client, webhook_auth="none", raw_routes=[Route("/workflows/x/other", stream, methods=["GET"])])
+
+
+def test_one_error_table_for_http_and_cli() -> None:
+    """A status the API answers and the exit status the CLI gives come from the same row."""
+    from actors.cli import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREACHABLE, _classify
+    from actors.errors import NotRetryable, WorkflowNotFound, WorkflowNotRunning, classify
+
+    for exc, status, code in (
+        (WorkflowNotFound("w"), 404, EXIT_NOT_FOUND),
+        (WorkflowNotRunning("w", "completed"), 409, EXIT_REFUSED),
+        (NotRetryable("not failed"), 409, EXIT_REFUSED),
+        (ConnectionError("down"), 503, EXIT_UNREACHABLE),
+    ):
+        assert (classify(exc).status, classify(exc).exit_code, _classify(exc)[0]) == (status, code, code)
+
+
+def test_schedules_over_http(client: Client) -> None:
+    rw, ro = {"Authorization": f"Bearer {RW}"}, {"Authorization": f"Bearer {RO}"}
+    sid = f"sched-{uuid.uuid4().hex[:8]}"
+    body = {"id": sid, "type": "http.Order", "args": ["S"], "every": 3600, "paused": True}
+    with TestClient(create_app(client, webhook_auth="none", api_tokens=API_TOKENS), raise_server_exceptions=False) as tc:
+        assert tc.post("/schedules", json=body, headers=ro).status_code == 403
+        r = tc.post("/schedules", json=body, headers=rw)
+        assert r.status_code == 201, r.text
+        info = r.json()
+        assert info["id"] == sid and info["paused"] is True and len(info["next_runs"]) == 5
+        assert tc.get(f"/schedules/{sid}", headers=ro).json()["spec"]["every"] == 3600
+        assert sid in [s["id"] for s in tc.get("/schedules", headers=ro).json()["schedules"]]
+        r = tc.post(f"/schedules/{sid}/resume", headers=rw)
+        assert r.json() == {"id": sid, "action": "resume", "result": None}
+        assert tc.get(f"/schedules/{sid}", headers=ro).json()["paused"] is False
+        r = tc.post(f"/schedules/{sid}/trigger", headers=rw)
+        assert r.status_code == 200 and r.json()["result"].startswith(f"{sid}@"), r.text
+        r = tc.post(f"/schedules/{sid}/backfill", json={"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T02:30:00Z"},
+                    headers=rw)
+        assert r.status_code == 200 and r.json()["result"] in (2, 3), r.text  # hourly times in 2.5 h
+        r = tc.post(f"/schedules/{sid}/pause", json={"note": "maintenance"}, headers=rw)
+        assert r.status_code == 200 and tc.get(f"/schedules/{sid}", headers=ro).json()["paused"] is True
+        assert tc.post(f"/schedules/{sid}/pause", json={}, headers=ro).status_code == 403
+        for bad in ({**body, "cron": "0 2 * * *"}, {**body, "colour": "red"}, {**body, "every": 0.5},
+                    {**body, "overlap": "sometimes"}):
+            r = tc.post("/schedules", json=bad, headers=rw)
+            assert r.status_code == 400 and error_of(r) == "BadRequest", (bad, r.text)
+        r = tc.post(f"/schedules/{sid}/backfill", json={"start": "soon"}, headers=rw)
+        assert r.status_code == 400 and error_of(r) == "BadRequest"
+        r = tc.delete(f"/schedules/{sid}", headers=rw)
+        assert r.json() == {"id": sid, "action": "delete", "result": True}
+        deadline = time.monotonic() + 20  # the list reads the projection, which follows the delete shortly
+        while sid in [s["id"] for s in tc.get("/schedules", headers=ro).json()["schedules"]]:
+            assert time.monotonic() < deadline, "a deleted schedule is still listed"
+            time.sleep(0.2)
+
+
+# -- last: property-based calls of every documented operation (they start, signal and batch-terminate at random)
+SCHEMATHESIS_EXAMPLES = 4  # per operation; ~35 operations keep the test well under a minute
+
+
+def test_schemathesis_exercises_every_route_against_a_live_server(client: Client) -> None:
+    """Every operation of the generated document, called on a real uvicorn with a token: no 5xx, only
+    documented statuses, bodies and content types that conform to the document."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from schemathesis.checks import (
+        content_type_conformance,
+        not_a_server_error,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    sock = bind("127.0.0.1", 0)
+    srv = server(create_app(client, webhook_auth="none", api_tokens=API_TOKENS), sock)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        deadline = time.monotonic() + 10
+        while not srv.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        schema = schemathesis.openapi.from_url(url + "/openapi.json")
+        operations = [result.ok() for result in schema.get_all_operations()]
+        paths = httpx.get(url + "/openapi.json").json()["paths"]
+        documented = {f"{method.upper()} {path}" for path, ops in paths.items() for method in ops}
+        # Every operation but the document itself (schemathesis skips it: loading the schema was that call).
+        assert {op.label for op in operations} == documented - {"GET /openapi.json"} and len(documented) >= 30
+        auth = {"Authorization": f"Bearer {RW}"}
+        failures: list[str] = []
+        began = time.monotonic()
+        for operation in operations:
+
+            @settings(max_examples=SCHEMATHESIS_EXAMPLES, deadline=None, database=None, derandomize=True,
+                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy())
+            def call(case: Any) -> None:
+                if isinstance(case.body, dict) and "/{name}" in case.path:
+                    case.body["timeout"] = 1  # a query of a workflow no node runs waits for its timeout
+                case.call_and_validate(base_url=url, headers=auth, checks=checks)
+
+            try:
+                call()
+            except Exception as exc:  # collect them all: one report names every failing operation
+                failures.append(f"{operation.label}: {str(exc)[:1500]}")
+        assert not failures, "\n\n".join(failures)
+        assert time.monotonic() - began < 90
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()
