@@ -299,6 +299,7 @@ def error_table() -> list[tuple[type[BaseException], ErrorKind]]:
         (WorkflowNotRunning, ErrorKind(409, "WorkflowNotRunning", EXIT_REFUSED)),
         (WorkflowAlreadyStarted, ErrorKind(409, "WorkflowAlreadyStarted", EXIT_REFUSED)),
         (NotRetryable, ErrorKind(409, "NotRetryable", EXIT_REFUSED)),
+        (AlreadyCompensated, ErrorKind(409, "AlreadyCompensated", EXIT_REFUSED)),  # before ValueError: a subclass
         (PayloadTooLargeError, ErrorKind(413, "PayloadTooLarge", EXIT_USAGE)),
         (PayloadError, ErrorKind(400, "BadRequest", EXIT_USAGE)),  # arguments the converter refuses
         (TopicMismatchError, ErrorKind(503, "Unavailable", EXIT_USAGE)),
