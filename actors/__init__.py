@@ -26,6 +26,8 @@ from .errors import (
     WorkflowTimedOut,
 )
 
+from .typed import PayloadTypeError
+
 _asyncio_compat.install()
 
 
@@ -55,7 +57,7 @@ __all__ = [
     "ActivityCancelled", "ActivityFailed", "ActivityInfo", "ActivityOptions", "AsyncClient", "AsyncScheduleHandle",
     "AsyncWorkflowHandle",
     "ChildWorkflowFailed", "Client",
-    "NonRetryableError", "NondeterminismError", "PayloadTooLarge", "QueryFailed", "ScheduleHandle",
+    "NonRetryableError", "NondeterminismError", "PayloadTooLarge", "PayloadTypeError", "QueryFailed", "ScheduleHandle",
     "VersionNotSupported", "Workflow",
     "WorkflowAlreadyStarted", "WorkflowCancelled", "WorkflowError", "WorkflowFailed", "WorkflowHandle",
     "WorkflowNotFound", "WorkflowNotRunning", "WorkflowSummary", "WorkflowTerminated", "WorkflowTimedOut", "activity",

@@ -252,7 +252,7 @@ class AsyncClient:
                 if isinstance(exc, ConnectionError):
                     self._pg_unanswered_until = time.monotonic() + _c._CHECK_BACKOFF
                 log.warning("could not record %s as pending: %s", workflow_id, exc)
-        return AsyncWorkflowHandle(self, workflow_id, run_id), update_reply
+        return AsyncWorkflowHandle(self, workflow_id, run_id, _c.result_type_of(wf)), update_reply
 
     async def update_with_start(
         self, wf: type | str, *args: Any, id: str, update: str, update_args: Any = (),  # noqa: A002
@@ -271,8 +271,9 @@ class AsyncClient:
         assert reply is not None
         return handle, _c._reply_value(id, "UpdateWorkflow", update, reply)
 
-    def get(self, id: str) -> AsyncWorkflowHandle:  # noqa: A002
-        return AsyncWorkflowHandle(self, id)
+    def get(self, id: str, *, result_type: Any = None) -> AsyncWorkflowHandle:  # noqa: A002
+        """A handle by id; ``result_type`` converts ``result()`` (typed payloads, e.g. a dataclass)."""
+        return AsyncWorkflowHandle(self, id, result_type=result_type)
 
     async def list(
         self, status: str | None = None, type: str | None = None, limit: int = 100, *,  # noqa: A002
@@ -384,9 +385,12 @@ class AsyncClient:
 class AsyncWorkflowHandle:
     """``WorkflowHandle`` for the ``AsyncClient``: the same methods, awaitable; follows continue-as-new."""
 
-    def __init__(self, client: AsyncClient, workflow_id: str, run_id: str | None = None) -> None:
+    def __init__(self, client: AsyncClient, workflow_id: str, run_id: str | None = None, result_type: Any = None) -> None:
         self._client = client
         self.id = workflow_id
+        #: What ``result()`` converts the output to (typed payloads): the started class's ``execute`` return
+        #: annotation, or ``result_type=``; None returns the JSON value as it is.
+        self.result_type = result_type
         self.run_id = run_id
         self._run_seen = run_id is None
 
@@ -423,7 +427,7 @@ class AsyncWorkflowHandle:
         row = await self.describe()
         return row.get("output") if row["status"] == "completed" else None
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: float | None = None, *, result_type: Any = None) -> Any:
         """Wait for the end on the client's one async LISTEN connection and return the output or raise
         (``WorkflowFailed``, ``WorkflowCancelled``, ``WorkflowTerminated``, ``WorkflowTimedOut``, ``TimeoutError``)."""
         started = time.monotonic()
@@ -441,7 +445,7 @@ class AsyncWorkflowHandle:
                     continue
                 status = row["status"]
                 if status in _c.TERMINAL:
-                    return _c._outcome(self.id, row)
+                    return _c.typed_output(self.id, _c._outcome(self.id, row), result_type or self.result_type)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"workflow {self.id} is still {status} after {timeout}s")

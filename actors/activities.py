@@ -34,6 +34,7 @@ from eventstore.deadletter import DeadLetters
 from eventstore.log import MAX_RECORD_BYTES, producer
 from eventstore.topics import Topics, leave_group, partition_for
 
+from . import typed
 from .definitions import ActivityDefinition, QueueLimits, activities, check_arguments, queue_limits, share
 from .errors import ActivityCancelled, NonRetryableError
 from .instance import utcnow
@@ -150,6 +151,8 @@ def _arguments(definition: ActivityDefinition, task: dict) -> tuple[list[Any], d
     kwargs = payloads.decode(task.get("kwargs") or b"{}") or {}
     try:
         check_arguments(definition.fn, args, kwargs)
+        # Typed payloads: parameters annotated with dataclasses/Pydantic models get those types.
+        args, kwargs = typed.convert_arguments(definition.fn, args, kwargs)
     except TypeError as exc:
         raise _BadArguments(str(exc)) from None
     return args, kwargs

@@ -26,6 +26,7 @@ from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
 
 from . import search as _search
+from . import typed
 from .definitions import check_priority, seconds, workflow_type_name
 from .errors import (
     PayloadTooLarge,
@@ -346,7 +347,7 @@ class Client:
                 if isinstance(exc, ConnectionError):
                     self._pg_unanswered_until = time.monotonic() + _CHECK_BACKOFF
                 log.warning("could not record %s as pending: %s", workflow_id, exc)
-        return WorkflowHandle(self, workflow_id, run_id), update_reply
+        return WorkflowHandle(self, workflow_id, run_id, result_type_of(wf)), update_reply
 
     def update_with_start(
         self,
@@ -372,8 +373,9 @@ class Client:
         assert reply is not None
         return handle, _reply_value(id, "UpdateWorkflow", update, reply)
 
-    def get(self, id: str) -> WorkflowHandle:  # noqa: A002
-        return WorkflowHandle(self, id)
+    def get(self, id: str, *, result_type: Any = None) -> WorkflowHandle:  # noqa: A002
+        """A handle by id; ``result_type`` converts ``result()`` (typed payloads, e.g. a dataclass)."""
+        return WorkflowHandle(self, id, result_type=result_type)
 
     # -- schedules (API.md §8; the logic lives in schedules.py) -------------------------------------------
     def schedule(
@@ -518,9 +520,12 @@ class WorkflowHandle:
     ``result()`` of a replaced or re-run id waits for the new run rather than answering with the old one.
     """
 
-    def __init__(self, client: Client, workflow_id: str, run_id: str | None = None) -> None:
+    def __init__(self, client: Client, workflow_id: str, run_id: str | None = None, result_type: Any = None) -> None:
         self._client = client
         self.id = workflow_id
+        #: What ``result()`` converts the output to (typed payloads): the started class's ``execute`` return
+        #: annotation, or ``result_type=``; None returns the JSON value as it is.
+        self.result_type = result_type
         self.run_id = run_id
         self._run_seen = run_id is None
 
@@ -557,7 +562,7 @@ class WorkflowHandle:
         row = self.describe()
         return row.get("output") if row["status"] == "completed" else None
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None, *, result_type: Any = None) -> Any:
         """Wait for the end (any run of the continue-as-new chain) and return the output or raise.
 
         Waits on the projector's NOTIFY through the client's one shared LISTEN connection, so a thousand
@@ -579,7 +584,7 @@ class WorkflowHandle:
                     continue
                 status = row["status"]
                 if status in TERMINAL:
-                    return _outcome(self.id, row)
+                    return typed_output(self.id, _outcome(self.id, row), result_type or self.result_type)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"workflow {self.id} is still {status} after {timeout}s")
@@ -712,6 +717,15 @@ def _pending_row(workflow_id: str, type_name: str, at: datetime) -> dict:
         "parent_run_id": None, "continued_from": None, "created_at": at, "updated_at": at, "started_at": None,
         "closed_at": None,
     }
+
+
+def result_type_of(wf: type | str) -> Any:
+    """The type ``handle.result()`` converts to for a start of ``wf`` (its ``execute`` return annotation)."""
+    return typed.return_type(wf.execute) if isinstance(wf, type) else None
+
+
+def typed_output(workflow_id: str, value: Any, result_type: Any) -> Any:
+    return typed.convert(value, result_type, f"result of workflow {workflow_id}") if result_type is not None else value
 
 
 def _outcome(workflow_id: str, row: dict) -> Any:

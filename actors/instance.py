@@ -20,6 +20,7 @@ from typing import Any
 from eventstore import payloads
 from eventstore.statuses import BY_TERMINAL_EVENT, UNSUCCESSFUL
 
+from . import typed
 from .definitions import check_arguments, handler_for, workflow_class
 from .replay import TERMINAL, WorkflowRun
 
@@ -444,6 +445,7 @@ class WorkflowInstance:
             if not isinstance(args, list):
                 raise TypeError(f"workflow arguments must be a JSON list, got {type(args).__name__}")
             check_arguments(cls.execute, [None, *args])
+            typed.convert_arguments(cls.execute, args, skip=1)  # a field that does not fit fails the start, named
         except LookupError as exc:
             # A rolling deploy: this node's code does not have the type (yet). Not the workflow's fault, so
             # not a failure: it waits `blocked`, and the node that owns it with the type runs it (the node
@@ -492,6 +494,7 @@ class WorkflowInstance:
             raise LookupError(f"workflow type {self.workflow_type} has no {kind} named {name!r}")
         args = payloads.decode(input_) or []
         check_arguments(getattr(self.run.cls, method), [None, *args])
+        typed.convert_arguments(getattr(self.run.cls, method), args, skip=1)  # rejected (named field) if it does not fit
         return method
 
     def _cmd_SignalWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
