@@ -25,7 +25,6 @@ from .errors import (
     WorkflowTerminated,
     WorkflowTimedOut,
 )
-
 from .typed import PayloadTypeError
 
 _asyncio_compat.install()

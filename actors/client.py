@@ -26,8 +26,8 @@ from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
 
 from . import search as _search
-from . import typed
-from .definitions import check_priority, seconds, workflow_type_name
+from . import tracing, typed
+from .definitions import check_priority, seconds, workflow_class, workflow_type_name
 from .errors import (
     PayloadTooLarge,
     QueryFailed,
@@ -96,6 +96,7 @@ class Client:
         self.postgres = postgres or os.environ.get("METAMORPH_POSTGRES")
         self.namespace = namespace or os.environ.get("METAMORPH_NAMESPACE") or "default"
         self.topics = Topics(self.namespace)
+        tracing.configure_from_env()
         self._producer: Any = None
         self._partitions: int | None = None
         self._pg_pool: Any = None
@@ -130,7 +131,8 @@ class Client:
         kafka_producer = self._kafka()
         value = command_record(kind, workflow_id, command_id, **body)
         future = kafka_producer.send(
-            self.topics.commands, key=workflow_id.encode(), value=value, partition=partition_for(workflow_id, self._partitions or 1)
+            self.topics.commands, key=workflow_id.encode(), value=value, partition=partition_for(workflow_id, self._partitions or 1),
+            headers=tracing.outgoing_headers(),  # the trace context of the start/signal span (actors.tracing)
         )
         try:
             # Wait for this record's acknowledgement only (acks=all): concurrent callers share the
@@ -282,6 +284,10 @@ class Client:
         are recorded in WorkflowStarted.
         """
         options = _start_options(if_running, if_closed, start_signal, start_signal_args, start_delay, timeout, priority)
+        if tracing.enabled():
+            with tracing.span(f"metamorph.start {workflow_type_name(wf)}", kind="producer",
+                              attributes={"metamorph.workflow.type": workflow_type_name(wf), "metamorph.workflow.id": id}):
+                return self._start(wf, args, id, options, decision_timeout, attributes=_attributes(search, memo))[0]
         return self._start(wf, args, id, options, decision_timeout, attributes=_attributes(search, memo))[0]
 
     def _start(
@@ -596,7 +602,8 @@ class WorkflowHandle:
         """Send a signal; WorkflowNotRunning if the workflow has ended (nothing would handle it)."""
         data = self._client._payload(f"arguments of signal {name!r}", args)
         self._client._check_running(self.id, f"signal {name!r}")
-        self._client._send("SignalWorkflow", self.id, name=name, input=data)
+        with tracing.span(f"metamorph.signal {name}", kind="producer", attributes={"metamorph.workflow.id": self.id}):
+            self._client._send("SignalWorkflow", self.id, name=name, input=data)
 
     def query(self, name: str, *args: Any, timeout: float = 10) -> Any:
         return self._client._request("QueryWorkflow", self.id, name, args, timeout)
@@ -721,7 +728,7 @@ def _pending_row(workflow_id: str, type_name: str, at: datetime) -> dict:
 
 def result_type_of(wf: type | str) -> Any:
     """The type ``handle.result()`` converts to for a start of ``wf`` (its ``execute`` return annotation)."""
-    return typed.return_type(wf.execute) if isinstance(wf, type) else None
+    return typed.return_type(workflow_class(wf).execute) if isinstance(wf, type) else None
 
 
 def typed_output(workflow_id: str, value: Any, result_type: Any) -> Any:

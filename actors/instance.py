@@ -438,6 +438,9 @@ class WorkflowInstance:
             "start_at": ms(at + timedelta(seconds=delay)) if delay > 0 else None,
             "start_signal": None, "start_signal_input": None, "priority": cmd.get("priority"),
             "search": cmd.get("search"), "memo": cmd.get("memo"),
+            # The start's trace context (actors.tracing; from the command's Kafka headers): every later step
+            # of the run, even after a restart on another node, joins this trace.
+            "trace": cmd.get("_trace"),
         }
         rejected_signal = None
         try:
@@ -720,6 +723,7 @@ def continuation_start(workflow_id: str, started: dict, continued: dict, at: dat
         "parent_ref": started.get("parent_ref"),
         "timeout_at": started.get("timeout_at"),  # the execution timeout spans the whole chain
         "priority": started.get("priority"),  # as actors.dispatch's StartWorkflow for a continuation carries it
+        "_trace": started.get("trace"),  # the chain stays in one trace (actors.tracing)
     }
 
 

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from eventstore.log import TYPE_HEADER, EventLog, LogTruncatedError, check_not_t
 from eventstore.store import PartitionStore
 from eventstore.topics import Topics, ensure_topics, leave_group, partition_for
 
+from . import tracing
 from .actor import Result, WorkflowActor
 from .definitions import queue_limits
 from .dispatch import Message, messages_for_history, task_message
@@ -116,6 +117,7 @@ class Node:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> Node:
+        tracing.configure_from_env()
         threading.stack_size(512 * 1024)  # many actor threads; workflow code does not need deep stacks
         counts = ensure_topics(self.kafka, self.namespace, self.requested_partitions, self.queues)
         self.partitions = counts[self.topics.commands]
@@ -329,7 +331,8 @@ class Node:
             started = next((e for e in history if e["type"] == "WorkflowStarted" and e["run_id"] == run), None)
             scheduled = next((e for e in history if e["type"] == "ActivityScheduled" and e["activity_id"] == activity_id and e["run_id"] == run), None)
             if started is not None and scheduled is not None:
-                messages.append(task_message(self.topics, wid, started["workflow_type"], scheduled, attempt, now, started.get("priority")))
+                task = task_message(self.topics, wid, started["workflow_type"], scheduled, attempt, now, started.get("priority"))
+                messages.append(replace(task, headers=tracing.headers_of(started.get("trace"))))
         self._send(messages)
 
     def _release(self, partitions: list[int]) -> None:
@@ -367,6 +370,10 @@ class Node:
                 except codec.DecodeError as exc:
                     self._deadletter(tp.topic, tp.partition, rec.offset, f"undecodable command: {exc}", rec.key, rec.value, "undecodable")
                     continue
+                if rec.headers:  # a traced sender (actors.tracing): the step it causes joins its trace
+                    trace = tracing.carrier_of(rec.headers)
+                    if trace:
+                        command["_trace"] = trace
                 home = partition_for(command["workflow_id"], self.partitions)
                 if home != tp.partition:
                     rerouted.append(self._reroute(tp, rec, home))
@@ -474,13 +481,13 @@ class Node:
         kafka_producer = self._log.kafka_producer
         sent = 0
         for m in messages:
-            if self._worker is not None and m.topic.startswith(self._activity_prefix) and self._worker.try_local(m.value, self._local_outcomes.put):
+            if self._worker is not None and m.topic.startswith(self._activity_prefix) and self._worker.try_local(m.value, self._local_outcomes.put, m.headers):
                 continue  # eager dispatch: our own worker serves this queue and has room
             if self._worker is not None and m.topic == self.topics.cancels:
                 # Our own worker may be running it (eager dispatch): tell it now; others read the topic.
                 c = codec.decode(m.value, "metamorph.ActivityCancel")
                 self._worker.cancel(c["workflow_id"], c["run_id"], c["activity_id"])
-            kafka_producer.send(m.topic, key=m.key.encode(), value=m.value, partition=self._partition(m))
+            kafka_producer.send(m.topic, key=m.key.encode(), value=m.value, partition=self._partition(m), headers=m.headers)
             sent += 1
         if sent:
             kafka_producer.flush()
@@ -641,7 +648,8 @@ def _done(result: Result) -> pykka.Future:
 def _as_message(topics: Topics, command: dict) -> Message:
     body = {k: v for k, v in command.items() if k not in ("type", "command_id", "workflow_id", "at")}
     envelope = ev.command(command["type"], command["workflow_id"], command["command_id"], command["at"], **body)
-    return Message(topics.commands, command["workflow_id"], codec.encode("metamorph.CommandEnvelope", envelope))
+    return Message(topics.commands, command["workflow_id"], codec.encode("metamorph.CommandEnvelope", envelope),
+                   tracing.headers_of(command.get("_trace")))
 
 
 def _count(e: dict, workflow_type: str, started_at: Any = None, workflow_id: str = "?") -> None:

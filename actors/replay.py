@@ -24,10 +24,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventstore import payloads
-
-from . import typed
 from eventstore.statuses import BY_TERMINAL_EVENT
 
+from . import typed
 from .definitions import (
     ActivityOptions,
     Workflow,

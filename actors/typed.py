@@ -128,9 +128,9 @@ def convert(value: Any, tp: Any, what: str) -> Any:
     try:
         return _adapter(tp).validate_python(value)
     except ValidationError as exc:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = ".".join(str(part) for part in first.get("loc", ()))
-        message = first.get("msg", str(exc))
+        errors = exc.errors()
+        loc = ".".join(str(part) for part in errors[0]["loc"]) if errors else ""
+        message = errors[0]["msg"] if errors else str(exc)
         where = f"field {loc!r}" if loc else "value"
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise PayloadTypeError(f"{what}: {where}: {message}{more} (expected {_type_name(tp)})", loc or None) from None
