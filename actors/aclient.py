@@ -42,6 +42,7 @@ from eventstore.topics import partition_for
 
 from . import client as _c
 from . import search as _search
+from . import tracing
 from .definitions import workflow_type_name
 from .errors import WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning
 from .instance import utcnow
@@ -100,7 +101,8 @@ class AsyncClient:
         producer = await self._kafka()
         value = _c.command_record(kind, workflow_id, command_id, **body)
         future = producer.send(self.topics.commands, key=workflow_id.encode(), value=value,
-                               partition=partition_for(workflow_id, self._sync._partitions or 1))
+                               partition=partition_for(workflow_id, self._sync._partitions or 1),
+                               headers=tracing.outgoing_headers())  # the start/signal span's context
         await self._acked(future, f"{kind} command")
 
     async def _pool(self) -> Any:
@@ -199,7 +201,9 @@ class AsyncClient:
     ) -> AsyncWorkflowHandle:
         """``Client.start``: returns once the start command is durably in Kafka (API.md §3, §6)."""
         options = _c._start_options(if_running, if_closed, start_signal, start_signal_args, start_delay, timeout, priority)
-        return (await self._start(wf, args, id, options, decision_timeout, attributes=_c._attributes(search, memo)))[0]
+        with tracing.span(f"metamorph.start {workflow_type_name(wf)}", kind="producer",
+                          attributes={"metamorph.workflow.type": workflow_type_name(wf), "metamorph.workflow.id": id}):
+            return (await self._start(wf, args, id, options, decision_timeout, attributes=_c._attributes(search, memo)))[0]
 
     async def _start(
         self, wf: type | str, args: tuple, id: str | None, options: dict[str, Any], decision_timeout: float,  # noqa: A002
@@ -457,7 +461,8 @@ class AsyncWorkflowHandle:
         """Send a signal; WorkflowNotRunning if the workflow has ended."""
         data = self._client._sync._payload(f"arguments of signal {name!r}", args)
         await self._client._check_running(self.id, f"signal {name!r}")
-        await self._client._send("SignalWorkflow", self.id, name=name, input=data)
+        with tracing.span(f"metamorph.signal {name}", kind="producer", attributes={"metamorph.workflow.id": self.id}):
+            await self._client._send("SignalWorkflow", self.id, name=name, input=data)
 
     async def query(self, name: str, *args: Any, timeout: float = 10) -> Any:
         return await self._client._request("QueryWorkflow", self.id, name, args, timeout)

@@ -9,6 +9,7 @@ OpenTelemetry is not even imported.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -170,6 +171,22 @@ def test_a_traced_signal_is_the_parent_of_its_step_and_linked_to_the_run(exporte
         assert step.parent.span_id == sent.context.span_id
         if sent.context.trace_id != start.context.trace_id:
             assert any(link.context.span_id == start.context.span_id for link in step.links)
+        # The AsyncClient's start and signal carry their context the same way.
+        from actors import AsyncClient
+
+        async def main() -> str:
+            async with AsyncClient(kafka, stack.postgres, stack.namespace) as aclient:
+                ah = await aclient.start(Waits, id="async-1")
+                await ah.signal("go", "z")
+                return await ah.result(timeout=60)
+
+        assert asyncio.run(main()) == "Z"
+        spans = _wait_for(exporter, lambda ss: any(s.attributes.get("metamorph.commands") == "SignalWorkflow" for s in _steps(ss, "async-1")))
+        astart = next(s for s in spans if s.name == "metamorph.start traced.Waits" and s.attributes["metamorph.workflow.id"] == "async-1")
+        asent = next(s for s in spans if s.name == "metamorph.signal go" and s.attributes["metamorph.workflow.id"] == "async-1")
+        asteps = _steps(spans, "async-1")
+        assert asteps[0].parent.span_id == astart.context.span_id
+        assert next(s for s in asteps if s.attributes["metamorph.commands"] == "SignalWorkflow").parent.span_id == asent.context.span_id
 
 
 def _run_without_otel(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
