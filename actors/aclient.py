@@ -32,6 +32,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -68,6 +69,7 @@ class AsyncClient:
         self.postgres = postgres or os.environ.get("METAMORPH_POSTGRES")
         self._pg_pool: Any = None
         self._terminal_listener: _AsyncTerminals | None = None
+        self._stream_listener: _AsyncTerminals | None = None
         self._replies: _c._Replies | None = None
         self._setup = asyncio.Lock()
         self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
@@ -156,6 +158,20 @@ class AsyncClient:
                     await listener.start()
                     self._terminal_listener = listener
         return self._terminal_listener
+
+    async def _streams(self) -> _AsyncTerminals:
+        """The client's one async LISTEN connection for stream readers (the projector's stream channel)."""
+        if self._stream_listener is None:
+            if not self.postgres:
+                raise RuntimeError("stream() reads the projections: pass postgres= or set METAMORPH_POSTGRES")
+            async with self._setup:
+                if self._stream_listener is None:
+                    from projections.db import notify_channel, stream_channel
+
+                    listener = _AsyncTerminals(self.postgres, self.namespace, stream_channel(notify_channel(self.namespace)))
+                    await listener.start()
+                    self._stream_listener = listener
+        return self._stream_listener
 
     async def _request(self, kind: str, workflow_id: str, name: str, args: tuple, timeout: float) -> Any:
         data = self._sync._payload(f"arguments of {kind} {name!r}", args)
@@ -373,6 +389,9 @@ class AsyncClient:
         if self._terminal_listener is not None:
             await self._terminal_listener.close()
             self._terminal_listener = None
+        if self._stream_listener is not None:
+            await self._stream_listener.close()
+            self._stream_listener = None
         if self._pg_pool is not None:
             await self._pg_pool.close()
             self._pg_pool = None
@@ -456,6 +475,28 @@ class AsyncWorkflowHandle:
                 await _event(wake, 5.0 if remaining is None else min(remaining, 5.0))
             finally:
                 terminals.forget(self.id, wake)
+
+    def stream(self, after: int = 0, timeout: float | None = None) -> AsyncIterator[Any]:
+        """``WorkflowHandle.stream`` as an async iterator: ``async for item in handle.stream(after=N)``.
+
+        The same positions, end and ``TimeoutError`` as the sync one; waits on the client's async LISTEN
+        connection, so no thread is held per reader. A bad ``after``/``timeout`` raises ValueError here.
+        """
+        from .streams import check_after, check_timeout
+
+        after, timeout = check_after(after), check_timeout(timeout)
+        return self._stream(after, timeout)
+
+    async def _stream(self, after: int, timeout: float | None) -> AsyncIterator[Any]:
+        from .streams import afollow
+
+        client = self._client
+
+        async def items(wid: str, position: int, limit: int) -> list[dict]:
+            return await client._read("stream_items", wid, position, limit)  # type: ignore[no-any-return]
+
+        async for item in afollow(items, client._require, await client._streams(), self.id, after, timeout):
+            yield item["value"]
 
     async def signal(self, name: str, *args: Any) -> None:
         """Send a signal; WorkflowNotRunning if the workflow has ended."""
@@ -628,8 +669,9 @@ class _AsyncTerminals:
     projector announces its end. Waiters re-read the projection after waking, so a missed notification
     (reconnect) costs a read, never a wrong answer; after a reconnect every waiter is woken."""
 
-    def __init__(self, postgres: str, namespace: str) -> None:
+    def __init__(self, postgres: str, namespace: str, channel: str | None = None) -> None:
         self._postgres, self._namespace = postgres, namespace
+        self._channel = channel  # None: the terminal-workflow channel; streams listen on theirs
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._listening = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -669,7 +711,7 @@ class _AsyncTerminals:
             try:
                 conn = await aread.connect(self._postgres, self._namespace, autocommit=True, connect_timeout=5)
                 async with conn:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(notify_channel(self._namespace))))
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel or notify_channel(self._namespace))))
                     self._listening.set()
                     self._wake(None)
                     delay = 0.1

@@ -32,12 +32,12 @@ from kafka.structs import OffsetAndMetadata
 from eventstore import codec, groups, metrics, payloads
 from eventstore import events as ev
 from eventstore.deadletter import DeadLetters
-from eventstore.log import MAX_RECORD_BYTES, producer
+from eventstore.log import producer
 from eventstore.topics import Topics, leave_group, partition_for
 
 from . import tracing, typed
 from .definitions import ActivityDefinition, QueueLimits, activities, check_arguments, queue_limits, share
-from .errors import ActivityCancelled, NonRetryableError
+from .errors import ActivityCancelled, NonRetryableError, PayloadTooLarge, limited_payload
 from .instance import utcnow
 
 log = logging.getLogger(__name__)
@@ -195,12 +195,12 @@ class _BadArguments(NonRetryableError):
 
 def _succeed(out: _Outcome, value: Any) -> None:
     try:
-        data = payloads.encode(value)
+        data = limited_payload("activity result", value)
+    except PayloadTooLarge as exc:
+        out.error = ("PayloadTooLarge", str(exc), "", True)
+        return
     except payloads.PayloadError as exc:
         out.error = ("PayloadError", str(exc), "", True)
-        return
-    if len(data) > MAX_RECORD_BYTES - 4096:
-        out.error = ("PayloadTooLarge", f"result is {len(data)} bytes; the limit is {MAX_RECORD_BYTES - 4096}", "", True)
         return
     out.ok, out.result = True, data
 

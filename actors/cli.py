@@ -574,6 +574,14 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_stream(args: argparse.Namespace) -> int:
+    """Print the workflow's stream items as JSON lines, live, until it ends (exit 4 on --timeout)."""
+    with _client(args) as client:
+        for item in client.get(args.id).stream(after=args.after, timeout=args.timeout):
+            print(json.dumps(item, ensure_ascii=False, default=str), flush=True)
+    return EXIT_OK
+
+
 def _cmd_exceptions(args: argparse.Namespace) -> int:
     with _client(args) as client:
         entries = client.get(args.id).exceptions()
@@ -1020,6 +1028,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--signal", metavar="NAME", help="signal: the signal name")
     p.add_argument("--arg", action="append", metavar="JSON", help="signal: an argument (repeat)")
     command("history", _cmd_history, "the current run's events (--json: the replayable history `replay` reads)", out).add_argument("id", metavar="ID")
+    p = command("stream", _cmd_stream, "print the items the workflow streams, live, as JSON lines (ends with it)", out)
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--after", type=int, default=0, metavar="N", help="start after position N (resume)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S seconds (exit 4)")
     command(
         "exceptions", _cmd_exceptions, "failed activity attempts and the workflow's failure", out
     ).add_argument("id", metavar="ID")

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,6 @@ from . import search as _search
 from . import tracing, typed
 from .definitions import check_priority, seconds, workflow_class, workflow_type_name
 from .errors import (
-    PayloadTooLarge,
     QueryFailed,
     WorkflowAlreadyStarted,
     WorkflowCancelled,
@@ -38,6 +38,7 @@ from .errors import (
     WorkflowNotRunning,
     WorkflowTerminated,
     WorkflowTimedOut,
+    limited_payload,
 )
 from .instance import IF_CLOSED, IF_RUNNING, utcnow
 
@@ -102,6 +103,7 @@ class Client:
         self._pg_pool: Any = None
         self._replies: _Replies | None = None
         self._terminal_listener: _Terminals | None = None
+        self._stream_listener: _Terminals | None = None
         self._lock = threading.Lock()
         # Ids this client started, with when and as what: the start is durable in Kafka, so until the
         # projector has the row these ids are `pending` (accepted), not unknown. Bounded, oldest dropped.
@@ -149,11 +151,7 @@ class Client:
         anything above ``METAMORPH_MAX_PAYLOAD`` raises ``PayloadTooLarge``. Refused before any send, so a
         bad payload never reaches Kafka to be dead-lettered later.
         """
-        data = payloads.encode(list(args))
-        limit = payloads.max_payload()
-        if len(data) > limit:
-            raise PayloadTooLarge(what, len(data), limit)
-        return data
+        return limited_payload(what, list(args))
 
     def _pool(self) -> Any:
         """A small connection pool, so concurrent callers (threads, the HTTP API) read in parallel."""
@@ -220,6 +218,18 @@ class Client:
                     raise RuntimeError("result() reads the projections: pass postgres= or set METAMORPH_POSTGRES")
                 self._terminal_listener = _Terminals(self.postgres, self.namespace)
             return self._terminal_listener
+
+    def _streams(self) -> _Terminals:
+        """The client's one LISTEN connection for stream readers (the projector's stream channel)."""
+        with self._lock:
+            if self._stream_listener is None:
+                if not self.postgres:
+                    raise RuntimeError("stream() reads the projections: pass postgres= or set METAMORPH_POSTGRES")
+                from projections.db import notify_channel, stream_channel
+
+                self._stream_listener = _Terminals(self.postgres, self.namespace,
+                                                   stream_channel(notify_channel(self.namespace)))
+            return self._stream_listener
 
     def _check_running(self, workflow_id: str, operation: str) -> None:
         """Refuse a command that could do nothing, when the projections can tell at once: an unknown id
@@ -504,6 +514,8 @@ class Client:
             self._replies.close()
         if self._terminal_listener is not None:
             self._terminal_listener.close()
+        if self._stream_listener is not None:
+            self._stream_listener.close()
         if self._producer is not None:
             self._producer.close(timeout=5)
             self._producer = None
@@ -597,6 +609,22 @@ class WorkflowHandle:
                 wake.wait(5.0 if remaining is None else min(remaining, 5.0))
             finally:
                 terminals.forget(self.id, wake)
+
+    def stream(self, after: int = 0, timeout: float | None = None) -> Iterator[Any]:
+        """Yield the items the workflow streams (``workflow.stream``), live, from position ``after`` on.
+
+        Positions count from 1 per workflow id, across continue-as-new: the k-th item yielded has position
+        ``after + k``, so a reader that reconnects passes the last one it saw. Ends when the workflow has
+        ended (not merely continued) and every item was read; ``TimeoutError`` if ``timeout`` seconds pass
+        first; ``WorkflowNotFound`` for an unknown id; ``ValueError`` for a bad ``after`` or ``timeout``.
+        """
+        from .streams import check_after, check_timeout, follow
+
+        after, timeout = check_after(after), check_timeout(timeout)  # now, not at the first next()
+        client = self._client
+        iterator = follow(lambda wid, pos, n: client._read("stream_items", wid, pos, n), client._require,
+                          client._streams(), self.id, after, timeout)
+        return (item["value"] for item in iterator)
 
     def signal(self, name: str, *args: Any) -> None:
         """Send a signal; WorkflowNotRunning if the workflow has ended (nothing would handle it)."""
@@ -692,7 +720,7 @@ def _batch_plan(
             raise ValueError("batch action 'signal' needs signal= (the signal name)")
         if isinstance(args, str | bytes) or not isinstance(args, list | tuple):
             raise ValueError("args must be a list or tuple of the signal's arguments")
-        body: dict[str, Any] = {"name": signal, "input": payloads.encode(list(args))}
+        body: dict[str, Any] = {"name": signal, "input": limited_payload(f"arguments of signal {signal!r}", list(args))}
         kind = "SignalWorkflow"
     elif signal is not None or args:
         raise ValueError(f"signal and args are only for the 'signal' action, not {action!r}")
@@ -790,7 +818,7 @@ def _start_options(
         if isinstance(start_signal_args, str | bytes) or not isinstance(start_signal_args, list | tuple):
             raise ValueError("start_signal_args must be a list or tuple of arguments")
         options["start_signal"] = start_signal
-        options["start_signal_input"] = payloads.encode(list(start_signal_args))
+        options["start_signal_input"] = limited_payload("start_signal_args", list(start_signal_args))
     elif start_signal_args:
         raise ValueError("start_signal_args given without start_signal")
     check_priority(priority)
@@ -937,8 +965,9 @@ class _Terminals:
     continued run) costs at most one extra read, never a wrong answer.
     """
 
-    def __init__(self, postgres: str, namespace: str) -> None:
+    def __init__(self, postgres: str, namespace: str, channel: str | None = None) -> None:
         self._postgres, self._namespace = postgres, namespace
+        self._channel = channel  # None: the terminal-workflow channel; streams listen on theirs
         self._waiters: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -976,7 +1005,7 @@ class _Terminals:
         while not self._stop.is_set():
             try:
                 with connect(self._postgres, self._namespace, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(notify_channel(self._namespace))))
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel or notify_channel(self._namespace))))
                     self._listening.set()
                     self._wake(None)  # anything that ended while we were not listening
                     delay = 0.1

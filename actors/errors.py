@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from eventstore import payloads
 from eventstore.payloads import PayloadTooLargeError
 
 
@@ -172,8 +174,30 @@ class QueryFailed(WorkflowError):
 
 
 class PayloadTooLarge(WorkflowError, PayloadTooLargeError):
-    """Arguments above ``METAMORPH_MAX_PAYLOAD`` (default 2 MiB), refused by the client before any send.
+    """A payload above ``METAMORPH_MAX_PAYLOAD`` (default 2 MiB); see :func:`limited_payload`.
 
-    Also a ``ValueError`` (and ``eventstore.log.PayloadTooLargeError``), so callers that already caught the
-    record-size error keep working.
+    Raised by the client before any send; inside workflow code at the call that produced the payload (so
+    the step fails, or the code catches it); an activity whose result is too large fails (non-retryable)
+    with this error type. Also a ``ValueError`` (and ``eventstore.log.PayloadTooLargeError``), so callers
+    that already caught the record-size error keep working.
     """
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        ValueError.__init__(self, f"PayloadTooLarge: {what} is {size} bytes encoded; the limit is {limit} bytes "
+                                  "(METAMORPH_MAX_PAYLOAD)")
+        self.size = size
+        self.limit = limit
+
+
+def limited_payload(what: str, value: Any) -> bytes:
+    """Encode a user payload and refuse it above ``METAMORPH_MAX_PAYLOAD``: the one check of the limit.
+
+    Why one function: the client, the node (workflow results, activity/child/signal arguments, stream
+    items), activity workers (results) and ``actors.testing.WorkflowEnvironment`` all call it, so what
+    passes in a test passes in production and the error reads the same everywhere.
+    """
+    data = payloads.encode(value)
+    limit = payloads.max_payload()
+    if len(data) > limit:
+        raise PayloadTooLarge(what, len(data), limit)
+    return data

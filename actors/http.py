@@ -48,7 +48,7 @@ from eventstore import metrics
 from eventstore.log import PayloadTooLargeError
 from eventstore.payloads import PayloadError
 
-from . import schedules_http, webhooks
+from . import schedules_http, stream_http, webhooks
 from .errors import QueryFailed, WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning
 from .routing import IdRoute, route_path
 
@@ -304,6 +304,10 @@ def _start_options(body: dict) -> dict[str, Any]:
             if isinstance(body[name], bool) or not isinstance(body[name], int | float):
                 raise BadRequest(f'"{name}" must be a number of seconds')
             options[name] = body[name]
+    if body.get("priority") is not None:
+        if isinstance(body["priority"], bool) or not isinstance(body["priority"], int):
+            raise BadRequest('"priority" must be an integer, 0 (first) to 9')
+        options["priority"] = body["priority"]
     for name in ("search", "memo"):
         if body.get(name) is not None:
             if not isinstance(body[name], dict):
@@ -591,6 +595,7 @@ def create_app(
         Route("/workflows/batch", api.batch, methods=["POST"]),
         # The suffixed routes before the bare one: "{id}" matches "a/b/history" too.
         IdRoute(wid + "/history", api.history, methods=["GET"]),
+        *stream_http.routes(client),  # GET /workflows/{id}/stream (SSE), before the {id} catch-all
         IdRoute(wid + "/signal/{name}", api.signal, methods=["POST"]),
         IdRoute(wid + "/query/{name}", api.query, methods=["POST"]),
         IdRoute(wid + "/update/{name}", api.update, methods=["POST"]),
@@ -908,6 +913,7 @@ def openapi_document() -> dict:
         },
     }
     paths.update(schedules_http.openapi_paths(_op, _json, _errors, _path_param, _body_schema))
+    paths.update(stream_http.openapi_paths(_op, _errors, _path_param))
     for path, ops in paths.items():
         if path.startswith(("/workflows", "/schedules")):
             for method, op in ops.items():
@@ -1084,6 +1090,8 @@ def _schemas() -> dict:
                             "description": "Seconds the whole execution may take; then it ends timed_out"},
                 "search": {"type": "object", "description": "Search attributes: str, number, bool, ISO datetime"},
                 "memo": {"type": "object", "description": "Any JSON object, shown with the workflow"},
+                "priority": {"type": "integer", "minimum": 0, "maximum": 9,
+                             "description": "Activity task priority, 0 first (default 5)"},
             },
         },
         "Started": {

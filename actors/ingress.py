@@ -29,16 +29,24 @@ from typing import Any
 from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata
 
-from eventstore import groups, payloads
+from eventstore import groups
 from eventstore.log import MAX_RECORD_BYTES
 from eventstore.topics import Topics, leave_group, partition_for
 
+from .client import _START_DEFAULTS as START_DEFAULTS
+from .client import _attributes as start_attributes
+from .client import _start_options as client_start_options
 from .client import command_record
+from .errors import limited_payload
 
 log = logging.getLogger(__name__)
 
+#: The start options of ``Client.start`` (API.md §6) a JSON start may carry, with the same names and checks.
+START_OPTIONS = ("if_running", "if_closed", "start_signal", "start_signal_args", "start_delay", "timeout", "search",
+                 "memo", "priority")
 #: The fields each kind of ingress command may have, and which of them are required.
-FIELDS = {"start": ({"type", "id", "args"}, {"type", "id"}), "signal": ({"id", "name", "args"}, {"id", "name"})}
+FIELDS = {"start": ({"type", "id", "args", *START_OPTIONS}, {"type", "id"}),
+          "signal": ({"id", "name", "args"}, {"id", "name"})}
 #: How much of an oversize record the dead letter keeps (the whole would not fit the dead-letter topic).
 _KEEP_OVERSIZE = 64 * 1024
 
@@ -85,17 +93,36 @@ def to_command(key: bytes | None, value: bytes | None, where: str) -> tuple[str,
         raise InvalidIngress(f"record key {bytes(key)[:80]!r} is not the workflow id {workflow_id!r}")
     try:
         if kind == "start":
-            # The command id Client.start uses: a start repeated for one id is one start.
-            record = command_record(
-                "StartWorkflow", workflow_id, f"start:{workflow_id}", workflow_type=body["type"], input=payloads.encode(args)
-            )
+            options = _start_options(body)
+            # Without options, the command id Client.start uses: a start repeated for one id is one start.
+            # With them (a policy may start a second run of the id), the record's position: forwarding
+            # the same record twice is one start, two records are two starts, as two Client.start calls.
+            command_id = f"ingress:{where}" if options else f"start:{workflow_id}"
+            record = command_record("StartWorkflow", workflow_id, command_id, workflow_type=body["type"],
+                                    input=limited_payload("start args", args), **options)
         else:
-            record = command_record(
-                "SignalWorkflow", workflow_id, f"ingress:{where}", name=body["name"], input=payloads.encode(args)
-            )
-    except ValueError as exc:  # PayloadTooLargeError, PayloadError
+            record = command_record("SignalWorkflow", workflow_id, f"ingress:{where}", name=body["name"],
+                                    input=limited_payload(f"arguments of signal {body['name']!r}", args))
+    except ValueError as exc:  # a bad option, PayloadTooLarge, PayloadError
         raise InvalidIngress(f"{kind}: {exc}") from None
     return workflow_id, record
+
+
+def _start_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The StartWorkflow fields of a JSON start's options, checked exactly as ``Client.start`` checks them
+    (the same function): a bad value raises ValueError naming the option, which becomes the dead letter's
+    reason. JSON has no timedelta: ``start_delay`` and ``timeout`` are seconds."""
+    given = {name: body[name] for name in START_OPTIONS if name in body}
+    if "start_signal_args" in given and not isinstance(given["start_signal_args"], list):
+        raise ValueError("start_signal_args must be a JSON array")
+    for name in ("search", "memo"):
+        if name in given and not isinstance(given[name], dict):
+            raise ValueError(f"{name} must be a JSON object, not {type(given[name]).__name__}")
+    search, memo = given.pop("search", None), given.pop("memo", None)
+    for name in ("if_running", "if_closed"):
+        if name in given and not isinstance(given[name], str):
+            raise ValueError(f"{name} must be a policy name (a string), not {json.dumps(given[name])[:80]}")
+    return {**client_start_options(**{**START_DEFAULTS, **given}), **start_attributes(search, memo)}
 
 
 DeadLetterWriter = Callable[[str, int, int, str, "bytes | None", bytes, str], Any]

@@ -42,6 +42,7 @@ from .errors import (
     NondeterminismError,
     VersionNotSupported,
     WorkflowCancelled,
+    limited_payload,
 )
 
 #: Events the code produces, matched one by one on replay.
@@ -50,7 +51,7 @@ DECISIONS = frozenset(
         "ActivityScheduled", "TimerStarted", "ChildStarted", "ExternalSignalSent", "SideEffectRecorded",
         "VersionMarker", "UpdateCompleted", "WorkflowCompleted", "WorkflowFailed", "WorkflowContinued",
         "WorkflowCancelled", "TimerCancelled", "ActivityCancelRequested", "ChildCancelRequested",
-        "AttributesUpserted",
+        "AttributesUpserted", "StreamAppended",
     }
 )
 #: Events that feed the code; after each the code runs until it blocks.
@@ -446,7 +447,10 @@ class WorkflowRun:
         exc = fut.exception()
         body: dict[str, Any] = {"request_id": request_id, "result": b"", "error_type": None, "message": None}
         if exc is None:
-            body["result"] = payloads.encode(fut.result())
+            try:
+                body["result"] = limited_payload("update result", fut.result())
+            except Exception as error:
+                body["error_type"], body["message"] = type(error).__name__, str(error)
         else:
             body["error_type"], body["message"] = type(exc).__name__, str(exc)
         self._decide("UpdateCompleted", body, match=("request_id",))
@@ -521,13 +525,18 @@ class WorkflowRun:
     def _finish(self, main: WFuture) -> None:
         exc = main.exception()
         if isinstance(exc, _ContinueAsNew):
+            try:
+                data = limited_payload("arguments of continue_as_new", list(exc.args_))
+            except Exception as error:
+                self._decide("WorkflowFailed", _error_body(error))
+                return
             new_run = str(self.uuid4())
-            self._decide("WorkflowContinued", {"new_run_id": new_run, "input": payloads.encode(list(exc.args_))})
+            self._decide("WorkflowContinued", {"new_run_id": new_run, "input": data})
         elif self.cancel_requested and (exc is None or isinstance(exc, asyncio.CancelledError)):
             self._decide("WorkflowCancelled", {"reason": None})
         elif exc is None:
             try:
-                result = payloads.encode(main.result())
+                result = limited_payload("workflow result", main.result())
             except Exception as error:
                 self._decide("WorkflowFailed", _error_body(error))
             else:
@@ -591,8 +600,8 @@ class WorkflowRun:
             timeout, hb = seconds(o.timeout), seconds(o.heartbeat_timeout)
             non_retryable = tuple(c if isinstance(c, str) else c.__name__ for c in (o.non_retryable or ()))
         body = {
-            "activity_id": 0, "name": name, "queue": queue, "input": payloads.encode(list(args)),
-            "kwargs": payloads.encode(kwargs), "tries": tries, "backoff": [float(b) for b in backoff],
+            "activity_id": 0, "name": name, "queue": queue, "input": limited_payload(f"arguments of activity {name!r}", list(args)),
+            "kwargs": limited_payload(f"keyword arguments of activity {name!r}", kwargs), "tries": tries, "backoff": [float(b) for b in backoff],
             "timeout": timeout, "heartbeat_timeout": hb, "non_retryable": list(non_retryable),
             "key": options.key if options else None, "priority": options.priority if options else None,
         }
@@ -664,7 +673,8 @@ class WorkflowRun:
         child_id = child_id or f"{self.workflow_id}/child-{seq}"
         event = self._decide(
             "ChildStarted",
-            {"child_ref": seq, "child_id": child_id, "workflow_type": type_name, "input": payloads.encode(list(args))},
+            {"child_ref": seq, "child_id": child_id, "workflow_type": type_name,
+             "input": limited_payload(f"arguments of child workflow {type_name!r}", list(args))},
             match=("workflow_type",),
         )
         fut = WFuture()
@@ -679,7 +689,9 @@ class WorkflowRun:
         return ChildHandle(self, event["child_id"], fut)
 
     def signal_external(self, target_id: str, name: str, args: tuple) -> WFuture:
-        self._decide("ExternalSignalSent", {"target_id": target_id, "name": name, "input": payloads.encode(list(args))}, match=("target_id", "name"))
+        self._decide("ExternalSignalSent", {"target_id": target_id, "name": name,
+                                               "input": limited_payload(f"arguments of signal {name!r}", list(args))},
+                     match=("target_id", "name"))
         fut = WFuture()
         fut.set_result(None)
         return fut
@@ -690,7 +702,7 @@ class WorkflowRun:
             event = self._decide("SideEffectRecorded", {"result": b""})
         else:
             value = fn()
-            event = self._decide("SideEffectRecorded", {"result": payloads.encode(value)})
+            event = self._decide("SideEffectRecorded", {"result": limited_payload("side_effect result", value)})
         fut.set_result(payloads.decode(event["result"]))
         return fut
 
@@ -707,6 +719,15 @@ class WorkflowRun:
         if body["search"] is None and body["memo"] is None:
             return
         self._decide("AttributesUpserted", body)
+
+    def stream(self, value: Any) -> None:
+        """Record a stream item (a decision: on replay the recorded item is matched by kind, not re-sent).
+
+        The value is encoded and size-checked here, so an oversize item raises ``PayloadTooLarge`` at the
+        ``workflow.stream`` call in the code, which may catch it.
+        """
+        data = b"" if self._at_recorded() else limited_payload("stream item", value)
+        self._decide("StreamAppended", {"value": data})
 
     def get_version(self, change_id: str, min_supported: int, max_supported: int) -> int:
         if self._at_recorded():

@@ -32,12 +32,14 @@ from .definitions import activities, workflow_class, workflow_type_name
 from .dispatch import messages_for_history, reply_message
 from .errors import (
     NonRetryableError,
+    PayloadTooLarge,
     QueryFailed,
     WorkflowAlreadyStarted,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowTerminated,
     WorkflowTimedOut,
+    limited_payload,
 )
 from .instance import WorkflowInstance
 
@@ -73,6 +75,8 @@ class WorkflowEnvironment:
         self.topics = Topics("test")
         self.instances: dict[str, WorkflowInstance] = {}
         self.histories: dict[str, list[dict]] = {}
+        #: Stream items per workflow id, across its runs (position = index + 1), as ``handle.stream`` reads them.
+        self.streams: dict[str, list[Any]] = {}
         self.replies: dict[str, dict] = {}
         self.activity_calls: list[tuple[str, int, list[Any]]] = []
         self.overrides = dict(activity_overrides or {})
@@ -90,7 +94,7 @@ class WorkflowEnvironment:
         attributes = _attributes(options.pop("search", None), options.pop("memo", None))
         body = {**_start_options(**{**_START_DEFAULTS, **options}), **attributes}
         request_id = str(uuid.uuid4())
-        self._command("StartWorkflow", workflow_id, workflow_type=workflow_type_name(wf), input=payloads.encode(list(args)),
+        self._command("StartWorkflow", workflow_id, workflow_type=workflow_type_name(wf), input=limited_payload("arguments", list(args)),
                       request_id=request_id, **body)
         self.run_until_idle()
         reply = self.replies.pop(request_id, None)
@@ -102,7 +106,7 @@ class WorkflowEnvironment:
         return workflow_id
 
     def signal(self, workflow_id: str, name: str, *args: Any) -> None:
-        self._command("SignalWorkflow", workflow_id, name=name, input=payloads.encode(list(args)))
+        self._command("SignalWorkflow", workflow_id, name=name, input=limited_payload(f"arguments of signal {name!r}", list(args)))
         self.run_until_idle()
 
     def query(self, workflow_id: str, name: str, *args: Any) -> Any:
@@ -141,6 +145,10 @@ class WorkflowEnvironment:
 
     def history(self, workflow_id: str) -> list[dict]:
         return list(self.instances[workflow_id].history)
+
+    def stream(self, workflow_id: str, after: int = 0) -> list[Any]:
+        """The items ``workflow.stream`` appended (all runs of the id), after position ``after`` (1-based)."""
+        return list(self.streams.get(workflow_id, [])[after:])
 
     def search_attributes(self, workflow_id: str) -> dict[str, Any]:
         """The current run's search attributes, as the projections would show them."""
@@ -212,7 +220,7 @@ class WorkflowEnvironment:
 
     def _request(self, kind: str, workflow_id: str, name: str, args: tuple) -> Any:
         request_id = str(uuid.uuid4())
-        self._command(kind, workflow_id, request_id=request_id, name=name, input=payloads.encode(list(args)))
+        self._command(kind, workflow_id, request_id=request_id, name=name, input=limited_payload(f"arguments of {name!r}", list(args)))
         self.run_until_idle()
         reply = self.replies.pop(request_id)
         if not reply["ok"]:
@@ -235,6 +243,8 @@ class WorkflowEnvironment:
         for event in events:
             event["workflow_id"] = wid
             self._schedule_timers(wid, event)
+            if event["type"] == "StreamAppended":
+                self.streams.setdefault(wid, []).append(payloads.decode(event["value"]))
         for message in messages_for_history(self.topics, wid, inst.history, events, inst.closed_runs):
             self._route(message)
 
@@ -316,12 +326,16 @@ class WorkflowEnvironment:
             value = fn(*args, **kwargs)
             if asyncio.iscoroutine(value):
                 value = asyncio.run(value)
-            self._command("CompleteActivity", task["workflow_id"], **body, result=payloads.encode(value))
+            result = limited_payload("activity result", value)  # the same limit as a worker's
         except Exception as exc:
             self._command(
-                "FailActivity", task["workflow_id"], **body, error_type="TypeError" if isinstance(exc, _BadArguments) else type(exc).__name__, message=str(exc),
-                traceback="".join(traceback.format_exception(exc)), non_retryable=isinstance(exc, NonRetryableError),
+                "FailActivity", task["workflow_id"], **body,
+                error_type="TypeError" if isinstance(exc, _BadArguments) else type(exc).__name__, message=str(exc),
+                traceback="".join(traceback.format_exception(exc)),
+                non_retryable=isinstance(exc, NonRetryableError | PayloadTooLarge),
             )
+        else:
+            self._command("CompleteActivity", task["workflow_id"], **body, result=result)
         finally:
             _context.reset(token)
 

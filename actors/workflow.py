@@ -22,7 +22,7 @@ from .replay import DEFAULT_VERSION, ChildHandle, WFuture, current_run, raise_co
 __all__ = [
     "DEFAULT_VERSION", "ActivityOptions", "ChildHandle", "activity", "all", "first", "child", "start_child", "timer",
     "sleep", "wait", "side_effect", "now", "uuid4", "random", "get_version", "continue_as_new", "info",
-    "upsert_search", "memo",
+    "upsert_search", "memo", "stream",
 ]
 
 
@@ -110,6 +110,16 @@ def upsert_search(attrs: dict[str, Any]) -> None:
 def memo(attrs: dict[str, Any]) -> None:
     """Merge JSON entries into this workflow's memo (shown with it, not indexed); recorded, replay-safe."""
     current_run().upsert_attributes(None, attrs)
+
+
+def stream(value: Any) -> None:
+    """Append a progress item (e.g. a batch of LLM tokens) that clients read live with ``handle.stream()``.
+
+    Recorded in the history (replay-safe: a replay does not append it again), so a reader that reconnects
+    resumes from any position; positions count per workflow id and go on across continue-as-new. The item
+    is a JSON payload under ``METAMORPH_MAX_PAYLOAD`` (``PayloadTooLarge`` here otherwise).
+    """
+    current_run().stream(value)
 
 
 @dataclass(frozen=True)

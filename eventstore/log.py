@@ -16,6 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from . import codec
+from .payloads import MAX_RECORD_BYTES as MAX_RECORD_BYTES  # re-exported: its home before payloads
 from .payloads import PayloadTooLargeError as PayloadTooLargeError  # re-exported: callers catch it here
 from .topics import Topics, partition_for
 
@@ -24,8 +25,6 @@ log = logging.getLogger(__name__)
 #: Header naming the event type, so tools can filter a topic without decoding Avro.
 TYPE_HEADER = "metamorph-type"
 
-#: Largest encoded record we hand to Kafka; brokers default to ~1 MiB per message.
-MAX_RECORD_BYTES = 900 * 1024
 
 
 def producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
@@ -36,7 +35,7 @@ def producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
         enable_idempotence=True,
         linger_ms=0,
         max_in_flight_requests_per_connection=5,
-        max_request_size=1024 * 1024,
+        max_request_size=MAX_RECORD_BYTES + 1024,  # the request around one record
         retries=2**31 - 1,
         delivery_timeout_ms=120_000,
         # Topics are created by `metamorph init` with the right partition counts; a broker that

@@ -23,6 +23,12 @@ from typing import Any, Protocol
 
 #: Largest encoded payload accepted (``METAMORPH_MAX_PAYLOAD``, bytes); API.md section 11.
 DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
+#: Largest encoded record we hand to Kafka. A record carries up to three user payloads (a start with its
+#: arguments, a start signal's and a start update's) of up to ``METAMORPH_MAX_PAYLOAD`` (2 MiB) each plus
+#: its metadata, so that every payload under the limit fits in a record: the payload limit is the one users
+#: meet, the same everywhere, and this one only guards against a bug. Topics are created with
+#: ``max.message.bytes`` set to it (``eventstore.topics``), above the brokers' 1 MiB default.
+MAX_RECORD_BYTES = 3 * DEFAULT_MAX_PAYLOAD + 64 * 1024
 #: Deepest nesting of arrays/objects accepted (``METAMORPH_MAX_PAYLOAD_DEPTH``), far below the recursion
 #: limit.
 DEFAULT_MAX_DEPTH = 100

@@ -17,6 +17,8 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 
+from .payloads import MAX_RECORD_BYTES
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 8
@@ -234,6 +236,7 @@ def ensure_topics(
             new = [
                 NewTopic(n, want[n], rf, topic_configs={
                     **TOPIC_CONFIGS[kinds.get(n, "activities")], "min.insync.replicas": str(isr),
+                    "max.message.bytes": str(MAX_RECORD_BYTES + 1024),  # a full-size payload fits
                 })
                 for n in missing
             ]  # fmt: skip

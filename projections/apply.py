@@ -22,7 +22,7 @@ from eventstore import payloads
 from eventstore.events import event_fields
 from eventstore.statuses import BY_TERMINAL_EVENT
 
-from .db import TERMINAL_STATUSES
+from .db import TERMINAL_STATUSES, stream_channel
 
 #: The event that ends a run, and the run status it implies.
 TERMINAL_EVENTS = {kind: str(status) for kind, status in BY_TERMINAL_EVENT.items()}
@@ -234,6 +234,23 @@ WHERE workflow_id = %(workflow_id)s AND run_id = %(run_id)s AND timer_id = %(tim
 
 _NOTIFY = "SELECT pg_notify(%s, %s)"
 
+# workflow.stream: the next position of the workflow id's stream (see migration 003). Not for a copy: a run
+# begun by reset/retry starts with a copy of its predecessor's history (same seq, type and time), whose
+# items the readers already have. A continue-as-new run (predecessor 'continued') copies nothing.
+_STREAM_ITEM = """
+INSERT INTO stream_items (workflow_id, position, run_id, seq)
+SELECT %(workflow_id)s, COALESCE(MAX(position), 0) + 1, %(run_id)s, %(seq)s
+FROM stream_items WHERE workflow_id = %(workflow_id)s
+HAVING NOT EXISTS (
+    SELECT 1 FROM runs r
+    JOIN runs old ON old.workflow_id = r.workflow_id AND old.run_id = r.continued_from AND old.status <> 'continued'
+    JOIN history h ON h.workflow_id = r.workflow_id AND h.run_id = old.run_id AND h.seq = %(seq)s
+                  AND h.type = 'StreamAppended' AND h.at = %(at)s
+    WHERE r.workflow_id = %(workflow_id)s AND r.run_id = %(run_id)s
+)
+ON CONFLICT DO NOTHING
+"""
+
 _run_update_sql: dict[tuple[str, ...], str] = {}
 
 
@@ -308,6 +325,11 @@ def apply_event(cur: Cursor, event: dict, partition: int, offset: int, channel: 
         handler(cur, event, key, data)
     if kind in TERMINAL_EVENTS:
         cur.execute(_NOTIFY, (channel, event["workflow_id"]))
+        cur.execute(_NOTIFY, (stream_channel(channel), event["workflow_id"]))  # stream readers end too
+    elif kind == "StreamAppended":
+        cur.execute(_STREAM_ITEM, {**key, "seq": event["seq"], "at": at})
+        # One notification per workflow id per transaction: PostgreSQL folds identical ones of a batch.
+        cur.execute(_NOTIFY, (stream_channel(channel), event["workflow_id"]))
 
 
 def _started(cur: Cursor, event: dict, key: dict, data: dict) -> None:

@@ -66,6 +66,10 @@ async def history(conn: psycopg.AsyncConnection, id: str, run_id: str | None = N
     return [] if run_id is None else read.history_rows(await _rows(conn, read.HISTORY_SQL, (id, run_id)))
 
 
+async def stream_items(conn: psycopg.AsyncConnection, id: str, after: int = 0, limit: int = 500) -> list[dict]:  # noqa: A002
+    return await _rows(conn, read.STREAM_SQL, (id, after, limit))
+
+
 async def exceptions(conn: psycopg.AsyncConnection, id: str, run_id: str | None = None) -> list[dict]:  # noqa: A002
     run_id = run_id or await _current_run(conn, id)
     return [] if run_id is None else await _rows(conn, read.EXCEPTIONS_SQL, (id, run_id))

@@ -44,6 +44,19 @@ def notify_channel(namespace: str) -> str:
     return schema_name(namespace)
 
 
+def stream_channel(channel: str) -> str:
+    """The channel announcing new stream items (and ends) of a workflow (payload: the id), beside ``channel``.
+
+    Separate from the terminal channel so that ``result()`` waiters are not woken by every streamed item;
+    kept within PostgreSQL's 63-byte identifier limit like the schema name.
+    """
+    name = f"{channel}_stream"
+    if len(name) > _MAX_IDENTIFIER:
+        digest = hashlib.sha1(channel.encode()).hexdigest()[:8]
+        name = f"{channel[: _MAX_IDENTIFIER - 16]}_{digest}_stream"
+    return name
+
+
 def _options(namespace: str, kwargs: dict[str, Any]) -> str:
     extra = kwargs.pop("options", "")
     return f"-c search_path={schema_name(namespace)} {extra}".strip()

@@ -80,6 +80,12 @@ GET_WORKFLOW_SQL = "SELECT * FROM workflows WHERE id = %s"
 HISTORY_SQL = (
     "SELECT workflow_id, seq, type, at, run_id, status, data FROM history WHERE workflow_id = %s AND run_id = %s ORDER BY seq"
 )
+# Stream items of a workflow id after a position (migration 003); the item is the event's payload in history.
+STREAM_SQL = (
+    "SELECT s.position, s.run_id, h.at, h.data->'value' AS value FROM stream_items s"
+    " JOIN history h ON h.workflow_id = s.workflow_id AND h.run_id = s.run_id AND h.seq = s.seq"
+    " WHERE s.workflow_id = %s AND s.position > %s ORDER BY s.position LIMIT %s"
+)
 EXCEPTIONS_SQL = (
     "SELECT error_type, message, traceback, activity, attempt, at, seq, activity_id FROM exceptions"
     " WHERE workflow_id = %s AND run_id = %s ORDER BY seq"
@@ -217,6 +223,12 @@ def history(conn: psycopg.Connection, id: str, run_id: str | None = None) -> lis
     if run_id is None:
         return []
     return history_rows(_rows(conn, HISTORY_SQL, (id, run_id)))
+
+
+def stream_items(conn: psycopg.Connection, id: str, after: int = 0, limit: int = 500) -> list[dict]:
+    """Up to ``limit`` stream items of workflow ``id`` with a position above ``after``, in order: ``position``
+    (1, 2, ... per workflow id, across runs), ``value``, ``run_id``, ``at``."""
+    return _rows(conn, STREAM_SQL, (id, after, limit))
 
 
 def history_rows(rows: list[dict]) -> list[dict]:

@@ -67,6 +67,35 @@ def test_a_valid_json_start_is_the_command_the_client_sends() -> None:
     assert signal["command_id"] == "ingress:ns.ingress:0:8" and signal["command"][1]["name"] == "approve"
 
 
+def test_a_json_start_with_every_start_option_is_the_command_the_client_sends() -> None:
+    from actors.client import _attributes, _start_options
+
+    options = {"if_running": "terminate", "if_closed": "allow", "start_signal": "approve", "start_signal_args": [1],
+               "start_delay": 2.5, "timeout": 60, "priority": 3}
+    attributes = {"search": {"customer": "c-1", "amount": 10}, "memo": {"note": "from kcat"}}
+    value = json.dumps({"start": {"type": "app.Order", "id": "o-2", "args": ["A"], **options, **attributes}}).encode()
+    wid, record = to_command(b"o-2", value, "ns.ingress:1:9")
+    mine = codec.decode(record, "metamorph.CommandEnvelope")
+    body = {**_start_options(**options), **_attributes(**attributes)}
+    client = codec.decode(command_record("StartWorkflow", "o-2", "ingress:ns.ingress:1:9", workflow_type="app.Order",
+                                         input=payloads.encode(["A"]), **body), "metamorph.CommandEnvelope")
+    assert wid == "o-2" and {**mine, "at": None} == {**client, "at": None}
+    start = mine["command"][1]
+    assert (start["if_running"], start["if_closed"], start["start_signal"], start["start_delay"], start["timeout"],
+            start["priority"]) == ("terminate", "allow", "approve", 2.5, 60.0, 3)
+    # With options a start may begin a second run of the id: its command id is the record's position.
+    assert mine["command_id"] == "ingress:ns.ingress:1:9"
+
+
+def test_args_over_the_payload_limit_are_refused_like_the_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METAMORPH_MAX_PAYLOAD", "1000")
+    for doc in ({"start": {"type": "a", "id": "x", "args": ["y" * 1000]}},
+                {"start": {"type": "a", "id": "x", "start_signal": "s", "start_signal_args": ["y" * 1000]}},
+                {"signal": {"id": "x", "name": "s", "args": ["y" * 1000]}}):
+        with pytest.raises(InvalidIngress, match="PayloadTooLarge: .* the limit is 1000 bytes"):
+            to_command(b"x", json.dumps(doc).encode(), "t:0:0")
+
+
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
@@ -76,7 +105,25 @@ def test_a_valid_json_start_is_the_command_the_client_sends() -> None:
         (b'{"start": {"type": "a"}}', "missing ['id']"),
         (b'{"start": {"type": "a", "id": "x", "args": "A-1"}}', "'args' must be a JSON array"),
         (b'{"signal": {"id": "x", "name": 7}}', "'name' must be a non-empty string"),
-        (b'{"start": {"type": "a", "id": "x", "if_running": "fail"}}', "unknown field(s) ['if_running']"),
+        (b'{"start": {"type": "a", "id": "x", "if_runing": "fail"}}', "unknown field(s) ['if_runing']"),
+        # Every §6 start option is accepted, and checked as Client.start checks it.
+        (b'{"start": {"type": "a", "id": "x", "if_running": "never"}}', "unknown if_running policy 'never'"),
+        (b'{"start": {"type": "a", "id": "x", "if_running": ["fail"]}}', "if_running must be a policy name"),
+        (b'{"start": {"type": "a", "id": "x", "if_closed": "sometimes"}}', "unknown if_closed policy 'sometimes'"),
+        (b'{"start": {"type": "a", "id": "x", "start_signal": 5}}', "start_signal must be a signal name"),
+        (b'{"start": {"type": "a", "id": "x", "start_signal": "go", "start_signal_args": "a"}}',
+         "start_signal_args must be a JSON array"),
+        (b'{"start": {"type": "a", "id": "x", "start_signal_args": [1]}}', "start_signal_args given without start_signal"),
+        (b'{"start": {"type": "a", "id": "x", "start_delay": "10"}}', "start_delay must be seconds"),
+        (b'{"start": {"type": "a", "id": "x", "start_delay": -1}}', "start_delay must be zero or more seconds"),
+        (b'{"start": {"type": "a", "id": "x", "timeout": 0}}', "timeout must be more than zero seconds"),
+        (b'{"start": {"type": "a", "id": "x", "timeout": true}}', "timeout must be seconds"),
+        (b'{"start": {"type": "a", "id": "x", "priority": 12}}', "priority must be an integer 0 (highest) .. 9"),
+        (b'{"start": {"type": "a", "id": "x", "priority": "1"}}', "priority must be an integer"),
+        (b'{"start": {"type": "a", "id": "x", "search": [1]}}', "search must be a JSON object"),
+        (b'{"start": {"type": "a", "id": "x", "search": {"k": [1]}}}', "k"),
+        (b'{"start": {"type": "a", "id": "x", "memo": "note"}}', "memo must be a JSON object"),
+        (b'{"signal": {"id": "x", "name": "s", "priority": 1}}', "unknown field(s) ['priority']"),
         (b'{"start": {"type": "a", "id": "x", "args": ["' + b"y" * MAX_RECORD_BYTES + b'"]}}', "oversize"),
     ],
 )
@@ -92,7 +139,7 @@ def test_invalid_records_are_refused_with_a_reason(value: bytes, reason: str) ->
 @pytest.fixture
 def stack(kafka, pg_server, tmp_path):
     with running_stack(kafka, pg_server, tmp_path / "node", prefix="in") as (client, node, ns):
-        producer = KafkaProducer(bootstrap_servers=kafka, acks="all", max_request_size=2 * 1024 * 1024)
+        producer = KafkaProducer(bootstrap_servers=kafka, acks="all", max_request_size=8 * 1024 * 1024)
         try:
             yield client, Topics(ns), producer
         finally:
@@ -142,7 +189,8 @@ def test_invalid_ingress_records_reach_the_dead_letter_topic_with_a_reason_and_a
         ("bad-2", b'{"stop": {"id": "bad-2"}}'),
         ("bad-3", b'{"start": {"type": "rpl.Order", "args": []}}'),
         ("bad-4", b'{"start": {"type": "rpl.Order", "id": "bad-4", "args": {"order": 1}}}'),
-        ("bad-5", b'{"start": {"type": "rpl.Order", "id": "bad-5", "args": ["' + b"x" * (MAX_RECORD_BYTES + 10) + b'"]}}'),
+        ("bad-5", b'{"start": {"type": "rpl.Order", "id": "bad-5", "args": ["' + b"x" * (payloads.max_payload() + 10) + b'"]}}'),
+        ("bad-6", b'{"start": {"type": "rpl.Order", "id": "bad-6", "if_closed": "maybe"}}'),
     ]
     for key, value in invalid:
         _send(producer, topics.ingress, key, value)
@@ -157,10 +205,32 @@ def test_invalid_ingress_records_reach_the_dead_letter_topic_with_a_reason_and_a
     reasons = {k: by_key[k]["reason"] for k, _ in invalid}
     assert "not JSON" in reasons["bad-1"] and "unknown shape" in reasons["bad-2"]
     assert "missing ['id']" in reasons["bad-3"] and "'args' must be a JSON array" in reasons["bad-4"]
-    assert "oversize" in reasons["bad-5"]
+    assert "PayloadTooLarge" in reasons["bad-5"] and "unknown if_closed policy 'maybe'" in reasons["bad-6"]
     assert all(d["source_topic"] == topics.ingress and d["reason"].startswith("invalid ingress record") for d in letters)
     assert by_key["bad-1"]["value"] == b"{not json"
     wait_until(lambda: client.get(wid).status() == "completed", 10, "the valid workflow's projection")
+
+
+def test_json_start_options_take_effect(stack) -> None:
+    """start_signal, start_delay, search, memo and priority from a plain JSON record; then if_closed=allow
+    starts a second run of the id, as Client.start(..., if_closed="allow") would."""
+    client, topics, producer = stack
+    wid = f"ing-{uuid.uuid4().hex[:6]}"
+    doc = {"start": {"type": "rpl.Order", "id": wid, "args": [wid], "start_signal": "approve", "start_delay": 1,
+                     "search": {"customer": "c-9"}, "memo": {"via": "ingress"}, "priority": 2, "timeout": 120}}
+    sent = time.monotonic()
+    _send(producer, topics.ingress, wid, json.dumps(doc).encode())
+    h = client.get(wid)
+    assert h.result(timeout=60) == [f"charged-{wid}", f"shipped-{wid}"]  # approved by the start signal alone
+    assert time.monotonic() - sent >= 1  # start_delay
+    row = h.describe()
+    assert row["search"] == {"customer": "c-9"} and row["memo"] == {"via": "ingress"}
+    assert [w.id for w in client.list(search={"customer": "c-9"})] == [wid]
+    first_run = row["run_id"]
+    again = {"start": {"type": "rpl.Order", "id": wid, "args": [wid], "if_closed": "allow", "start_signal": "approve"}}
+    _send(producer, topics.ingress, wid, json.dumps(again).encode())
+    wait_until(lambda: h.describe()["run_id"] != first_run, 60, "a second run started by if_closed=allow")
+    assert h.result(timeout=60) == [f"charged-{wid}", f"shipped-{wid}"]
 
 
 def test_ingress_topic_is_created_with_the_namespace(kafka, namespace) -> None:

@@ -163,7 +163,7 @@ def test_bad_input_is_reported_and_nothing_else_is_lost(rt, kafka_server):
         wrong_args.result(timeout=20)
     assert failed.value.error_type == "TypeError"
     with pytest.raises(PayloadTooLargeError, match="limit"):
-        client.start(app.Hello, "x" * 2_000_000)
+        client.start(app.Hello, "x" * 2_200_000)  # over METAMORPH_MAX_PAYLOAD (2 MiB)
     with pytest.raises(WorkflowNotFound):
         client.get("no-such-id").status()
     consumer = KafkaConsumer(bootstrap_servers=kafka_server.bootstrap, enable_auto_commit=False)

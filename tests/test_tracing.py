@@ -104,10 +104,11 @@ def _steps(spans, wid: str) -> list:
 def _check_end_to_end(exporter, client: Client, wid: str) -> None:
     assert client.start(Traced, "ab", id=wid) is not None
     assert client.get(wid).result(timeout=60) == "AB!"
-    spans = _wait_for(exporter, lambda ss: any("WorkflowCompleted" in s.attributes.get("metamorph.events", "") for s in _steps(ss, wid))
-                      and any(s.name == "metamorph.project" and s.links for s in ss))
-    start = next(s for s in spans if s.name == "metamorph.start traced.Traced" and s.attributes.get("metamorph.workflow.id") == wid)
+    start = next(s for s in exporter.get_finished_spans()
+                 if s.name == "metamorph.start traced.Traced" and s.attributes.get("metamorph.workflow.id") == wid)
     trace_id = start.context.trace_id
+    spans = _wait_for(exporter, lambda ss: any("WorkflowCompleted" in s.attributes.get("metamorph.events", "") for s in _steps(ss, wid))
+                      and any(link.context.trace_id == trace_id for s in ss if s.name == "metamorph.project" for link in s.links))
     steps = _steps(spans, wid)
     attempts = sorted((s for s in spans if s.name == "metamorph.activity traced.work" and s.attributes["metamorph.workflow.id"] == wid),
                       key=lambda s: s.start_time)
@@ -242,3 +243,20 @@ def test_env_var_turns_tracing_on():
     """)], cwd=ROOT, capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "METAMORPH_TRACING": "1"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+def test_events_written_before_the_trace_field_still_decode():
+    """Nodes of the previous release wrote WorkflowStarted without ``trace`` (EventEnvelope v7 frozen)."""
+    import json as _json
+    from datetime import UTC, datetime
+
+    from eventstore import codec
+    from eventstore.events import from_envelope
+
+    old = _json.loads((codec.SCHEMA_DIR / "history" / "metamorph.EventEnvelope.v7.avsc").read_text())
+    body = {"workflow_type": "t", "input": b"[]", "command_id": "c"}
+    envelope = {"workflow_id": "w", "run_id": "r", "seq": 1, "epoch": 1, "at": datetime(2030, 1, 1, tzinfo=UTC),
+                "status": None, "node": "n", "event": ("metamorph.events.WorkflowStarted", body)}
+    data = codec.registry().encode("metamorph.EventEnvelope", envelope, schema=old)
+    event = from_envelope(codec.decode(data, "metamorph.EventEnvelope"))
+    assert event["type"] == "WorkflowStarted" and event["trace"] is None
