@@ -163,6 +163,7 @@ def test_a_traced_signal_is_the_parent_of_its_step_and_linked_to_the_run(exporte
     kafka, pg_server = servers
     with _Stack(kafka, pg_server, tmp_path / "node", worker=False) as stack:
         h = stack.client.start(Waits, id="sig-1")
+        _wait_for(exporter, lambda ss: _steps(ss, "sig-1"))  # so the signal is a step of its own
         h.signal("go", "y")
         assert h.result(timeout=60) == "Y"
         spans = _wait_for(exporter, lambda ss: any(s.attributes.get("metamorph.commands") == "SignalWorkflow" for s in _steps(ss, "sig-1")))
@@ -178,6 +179,7 @@ def test_a_traced_signal_is_the_parent_of_its_step_and_linked_to_the_run(exporte
         async def main() -> str:
             async with AsyncClient(kafka, stack.postgres, stack.namespace) as aclient:
                 ah = await aclient.start(Waits, id="async-1")
+                await asyncio.to_thread(_wait_for, exporter, lambda ss: _steps(ss, "async-1"))
                 await ah.signal("go", "z")
                 return await ah.result(timeout=60)
 
