@@ -10,7 +10,9 @@ from .definitions import ActivityOptions, Workflow, activity, query, queue, sign
 from .errors import (
     ActivityCancelled,
     ActivityFailed,
+    AlreadyCompensated,
     ChildWorkflowFailed,
+    ExternalRequestFailed,
     NondeterminismError,
     NonRetryableError,
     PayloadTooLarge,
@@ -53,9 +55,9 @@ def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kaf
 
 
 __all__ = [
-    "ActivityCancelled", "ActivityFailed", "ActivityInfo", "ActivityOptions", "AsyncClient", "AsyncScheduleHandle",
+    "ActivityCancelled", "ActivityFailed", "ActivityInfo", "AlreadyCompensated", "ActivityOptions", "AsyncClient", "AsyncScheduleHandle",
     "AsyncWorkflowHandle",
-    "ChildWorkflowFailed", "Client",
+    "ChildWorkflowFailed", "Client", "ExternalRequestFailed",
     "NonRetryableError", "NondeterminismError", "PayloadTooLarge", "PayloadTypeError", "QueryFailed", "ScheduleHandle",
     "VersionNotSupported", "Workflow",
     "WorkflowAlreadyStarted", "WorkflowCancelled", "WorkflowError", "WorkflowFailed", "WorkflowHandle",

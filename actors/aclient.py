@@ -45,7 +45,7 @@ from . import client as _c
 from . import search as _search
 from . import tracing
 from .definitions import workflow_type_name
-from .errors import WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning
+from .errors import WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning, check_not_compensated
 from .instance import utcnow
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class AsyncClient:
         self._setup = asyncio.Lock()
         self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._pg_unanswered_until = 0.0
+        self._pending_rows: set[asyncio.Task] = set()  # background pending-row writes (a start never waits)
 
     # -- plumbing ----------------------------------------------------------------------------------------
     async def _kafka(self) -> Any:
@@ -184,18 +185,36 @@ class AsyncClient:
             raise TimeoutError(f"no answer to {kind} {name!r} of {workflow_id} within {timeout}s")
         return _c._reply_value(workflow_id, kind, name, reply)
 
-    async def _check_running(self, workflow_id: str, operation: str) -> None:
-        """``Client._check_running``: refuse a command that could do nothing, never waiting for PostgreSQL."""
+    async def _check_running(self, workflow_id: str, operation: str) -> bool:
+        """``Client._check_running``: True to send as is, False when the projections say ended or unknown."""
         if not self.postgres or time.monotonic() < self._pg_unanswered_until:
-            return
+            return True
         try:
             status = (await self._require(workflow_id, _timeout=_c._CHECK_TIMEOUT))["status"]
+        except WorkflowNotFound:
+            return False
         except ConnectionError as exc:
             self._pg_unanswered_until = time.monotonic() + _c._CHECK_BACKOFF
             log.warning("sending a command to %s unchecked: %s", workflow_id, exc)
+            return True
+        return status not in statuses.FINAL
+
+    async def _send_checked(self, kind: str, workflow_id: str, operation: str, **body: Any) -> None:
+        """``Client._send_checked``: when the projections doubt, the owning node's answer refuses or not."""
+        if await self._check_running(workflow_id, operation):
+            await self._send(kind, workflow_id, **body)
             return
-        if status in statuses.FINAL:
-            raise WorkflowNotRunning(workflow_id, status, operation)
+        replies = await self._reply_listener()
+        request_id = str(uuid.uuid4())
+        waiter = _expect(replies, request_id)
+        await self._send(kind, workflow_id, request_id=request_id, **body)
+        reply = await _wait(replies, request_id, waiter, _c._CONFIRM_TIMEOUT)
+        if reply is None:
+            raise TimeoutError(
+                f"no answer from the node owning {workflow_id} within {_c._CONFIRM_TIMEOUT}s to confirm {operation} "
+                "(the command stays queued and is applied when a node owns the workflow)"
+            )
+        _c._refusal(workflow_id, operation, reply)
 
     async def _require(self, workflow_id: str, _timeout: float | None = None) -> dict:
         row = await self._read("get_workflow", workflow_id, _timeout=_timeout)
@@ -265,14 +284,22 @@ class AsyncClient:
         self._started.move_to_end(workflow_id)
         while len(self._started) > _c._REMEMBERED_STARTS:
             self._started.popitem(last=False)
-        if self.postgres and time.monotonic() >= self._pg_unanswered_until:
-            try:
-                await self._read("record_pending", workflow_id, type_name, list(args), _timeout=_c._CHECK_TIMEOUT)
-            except Exception as exc:  # the projector writes the row anyway; this only makes it visible sooner
-                if isinstance(exc, ConnectionError):
-                    self._pg_unanswered_until = time.monotonic() + _c._CHECK_BACKOFF
-                log.warning("could not record %s as pending: %s", workflow_id, exc)
+        if self.postgres:  # in the background: a start needs Kafka only (see actors.pending)
+            task = asyncio.create_task(self._record_pending(workflow_id, type_name, list(args)))
+            self._pending_rows.add(task)
+            task.add_done_callback(self._pending_rows.discard)
         return AsyncWorkflowHandle(self, workflow_id, run_id, _c.result_type_of(wf)), update_reply
+
+    async def _record_pending(self, workflow_id: str, type_name: str, args: list) -> None:
+        """``Client._record_pending``: a best-effort `pending` row, unless PostgreSQL just failed to answer."""
+        if time.monotonic() < self._pg_unanswered_until:
+            return
+        try:
+            await self._read("record_pending", workflow_id, type_name, args, _timeout=_c._CHECK_TIMEOUT)
+        except Exception as exc:  # the projector writes the row anyway; this only makes it visible sooner
+            if isinstance(exc, ConnectionError):
+                self._pg_unanswered_until = time.monotonic() + _c._CHECK_BACKOFF
+            log.warning("could not record %s as pending: %s", workflow_id, exc)
 
     async def update_with_start(
         self, wf: type | str, *args: Any, id: str, update: str, update_args: Any = (),  # noqa: A002
@@ -386,6 +413,10 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Stop the listeners and close the connections; the blocking kafka-python closes run off the loop."""
+        if self._pending_rows:  # a bounded wait, so a short-lived program leaves its pending rows behind
+            _done, late = await asyncio.wait(set(self._pending_rows), timeout=2 * _c._CHECK_TIMEOUT + 1.0)
+            for task in late:
+                task.cancel()
         if self._terminal_listener is not None:
             await self._terminal_listener.close()
             self._terminal_listener = None
@@ -501,9 +532,8 @@ class AsyncWorkflowHandle:
     async def signal(self, name: str, *args: Any) -> None:
         """Send a signal; WorkflowNotRunning if the workflow has ended."""
         data = self._client._sync._payload(f"arguments of signal {name!r}", args)
-        await self._client._check_running(self.id, f"signal {name!r}")
         with tracing.span(f"metamorph.signal {name}", kind="producer", attributes={"metamorph.workflow.id": self.id}):
-            await self._client._send("SignalWorkflow", self.id, name=name, input=data)
+            await self._client._send_checked("SignalWorkflow", self.id, f"signal {name!r}", name=name, input=data)
 
     async def query(self, name: str, *args: Any, timeout: float = 10) -> Any:
         return await self._client._request("QueryWorkflow", self.id, name, args, timeout)
@@ -512,24 +542,20 @@ class AsyncWorkflowHandle:
         return await self._client._request("UpdateWorkflow", self.id, name, args, timeout)
 
     async def cancel(self) -> None:
-        await self._client._check_running(self.id, "cancel")
-        await self._client._send("CancelWorkflow", self.id, reason=None)
+        await self._client._send_checked("CancelWorkflow", self.id, "cancel", reason=None)
 
     async def terminate(self, reason: str | None = None) -> None:
-        await self._client._check_running(self.id, "terminate")
-        await self._client._send("TerminateWorkflow", self.id, reason=reason)
+        await self._client._send_checked("TerminateWorkflow", self.id, "terminate", reason=reason)
 
     async def pause(self, reason: str | None = None) -> None:
         """As ``WorkflowHandle.pause``: no step until ``resume()``; WorkflowNotRunning if it has ended."""
         if reason is not None and not isinstance(reason, str):
             raise ValueError("reason must be a string")
-        await self._client._check_running(self.id, "pause")
-        await self._client._send("PauseWorkflow", self.id, reason=reason)
+        await self._client._send_checked("PauseWorkflow", self.id, "pause", reason=reason)
 
     async def resume(self) -> None:
         """As ``WorkflowHandle.resume``: what waited is applied in arrival order."""
-        await self._client._check_running(self.id, "resume")
-        await self._client._send("ResumeWorkflow", self.id)
+        await self._client._send_checked("ResumeWorkflow", self.id, "resume")
 
     async def reset(self, seq: int) -> None:
         """As ``WorkflowHandle.reset``: a new run replaying history up to ``seq``; ValueError for a bogus seq."""
@@ -541,10 +567,13 @@ class AsyncWorkflowHandle:
             raise ValueError(f"workflow {self.id} has no event {seq} to reset to (its history has seq 1..{last})")
         await self._client._send("ResetWorkflow", self.id, seq=seq)
 
-    async def retry(self) -> None:
+    async def retry(self, force: bool = False) -> None:
+        """As ``WorkflowHandle.retry``: AlreadyCompensated unless ``force`` when the saga compensated."""
         row = await self._client._require(self.id)
         if row["status"] != "failed":
             raise ValueError(f"only a failed workflow can be retried; {self.id} is {row['status']}")
+        if not force:
+            check_not_compensated(self.id, await self.history())
         await self._client._send("RetryWorkflow", self.id)
 
     async def history(self) -> list[dict]:

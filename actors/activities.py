@@ -32,6 +32,7 @@ from kafka.structs import OffsetAndMetadata
 from eventstore import codec, groups, metrics, payloads
 from eventstore import events as ev
 from eventstore.deadletter import DeadLetters
+from eventstore.fencing import MessageFence
 from eventstore.log import producer
 from eventstore.topics import Topics, leave_group, partition_for
 
@@ -105,12 +106,11 @@ def heartbeat(details: Any = None) -> None:
 
 
 class _Outcome:
-    __slots__ = ("tp", "offset", "task", "ok", "result", "error", "seconds", "sink", "gated", "waited", "beat_at", "trace")
+    __slots__ = ("tp", "offset", "task", "ok", "result", "error", "seconds", "sink", "gated", "beat_at", "trace")
 
     def __init__(self, tp: TopicPartition | None, offset: int, task: dict, sink: Any = None) -> None:
         self.tp, self.offset, self.task, self.sink = tp, offset, task, sink
         self.gated = False  # went through the flow-control gate (queue limits, key): holds a slot while running
-        self.waited = False  # was held for a slot or its key before it ran
         self.beat_at = 0.0  # last "still waiting" heartbeat sent for it (monotonic)
         self.ok = False
         self.result: bytes = b""
@@ -320,6 +320,8 @@ class _QueueWorker(threading.Thread):
 
     def _submit(self, tp: TopicPartition, rec: Any) -> None:
         self.seen[tp] = rec.offset
+        if not self.worker.fence.admit(tp.topic, rec.headers):
+            return  # a zombie's task: its attempt is not history (the real owner dispatches its own)
         try:
             task = codec.decode(rec.value, "metamorph.ActivityTask")
         except codec.DecodeError as exc:
@@ -491,7 +493,9 @@ class _Gate:
     Keyed tasks run one at a time per key, in arrival order: the first of a key waits here for a slot, the
     others wait behind it. Among tasks waiting for a slot, lower priority runs first (FIFO within one).
     A held task is not an attempt: it is sent no timeout, and the owner is told by "waiting" heartbeats,
-    which move its start-to-close deadline (``PartitionStore.heartbeat``). Everything here runs on the
+    which move its start-to-close deadline (``PartitionStore.heartbeat``); one more such heartbeat when it
+    starts makes the deadline count from its real start (one command per gated task with a timeout; tasks
+    of unlimited, unkeyed queues never come here and send none). Everything here runs on the
     queue worker's consumer thread (rebalance callbacks included), so it needs no lock.
     """
 
@@ -566,7 +570,6 @@ class _Gate:
         key = out.task.get("key")
         if key:
             if key in self.behind:  # the key is taken (waiting for a slot or running): wait behind it
-                out.waited = True
                 self.behind[key].append(out)
                 return
             self.behind[key] = deque()
@@ -598,16 +601,17 @@ class _Gate:
 
     def admit(self) -> None:
         """Start waiting tasks, lowest priority number first, while this worker's shares allow."""
+        started = False
         while self.ready:
             if self.concurrency is not None and self.running >= self.concurrency:
-                return
+                break
             if self.worker.in_flight - self.held >= self.worker.worker.concurrency:
-                return  # --activity-concurrency still caps what runs in this process
+                break  # --activity-concurrency still caps what runs in this process
             out = self.ready[0][2]
             cancelled = self.worker.worker.was_cancelled(_key(out.task))
             now = time.monotonic()
             if not cancelled and not self._rate_room(now):
-                return
+                break
             heapq.heappop(self.ready)
             self.running += 1
             key = out.task.get("key")
@@ -616,9 +620,13 @@ class _Gate:
             if not cancelled:
                 if self.rate is not None:
                     self.starts.append(now)
-                if out.waited:
-                    self._beat(out)  # its start-to-close timeout counts from now
+                # Its start-to-close timeout counts from now. Told for every gated task, not only those that
+                # waited here: the owner timed it from dispatch, and the time it sat unread in the topic
+                # (a loaded worker's pickup delay) is no more part of the attempt than a wait for a slot.
+                started = self._beat(out, flush=False) or started
             self.worker._execute(out)
+        if started:
+            self.worker.producer.flush()  # once for all started now: at the broker before they could finish
 
     def poll_wait_ms(self, wait: int) -> int:
         """Wake up when the rate window lets the next waiting task start."""
@@ -635,18 +643,18 @@ class _Gate:
             limits = [t for t in (out.task.get("timeout"), out.task.get("heartbeat_timeout")) if t]
             if not limits:
                 continue
-            if out.beat_at == 0.0:
-                out.waited = True
             if now - out.beat_at >= max(0.2, min(limits) / 3):
                 self._beat(out, flush=False)
                 sent = True
         if sent:
             self.worker.producer.flush()
 
-    def _beat(self, out: _Outcome, flush: bool = True) -> None:
+    def _beat(self, out: _Outcome, flush: bool = True) -> bool:
+        """Tell the owner the attempt has not started yet, or starts now: its start-to-close (and heartbeat)
+        deadline moves to now + timeout. False when it has no timeout, so there is nothing to tell."""
         task = out.task
         if not (task.get("timeout") or task.get("heartbeat_timeout")):
-            return
+            return False
         out.beat_at = time.monotonic()
         wid, run, aid, attempt = task["workflow_id"], task["run_id"], task["activity_id"], task["attempt"]
         self.worker.send_command(
@@ -655,6 +663,7 @@ class _Gate:
         )
         if flush:
             self.worker.producer.flush()
+        return True
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -705,6 +714,8 @@ class ActivityWorker:
         self._running: dict[tuple[str, str, int], list[_Context]] = {}
         self._cancelled: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._cancels_ready = threading.Event()
+        # Tasks and cancellations a zombie node sent (about events fenced out of history) are dropped.
+        self.fence = MessageFence("worker")
         self._cancel_thread = threading.Thread(target=self._listen_cancels, name="metamorph-activity-cancels", daemon=True)
 
     def start(self) -> ActivityWorker:
@@ -797,6 +808,8 @@ class ActivityWorker:
                     for records in consumer.poll(timeout_ms=200).values():
                         for rec in records:
                             position = rec.offset + 1
+                            if not self.fence.admit(rec.topic, rec.headers):
+                                continue  # a zombie's: the activity may well be wanted by the real owner
                             try:
                                 c = codec.decode(rec.value, "metamorph.ActivityCancel")
                             except codec.DecodeError as exc:

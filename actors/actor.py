@@ -14,7 +14,7 @@ from typing import Any
 from eventstore.topics import Topics
 
 from . import tracing
-from .dispatch import Message, messages_for_history, reply_message
+from .dispatch import Message, messages_for_history, reply_message, resolve_external_message
 from .instance import Outcome, WorkflowInstance
 from .pooled import PooledActor
 
@@ -100,6 +100,8 @@ class WorkflowActor(PooledActor):
             messages = [replace(m, headers=headers) for m in messages]
         for reply in outcome.replies:
             messages.append(reply_message(self.topics, reply.request_id, reply.ok, reply.result, reply.error_type, reply.message))
+        for command, ok, error_type, message in outcome.notices:
+            messages.append(resolve_external_message(self.topics, command, ok, error_type, message))
         history = self.instance.history
         started_at = history[0].get("at") if history and history[0].get("type") == "WorkflowStarted" else None
         return Result(

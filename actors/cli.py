@@ -53,7 +53,8 @@ exit codes:
   0 ok; 1 workflow failed/cancelled/terminated (result), non-determinism found (replay);
   2 usage or configuration error;
   3 workflow not found; 4 timeout; 5 Kafka or PostgreSQL unreachable;
-  6 refused (query/update failed, workflow already ended, retry of a workflow that has not failed);
+  6 refused (query/update failed, workflow already ended, retry of a workflow that has not failed
+    or whose saga already compensated without --force);
   70 internal error
 
 environment: METAMORPH_KAFKA, METAMORPH_POSTGRES, METAMORPH_NAMESPACE (defaults for the options),
@@ -431,7 +432,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
             args.type, *map(_json_arg, args.args), id=args.id, if_running=args.if_running, if_closed=args.if_closed,
             start_signal=args.start_signal, start_signal_args=[_json_arg(a) for a in args.start_signal_arg or ()],
             start_delay=args.start_delay, timeout=args.timeout, search=_start_search(args.search),
-            memo=json.loads(args.memo) if args.memo else None,
+            memo=json.loads(args.memo) if args.memo else None, priority=args.priority,
         )
         _emit(args, {"id": handle.id, "type": args.type, "run_id": handle.run_id}, handle.id)
     return EXIT_OK
@@ -647,9 +648,13 @@ def _cmd_reset(args: argparse.Namespace) -> int:
 def _cmd_retry(args: argparse.Namespace) -> int:
     from eventstore.log import PayloadTooLargeError
 
+    from .errors import AlreadyCompensated
+
     with _client(args, kafka=True) as client:
         try:
-            client.get(args.id).retry()
+            client.get(args.id).retry(force=args.force)
+        except AlreadyCompensated as exc:
+            raise CliError(EXIT_REFUSED, f"warning: {exc} (--force)") from None
         except ValueError as exc:
             if isinstance(exc, PayloadTooLargeError):
                 raise
@@ -659,13 +664,14 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
-    """``metamorph schedule create|describe|list|pause|resume|trigger|delete`` (API.md §8)."""
+    """``metamorph schedule create|describe|list|pause|resume|trigger|backfill|delete`` (API.md §8)."""
     action = args.schedule_command
     if action == "create":
         from .schedules import check_schedule_id, make_spec
 
         spec = {"cron": args.cron, "every": args.every, "timezone": args.timezone, "overlap": args.overlap,
-                "catchup_window": args.catchup_window, "jitter": args.jitter}
+                "catchup_window": args.catchup_window, "jitter": args.jitter, "start_at": args.start_at,
+                "end_at": args.end_at}
         check_schedule_id(args.id)
         make_spec(args.type, (), **spec)  # bad input is refused before connecting
         with _client(args, kafka=True, postgres=False) as client:
@@ -688,6 +694,10 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
             return EXIT_OK
         if action == "pause":
             handle.pause(args.note)
+        elif action == "backfill":
+            count = handle.backfill(args.start, args.end)
+            _emit(args, {"id": args.id, "backfilled": count}, f"schedule {args.id}: {count} fire time(s) backfilled")
+            return EXIT_OK
         elif action == "trigger":
             run_id = handle.trigger()
             _emit(args, {"id": args.id, "run_id": run_id}, run_id)
@@ -990,6 +1000,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--search", action="append", metavar="KEY=VALUE",
                    help="a search attribute (value JSON if it parses, else a string; repeat)")
     p.add_argument("--memo", metavar="JSON", help="memo: a JSON object shown with the workflow")
+    p.add_argument("--priority", type=int, metavar="N",
+                   help="0 (first) .. 9: orders the run's activity tasks against others waiting on their queue (default 5)")
 
     for name, text in (("signal", "send a signal"), ("query", "ask a query"), ("update", "run an update")):
         p = command(name, _cmd_signal if name == "signal" else _cmd_query, text, out)
@@ -1039,7 +1051,9 @@ def _parser() -> argparse.ArgumentParser:
     p = command("terminate", _cmd_terminate, "terminate at once (no cleanup code runs)", out)
     p.add_argument("id", metavar="ID")
     p.add_argument("--reason")
-    command("retry", _cmd_retry, "reset a failed workflow", out).add_argument("id", metavar="ID")
+    p = command("retry", _cmd_retry, "reset a failed workflow", out)
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--force", action="store_true", help="retry even if its saga already ran its compensations")
     p = command("pause", _cmd_pause, "take no step until resumed (signals, timers, results wait)", out)
     p.add_argument("id", metavar="ID")
     p.add_argument("--reason")
@@ -1048,7 +1062,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     p.add_argument("seq", metavar="SEQ", type=int)
 
-    p = command("schedule", _cmd_schedule, "create, describe, list, pause, resume, trigger or delete schedules")
+    p = command("schedule", _cmd_schedule, "create, describe, list, pause, resume, trigger, backfill or delete schedules")
     actions = p.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
     c = actions.add_parser("create", parents=[out], help="create a schedule (an existing id is updated)")
     c.add_argument("id", metavar="SCHEDULE_ID")
@@ -1061,13 +1075,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--catchup-window", type=float, default=3600.0, metavar="S")
     c.add_argument("--jitter", type=float, default=0.0, metavar="S")
     c.add_argument("--paused", action="store_true")
+    c.add_argument("--start-at", metavar="ISO", help="no firing before this time (ISO 8601 with a zone, e.g. ...Z)")
+    c.add_argument("--end-at", metavar="ISO", help="no firing after this time (ISO 8601 with a zone)")
     actions.add_parser("list", parents=[out], help="every schedule")
     for action, text in (("describe", "spec, next and recent runs"), ("pause", "stop firing"), ("resume", "fire again"),
-                         ("trigger", "fire now"), ("delete", "end the schedule (started runs go on)")):
+                         ("trigger", "fire now"), ("delete", "end the schedule (started runs go on)"),
+                         ("backfill", "fire every time of the spec in [START, END], honouring the overlap policy")):
         a = actions.add_parser(action, parents=[out], help=text)
         a.add_argument("id", metavar="SCHEDULE_ID")
         if action == "pause":
             a.add_argument("--note")
+        if action == "backfill":
+            a.add_argument("start", metavar="START", help="ISO 8601 time with a zone")
+            a.add_argument("end", metavar="END", help="ISO 8601 time with a zone")
 
     p = command(
         "schemas",

@@ -23,6 +23,7 @@ from kafka.errors import KafkaError
 
 from eventstore import codec, payloads, statuses
 from eventstore import events as ev
+from eventstore.fencing import MessageFence
 from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
 
@@ -38,9 +39,11 @@ from .errors import (
     WorkflowNotRunning,
     WorkflowTerminated,
     WorkflowTimedOut,
+    check_not_compensated,
     limited_payload,
 )
 from .instance import IF_CLOSED, IF_RUNNING, utcnow
+from .pending import PendingWriter
 
 if TYPE_CHECKING:
     from .schedules import ScheduleHandle
@@ -54,9 +57,13 @@ _NOT_FOUND_GRACE = 5.0
 #: How many ids a client remembers having started (to answer ``pending`` before the projector has them).
 _REMEMBERED_STARTS = 10_000
 #: How long an existence check before a command may wait for PostgreSQL, and how long after it did not
-#: answer commands skip the check altogether (they need only Kafka).
-_CHECK_TIMEOUT = 1.0
+#: answer commands skip the check altogether (they need only Kafka): a signal while PostgreSQL is down
+#: costs at most this once per backoff period, and a start never waits for it (actors.pending).
+_CHECK_TIMEOUT = 0.5
 _CHECK_BACKOFF = 5.0
+#: How long a command the projections doubted (ended or unknown workflow) waits for the owning node to
+#: confirm or refuse it (``Client._send_checked``).
+_CONFIRM_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,7 @@ class Client:
         # projector has the row these ids are `pending` (accepted), not unknown. Bounded, oldest dropped.
         self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._pg_unanswered_until = 0.0
+        self._pending = PendingWriter(self._record_pending)
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _kafka(self) -> Any:
@@ -231,27 +239,51 @@ class Client:
                                                    stream_channel(notify_channel(self.namespace)))
             return self._stream_listener
 
-    def _check_running(self, workflow_id: str, operation: str) -> None:
-        """Refuse a command that could do nothing, when the projections can tell at once: an unknown id
-        raises WorkflowNotFound, an ended workflow WorkflowNotRunning (``continued`` is not refused: the
-        command goes to the run that continues it). Never waits for PostgreSQL.
+    def _check_running(self, workflow_id: str, operation: str) -> bool:
+        """Whether the projections say the workflow can take a command (True: send it as it is).
 
-        Commands need only Kafka (issue 15): an id this client started and the projector has not seen yet
-        counts as ``pending``, and when PostgreSQL does not
-        answer within ``_CHECK_TIMEOUT`` the command is sent unchecked (and for ``_CHECK_BACKOFF`` seconds
-        after, without asking) — the owning node dead-letters a command for an id it does not know, as it
-        does for a Kafka-only client.
+        False when they say it has ended or is unknown — which may only be lag (a run that a retry, a reset
+        or ``if_closed="allow"`` began since, an id started by another process that the projector has not
+        seen yet): the command then goes with a request id and the owning node decides (``_send_checked``).
+        Never waits for PostgreSQL: an id this client started and the projector has not seen yet counts as
+        ``pending``, and when PostgreSQL does not answer within ``_CHECK_TIMEOUT`` the command is sent
+        unchecked (and for ``_CHECK_BACKOFF`` seconds after, without asking) — commands need only Kafka
+        (issue 15); the owning node dead-letters a command for an id it does not know.
         """
         if not self.postgres or time.monotonic() < self._pg_unanswered_until:
-            return
+            return True
         try:
             status = self._require(workflow_id, _timeout=_CHECK_TIMEOUT)["status"]
+        except WorkflowNotFound:
+            return False
         except ConnectionError as exc:
             self._pg_unanswered_until = time.monotonic() + _CHECK_BACKOFF
             log.warning("sending a command to %s unchecked: %s", workflow_id, exc)
+            return True
+        return status not in statuses.FINAL
+
+    def _send_checked(self, kind: str, workflow_id: str, operation: str, **body: Any) -> None:
+        """Send a signal/cancel/terminate/pause/resume; WorkflowNotRunning / WorkflowNotFound if it can do nothing.
+
+        The refusal is the owning node's (API.md §14): when the projections doubt, the command carries a
+        request id, the node answers before applying it, and only its answer refuses — so a projection that
+        lags never refuses a workflow that is running. ``continued`` is not refused: the command goes to
+        the run that continues it.
+        """
+        if self._check_running(workflow_id, operation):
+            self._send(kind, workflow_id, **body)
             return
-        if status in statuses.FINAL:
-            raise WorkflowNotRunning(workflow_id, status, operation)
+        replies = self._reply_listener()
+        request_id = str(uuid.uuid4())
+        waiter = replies.expect(request_id)
+        self._send(kind, workflow_id, request_id=request_id, **body)
+        reply = replies.wait(request_id, waiter, _CONFIRM_TIMEOUT)
+        if reply is None:
+            raise TimeoutError(
+                f"no answer from the node owning {workflow_id} within {_CONFIRM_TIMEOUT}s to confirm {operation} "
+                "(the command stays queued and is applied when a node owns the workflow)"
+            )
+        _refusal(workflow_id, operation, reply)
 
     def _require(self, workflow_id: str, _timeout: float | None = None) -> dict:
         row = self._read("get_workflow", workflow_id, _timeout=_timeout)
@@ -346,24 +378,30 @@ class Client:
                 update_reply = replies.wait(update_id, update_waiter, _update[2])
                 if update_reply is None:
                     raise TimeoutError(f"no answer to update {_update[0]!r} of {workflow_id} within {_update[2]}s")
-        # Started once Kafka has it: PostgreSQL is not needed. This client answers `pending` for the id until
-        # the projector has the row; other clients (the CLI, the HTTP API) see it sooner through a `pending`
-        # row, written here only if PostgreSQL answers at once (it used to wait 5 s when it was down).
+        # Started once Kafka has it: PostgreSQL is not needed (issue 15). This client answers `pending` for the
+        # id until the projector has the row; other clients (the CLI, the HTTP API) see it sooner through a
+        # `pending` row, written in the background (actors.pending), so a start never waits for PostgreSQL.
         with self._lock:
             self._started[workflow_id] = (type_name, utcnow())
             self._started.move_to_end(workflow_id)
             while len(self._started) > _REMEMBERED_STARTS:
                 self._started.popitem(last=False)
-        if self.postgres and time.monotonic() >= self._pg_unanswered_until:
-            from projections.migrate import record_pending
-
-            try:
-                self._with_conn(record_pending, workflow_id, type_name, list(args), _timeout=_CHECK_TIMEOUT)
-            except Exception as exc:  # the projector writes the row anyway; this only makes it visible sooner
-                if isinstance(exc, ConnectionError):
-                    self._pg_unanswered_until = time.monotonic() + _CHECK_BACKOFF
-                log.warning("could not record %s as pending: %s", workflow_id, exc)
+        if self.postgres:
+            self._pending.add(workflow_id, type_name, list(args))
         return WorkflowHandle(self, workflow_id, run_id, result_type_of(wf)), update_reply
+
+    def _record_pending(self, workflow_id: str, type_name: str, args: list) -> None:
+        """Write a `pending` row (the PendingWriter's thread), unless PostgreSQL just failed to answer."""
+        if time.monotonic() < self._pg_unanswered_until:
+            return
+        from projections.migrate import record_pending
+
+        try:
+            self._with_conn(record_pending, workflow_id, type_name, args, _timeout=_CHECK_TIMEOUT)
+        except Exception as exc:  # the projector writes the row anyway; this only makes it visible sooner
+            if isinstance(exc, ConnectionError):
+                self._pg_unanswered_until = time.monotonic() + _CHECK_BACKOFF
+            log.warning("could not record %s as pending: %s", workflow_id, exc)
 
     def update_with_start(
         self,
@@ -510,6 +548,7 @@ class Client:
             after = (datetime.fromisoformat(rows[-1]["created_at"]), rows[-1]["id"])
 
     def close(self) -> None:
+        self._pending.close(2 * _CHECK_TIMEOUT + 1.0)  # before the pool goes: a short-lived process leaves its rows
         if self._replies is not None:
             self._replies.close()
         if self._terminal_listener is not None:
@@ -629,9 +668,8 @@ class WorkflowHandle:
     def signal(self, name: str, *args: Any) -> None:
         """Send a signal; WorkflowNotRunning if the workflow has ended (nothing would handle it)."""
         data = self._client._payload(f"arguments of signal {name!r}", args)
-        self._client._check_running(self.id, f"signal {name!r}")
         with tracing.span(f"metamorph.signal {name}", kind="producer", attributes={"metamorph.workflow.id": self.id}):
-            self._client._send("SignalWorkflow", self.id, name=name, input=data)
+            self._client._send_checked("SignalWorkflow", self.id, f"signal {name!r}", name=name, input=data)
 
     def query(self, name: str, *args: Any, timeout: float = 10) -> Any:
         return self._client._request("QueryWorkflow", self.id, name, args, timeout)
@@ -643,19 +681,22 @@ class WorkflowHandle:
 
     def cancel(self) -> None:
         """Ask the workflow to cancel; WorkflowNotRunning if it has already ended."""
-        self._client._check_running(self.id, "cancel")
-        self._client._send("CancelWorkflow", self.id, reason=None)
+        self._client._send_checked("CancelWorkflow", self.id, "cancel", reason=None)
 
     def terminate(self, reason: str | None = None) -> None:
         """End the workflow now, running no more code; WorkflowNotRunning if it has already ended."""
-        self._client._check_running(self.id, "terminate")
-        self._client._send("TerminateWorkflow", self.id, reason=reason)
+        self._client._send_checked("TerminateWorkflow", self.id, "terminate", reason=reason)
 
-    def retry(self) -> None:
-        """Reset a failed workflow: a new run replays history up to the failure and goes on from there."""
+    def retry(self, force: bool = False) -> None:
+        """Reset a failed workflow: a new run replays history up to the failure and goes on from there.
+
+        ``AlreadyCompensated`` (nothing sent) if its saga already ran its compensations, unless ``force``.
+        """
         row = self._client._require(self.id)
         if row["status"] != "failed":
             raise ValueError(f"only a failed workflow can be retried; {self.id} is {row['status']}")
+        if not force:
+            check_not_compensated(self.id, self.history())
         self._client._send("RetryWorkflow", self.id)
 
     def pause(self, reason: str | None = None) -> None:
@@ -664,13 +705,11 @@ class WorkflowHandle:
         workflow changes nothing."""
         if reason is not None and not isinstance(reason, str):
             raise ValueError("reason must be a string")
-        self._client._check_running(self.id, "pause")
-        self._client._send("PauseWorkflow", self.id, reason=reason)
+        self._client._send_checked("PauseWorkflow", self.id, "pause", reason=reason)
 
     def resume(self) -> None:
         """End a pause: what waited is applied in arrival order, then the workflow carries on."""
-        self._client._check_running(self.id, "resume")
-        self._client._send("ResumeWorkflow", self.id)
+        self._client._send_checked("ResumeWorkflow", self.id, "resume")
 
     def reset(self, seq: int) -> None:
         """Start a new run that replays the current run's history up to and including event ``seq`` with
@@ -774,6 +813,16 @@ def _outcome(workflow_id: str, row: dict) -> Any:
     if status == "timed_out":
         raise WorkflowTimedOut(workflow_id, row.get("error_message"))
     raise WorkflowTerminated(workflow_id, row.get("error_message"))
+
+
+def _refusal(workflow_id: str, operation: str, reply: dict) -> None:
+    """Raise what the owning node's answer to a confirmed command (``_send_checked``) says, if it refused."""
+    if reply["ok"]:
+        return
+    if reply.get("error_type") == "WorkflowNotFound":
+        raise WorkflowNotFound(workflow_id)
+    status = (reply.get("message") or "").rsplit(" ", 1)[-1]  # "workflow <id> is <status>"
+    raise WorkflowNotRunning(workflow_id, status, operation)
 
 
 def _reply_value(workflow_id: str, kind: str, name: str, reply: dict) -> Any:
@@ -917,6 +966,8 @@ class _Replies:
         self._waiters: dict[str, tuple[threading.Event, list]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # A zombie node's answer (to an update whose events are fenced out of history) is dropped.
+        self.fence = MessageFence("client")
         self._thread = threading.Thread(target=self._run, name="metamorph-replies", daemon=True)
         self._thread.start()
 
@@ -942,6 +993,8 @@ class _Replies:
                 continue
             for records in batch.values():
                 for rec in records:
+                    if not self.fence.admit(rec.topic, rec.headers):
+                        continue
                     try:
                         reply = codec.decode(rec.value, "metamorph.Reply")
                     except codec.DecodeError:

@@ -258,9 +258,14 @@ class Workflow:
 
     async def compensate(self) -> None:
         from . import workflow as wf
+        from .replay import current_run, in_workflow
 
         steps = list(reversed(self.__dict__.get("_compensations", [])))
         self.__dict__["_compensations"] = []
+        if steps and in_workflow():
+            # Recorded (SagaCompensated): a retry of this run would redo steps that were undone, so
+            # ``retry`` refuses without ``force`` (API.md §7).
+            current_run().mark_compensated(len(steps))
         if self.parallel_compensation:
             results = await wf.all([_call(step) for step in steps], return_exceptions=self.continue_with_error)
             return None if results is None else None

@@ -27,6 +27,11 @@ class Message:
     topic: str
     key: str
     value: bytes
+    #: The events partition whose owner decided this message, and the log offset of the event that obliged it:
+    #: the node stamps the message with its ownership of that partition when it sends it
+    #: (``eventstore.fencing.EPOCH_HEADER``). None: nobody's decision (e.g. a forwarded activity outcome).
+    origin: int | None = None
+    origin_offset: int = -1
     #: Kafka record headers: the trace context (actors.tracing) of the step or run that owes the message.
     headers: list[tuple[str, bytes]] | None = None
 
@@ -109,10 +114,18 @@ def _owed(
             parent_ref=event["child_ref"],
         )]
     if kind == "ExternalSignalSent":
+        origin = _origin(workflow_id, run, event) if event.get("ack") else {}
         return [_command(
             topics, "SignalWorkflow", event["target_id"], f"{workflow_id}:{run}:{event['seq']}:signal", at,
-            name=event["name"], input=event["input"],
+            name=event["name"], input=event["input"], **origin,
         )]
+    if kind == "ExternalCancelRequested":
+        return [_command(
+            topics, "CancelWorkflow", event["target_id"], f"{workflow_id}:{run}:{event['seq']}:xcancel", at,
+            reason=event.get("reason") or f"cancelled by workflow {workflow_id}", **_origin(workflow_id, run, event),
+        )]
+    if kind in ("SignalReceived", "CancelRequested") and event.get("origin_id"):
+        return [resolve_external_message(topics, event, True, at=at)]
     if kind == "UpdateCompleted":
         ok = not event.get("error_type")
         return [reply_message(topics, event["request_id"], ok, event["result"] if ok else b"", event.get("error_type"), event.get("message"))]
@@ -135,6 +148,21 @@ def _owed(
                         message=event.get("message") or event.get("reason") or f"child workflow {workflow_id} {kind.removeprefix('Workflow').lower()}")
         return [_command(topics, "ResolveChild", parent, f"{workflow_id}:{run}:resolve", at, **body)]
     return []
+
+
+def _origin(workflow_id: str, run: str, event: dict) -> dict:
+    return {"origin_id": workflow_id, "origin_run_id": run, "origin_ref": event["seq"]}
+
+
+def resolve_external_message(topics: Topics, request: dict, ok: bool, error_type: str | None = None,
+                             message: str | None = None, at: datetime | None = None) -> Message:
+    """Answer the workflow whose code sent ``request`` (a command or the event recording it, with its
+    ``origin_*``); the command id is derived from the request, so every copy of the answer is one."""
+    origin, run, ref = request["origin_id"], request.get("origin_run_id") or "", request["origin_ref"]
+    return _command(
+        topics, "ResolveExternal", origin, f"{origin}:{run}:{ref}:resolved", at or request["at"],
+        run_id=run, ref=ref, ok=ok, error_type=error_type, message=message,
+    )
 
 
 def messages_for_history(

@@ -164,6 +164,57 @@ class WorkflowNotRunning(WorkflowError):
         self.operation = operation
 
 
+class ExternalRequestFailed(WorkflowError):
+    """``workflow.signal_external`` / ``cancel_external`` reached a running workflow that refused it (a signal
+    name it does not define, arguments its handler does not take). A missing or ended target raises
+    ``WorkflowNotFound`` / ``WorkflowNotRunning`` instead; all three are catchable in workflow code."""
+
+    def __init__(self, workflow_id: str, error_type: str, message: str) -> None:
+        super().__init__(f"workflow {workflow_id} refused the request: {error_type}: {message}")
+        self.workflow_id = workflow_id
+        self.error_type = error_type
+        self.message = message
+
+
+def external_error(workflow_id: str, error_type: str | None, message: str | None) -> WorkflowError:
+    """The exception awaiting code sees for a refused ``signal_external``/``cancel_external`` (recorded as
+    ExternalResolved: for ``WorkflowNotRunning`` the message is the target's status)."""
+    if error_type == "WorkflowNotFound":
+        return WorkflowNotFound(workflow_id)
+    if error_type == "WorkflowNotRunning":
+        return WorkflowNotRunning(workflow_id, message or "ended")
+    return ExternalRequestFailed(workflow_id, error_type or "Error", message or "")
+
+
+class AlreadyCompensated(WorkflowError, ValueError):
+    """``retry`` of a failed workflow whose saga already ran its compensations (``Workflow.compensate``
+    recorded ``SagaCompensated``): the new run would redo from the last good step with the earlier steps
+    already undone. Nothing was sent; ``retry(force=True)`` / ``metamorph retry ID --force`` retries anyway.
+    """
+
+    def __init__(self, workflow_id: str, steps: int, seq: int) -> None:
+        super().__init__(
+            f"workflow {workflow_id} already compensated ({steps} undo step(s) from event {seq}): a retry would "
+            "carry on from the last good step although its effects were undone; retry with force to do it anyway"
+        )
+        self.workflow_id = workflow_id
+        self.steps = steps
+        self.seq = seq
+
+
+def check_not_compensated(workflow_id: str, history: list[dict]) -> None:
+    """AlreadyCompensated if the run's ``history`` (the client's view, oldest first) has a SagaCompensated.
+
+    Why the client may decide this from the projection: the run is ``failed`` there only once its
+    WorkflowFailed is projected, and the projector applies a partition's events in order, so the marker
+    that came before the failure is there too.
+    """
+    marker = next((e for e in history if e["type"] == "SagaCompensated"), None)
+    if marker is not None:
+        data = marker["data"] if isinstance(marker.get("data"), dict) else marker
+        raise AlreadyCompensated(workflow_id, int(data.get("steps") or 0), marker["seq"])
+
+
 class QueryFailed(WorkflowError):
     """A query or update the workflow could not answer (no such handler, bad arguments, handler raised)."""
 

@@ -36,8 +36,11 @@ MAX_INLINE_CONTINUATIONS = 20
 #: Commands a paused run keeps for its resume (API.md §7): each would make the code take a step. Queries,
 #: heartbeats, terminate, the execution deadline and starts are not steps and are handled as ever.
 DEFERRED_WHILE_PAUSED = frozenset(
-    {"SignalWorkflow", "UpdateWorkflow", "CancelWorkflow", "CompleteActivity", "FailActivity", "ResolveChild", "FireTimer"}
+    {"SignalWorkflow", "UpdateWorkflow", "CancelWorkflow", "CompleteActivity", "FailActivity", "ResolveChild", "FireTimer", "ResolveExternal"}
 )
+#: Commands a client may send with a ``request_id`` to have the owner confirm that the workflow is running
+#: (answered ok, WorkflowNotRunning or WorkflowNotFound on ``<ns>.replies``).
+CONFIRMABLE = frozenset({"SignalWorkflow", "CancelWorkflow", "TerminateWorkflow", "PauseWorkflow", "ResumeWorkflow"})
 #: Events of the owner's, not of the code's, that a reset or retry does not carry into the new run: the new
 #: run is not blocked, not paused, and commands deferred but never applied before the cut are not part of it.
 _NOT_CARRIED = frozenset(
@@ -73,6 +76,9 @@ class Outcome:
     #: (activity_id, attempt, at) or, from a task still waiting for a queue slot, (..., True)
     heartbeats: list[tuple] = field(default_factory=list)
     rejected: list[tuple[dict, str]] = field(default_factory=list)  # commands with no workflow to apply to
+    #: Answers owed to workflows whose code sent a command here (signal_external/cancel_external) that was
+    #: not recorded as an event (refused, or already applied): (the command, ok, error_type, message).
+    notices: list[tuple[dict, bool, str | None, str | None]] = field(default_factory=list)
 
 
 class WorkflowInstance:
@@ -248,6 +254,14 @@ class WorkflowInstance:
         batch is appended, so a crash or failover during the pause must find it in history; replay never
         sees these events (the code only ever sees the inputs applied on resume, as ordinary inputs).
         """
+        if command.get("request_id") and command["type"] in CONFIRMABLE:
+            # The client asks for the owner's word (its projections said the workflow has ended or is
+            # unknown, which may only be lag): answered here, where the id's state is known, then applied.
+            if self.run_id is None or self.terminal is not None:
+                out.replies.append(self._not_running_reply(command["request_id"]))
+            else:
+                out.replies.append(Reply(command["request_id"], True, payloads.encode(None)))
+            command = {**command, "request_id": None}  # answered: a deferred copy must not answer again
         deadline = command["type"] == "FireTimer" and command.get("kind") == "deadline"
         if self._paused and self.terminal is None and command["type"] in DEFERRED_WHILE_PAUSED and not deadline:
             out.events.append(self._system("CommandDeferred", {"command": _freeze(command)}, at))
@@ -503,8 +517,10 @@ class WorkflowInstance:
     def _cmd_SignalWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
         if not self._live():
             out.rejected.append((cmd, self._not_running()))
+            self._notify_refused(cmd, out)
             return
         if self.run.has_applied(cmd["command_id"]):  # type: ignore[union-attr]
+            _notify(cmd, out, True)  # a re-delivered signal_external: answer again (the origin ignores a second)
             return
         try:
             self._check_handler("signal", cmd["name"], cmd["input"])
@@ -515,8 +531,24 @@ class WorkflowInstance:
             log.warning("signal %r to workflow %s rejected: %s", cmd["name"], self.workflow_id, exc)
             body = {"command": cmd["type"], "error_type": error_type, "message": str(exc), "traceback": ""}
             out.events.append(self._system("CommandRejected", body, at))
+            _notify(cmd, out, False, error_type, str(exc))
             return
-        self._input("SignalReceived", {"name": cmd["name"], "input": cmd["input"], "command_id": cmd["command_id"]}, at, out)
+        body = {"name": cmd["name"], "input": cmd["input"], "command_id": cmd["command_id"], **_origin(cmd)}
+        self._input("SignalReceived", body, at, out)  # its origin (if any) is answered from the event
+
+    def _notify_refused(self, cmd: dict, out: Outcome) -> None:
+        """Answer a workflow that sent ``cmd`` from its code: no such workflow, or it has ended."""
+        if self.run_id is None:
+            _notify(cmd, out, False, "WorkflowNotFound", self._not_running())
+        else:
+            _notify(cmd, out, False, "WorkflowNotRunning", self.status)
+
+    def _cmd_ResolveExternal(self, cmd: dict, at: datetime, out: Outcome) -> None:
+        """The answer to this run's signal_external/cancel_external: an input the awaiting code sees."""
+        if not self._live() or cmd.get("run_id") != self.run_id or ("external", cmd["ref"]) not in self.run._pending:  # type: ignore[union-attr]
+            return  # a duplicate answer, an answer for an ended run, or one the code stopped awaiting
+        body = {"ref": cmd["ref"], "ok": cmd["ok"], "error_type": cmd.get("error_type"), "message": cmd.get("message")}
+        self._input("ExternalResolved", body, at, out)
 
     def _not_running_reply(self, request_id: str) -> Reply:
         """An unknown id is ``WorkflowNotFound`` (clients raise it without asking PostgreSQL first)."""
@@ -556,9 +588,13 @@ class WorkflowInstance:
         self._input("UpdateAccepted", {"request_id": cmd["request_id"], "name": cmd["name"], "input": cmd["input"]}, at, out)
 
     def _cmd_CancelWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
-        if not self._live() or self.run.cancel_requested:  # type: ignore[union-attr]
+        if not self._live():
+            self._notify_refused(cmd, out)
             return
-        self._input("CancelRequested", {"reason": cmd.get("reason")}, at, out)
+        if self.run.cancel_requested:  # type: ignore[union-attr]
+            _notify(cmd, out, True)  # already being cancelled: the request is satisfied
+            return
+        self._input("CancelRequested", {"reason": cmd.get("reason"), **_origin(cmd)}, at, out)
 
     def _cmd_TerminateWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
         if self.run_id is None or self.terminal is not None:
@@ -771,6 +807,17 @@ def _thaw(data: bytes) -> dict:
             return datetime.fromtimestamp(obj["$ms"] / 1000, UTC)
         return obj
     return json.loads(data, object_hook=hook)
+
+
+def _origin(cmd: dict) -> dict:
+    """The sender of a command sent from workflow code (signal_external/cancel_external), kept on its event
+    so the answer is derived from durable history (a restore sends it again)."""
+    return {k: cmd.get(k) for k in ("origin_id", "origin_run_id", "origin_ref")}
+
+
+def _notify(cmd: dict, out: Outcome, ok: bool, error_type: str | None = None, message: str | None = None) -> None:
+    if cmd.get("origin_id"):
+        out.notices.append((cmd, ok, error_type, message))
 
 
 def _update_reply(done: dict) -> Reply:

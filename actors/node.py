@@ -35,7 +35,9 @@ from kafka.structs import OffsetAndMetadata
 from eventstore import codec, groups, metrics
 from eventstore import events as ev
 from eventstore.deadletter import DeadLetters
+from eventstore.fencing import MARKER, MessageFence, epoch_header
 from eventstore.log import TYPE_HEADER, EventLog, LogTruncatedError, check_not_truncated, producer
+from eventstore.statuses import BY_TERMINAL_EVENT, FINAL
 from eventstore.store import PartitionStore
 from eventstore.topics import Topics, ensure_topics, leave_group, partition_for
 
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 #: How long the broker may hold an empty fetch. Short, because not every broker answers a held fetch
 #: as soon as data arrives; an idle node pays a few cheap polls per second for low latency.
 _FETCH_WAIT_MS = int(__import__("os").environ.get("METAMORPH_FETCH_WAIT_MS", "100"))
+#: Events after which a workflow takes no more steps (continue-as-new goes on in the same actor).
+_FINAL_EVENTS = frozenset(kind for kind, status in BY_TERMINAL_EVENT.items() if status in FINAL)
 
 
 @dataclass
@@ -100,6 +104,16 @@ class Node:
         # back to us with no marker above it (nobody else owned it in between) needs no re-dispatch: every
         # attempt we dispatched is still queued or running (see _own).
         self._marked: dict[int, int] = {}
+        # partition -> (epoch, marker offset) this process last owned it with, kept after a release: what it
+        # sends for that partition is stamped with it (a zombie's messages carry its old epoch, and receivers
+        # drop those about events after a newer owner's marker; eventstore.fencing.MessageFence).
+        self._epochs: dict[int, tuple[int, int]] = {}
+        self._last_offset: dict[int, int] = {}  # partition -> the newest event offset this process knows of
+        # Commands that other owners (or this node's own past) sent: dropped when a newer owner has been seen.
+        self._command_fence = MessageFence("node")
+        # Partitions where this node's last append landed after a newer owner's marker (it is a zombie there):
+        # nothing of that batch is applied or sent, and the loop rejoins the group (see _fenced_out).
+        self._fenced: set[int] = set()
         self._live: OrderedDict[str, tuple[pykka.ActorRef, int]] = OrderedDict()  # in order of last use
         self._used: dict[str, float] = {}
         # Outcomes of activities this node ran itself (eager dispatch), handed over without the broker.
@@ -210,6 +224,9 @@ class Node:
                 self._gauges(consumer)
                 if self._owned or groups.settled(consumer):
                     self._ready.set()
+                if self._fenced:
+                    fenced, self._fenced = sorted(self._fenced), set()
+                    raise FencedOutError(f"node {self.name} was fenced out of partition(s) {fenced} by a newer owner")
         finally:
             self._release(list(self._owned))
             metrics.forget_lag(consumer, "node")
@@ -278,6 +295,9 @@ class Node:
         if not again:
             store.reset_heartbeats(now)
         self._owned[partition] = _Owned(store, epoch)
+        self._epochs[partition] = (epoch, offset)
+        self._last_offset[partition] = offset
+        self._command_fence.observe(partition, epoch, offset)  # an earlier owner's later sends are stale now
         if store.fence.epoch == epoch:
             self._marked[partition] = epoch
         else:  # our marker lost to a higher one written meanwhile: that owner's attempts are not ours
@@ -333,7 +353,8 @@ class Node:
             if started is not None and scheduled is not None:
                 task = task_message(self.topics, wid, started["workflow_type"], scheduled, attempt, now, started.get("priority"))
                 messages.append(replace(task, headers=tracing.headers_of(started.get("trace"))))
-        self._send(messages)
+        marker = self._epochs[store.partition][1]
+        self._send([replace(m, origin=store.partition, origin_offset=marker) for m in messages])
 
     def _release(self, partitions: list[int]) -> None:
         for partition in partitions:
@@ -365,6 +386,8 @@ class Node:
                 continue  # revoked during this poll; the new owner re-reads these
             per_wf: OrderedDict[str, list[dict]] = OrderedDict()
             for rec in records:
+                if not self._command_fence.admit(tp.topic, getattr(rec, "headers", None)):
+                    continue  # a former owner's, about an event after a newer owner's marker: not history
                 try:
                     command = ev.flat_command(codec.decode(rec.value, "metamorph.CommandEnvelope"))
                 except codec.DecodeError as exc:
@@ -386,6 +409,7 @@ class Node:
         self._flush_dead_letters()  # acknowledged before the offsets move past the records they replace
         for future in rerouted:
             future.get(timeout=30)  # likewise: a re-routed command is durable in its partition before we commit
+        commits = {tp: o for tp, o in commits.items() if tp.partition not in self._fenced}  # the new owner's now
         try:
             consumer.commit(commits)
         except CommitFailedError:
@@ -404,7 +428,7 @@ class Node:
         log.warning("command for %r arrived on %s[%d] but belongs to partition %d: re-routed",
                     rec.key.decode(errors="replace") if rec.key else None, tp.topic, tp.partition, home)
         metrics.rerouted_commands.inc()
-        return self._log.kafka_producer.send(tp.topic, key=rec.key, value=rec.value, partition=home)
+        return self._log.kafka_producer.send(tp.topic, key=rec.key, value=rec.value, partition=home, headers=rec.headers or None)
 
     def _process(
         self,
@@ -426,17 +450,20 @@ class Node:
                 if commands:
                     asks.append((partition, wid, ref.ask(("handle", commands), block=False)))
         events: dict[int, list[dict]] = defaultdict(list)
-        messages: list[Message] = []
+        obliged: list[tuple[Message, int, int]] = []  # (message, partition, index of its last event in events[p])
         heartbeats: dict[int, list[tuple[str, str, int, int, datetime]]] = defaultdict(list)
+        ended: dict[str, bool] = {}  # workflow id -> its last event in this batch ended it for good
         for partition, wid, future in asks:
             result: Result = future.get()
+            if result.events:
+                ended[wid] = result.events[-1]["type"] in _FINAL_EVENTS
             for e in result.events:
                 e["workflow_id"] = wid
                 e["epoch"] = self._owned[partition].epoch
                 e["node"] = self.name
                 _count(e, result.workflow_type or "?", result.started_at, wid)
             events[partition].extend(result.events)
-            messages.extend(result.messages)
+            obliged.extend((m, partition, len(events[partition]) - 1) for m in result.messages)
             for beat in result.heartbeats:  # (activity_id, attempt, at[, waiting])
                 heartbeats[partition].append((wid, result.run_id or "", *beat))
             for command, reason in result.rejected:
@@ -448,17 +475,69 @@ class Node:
         # Durable first, then act on it, then move the checkpoint: a crash before the checkpoint leaves
         # these events in the log tail, and restore sends their messages again.
         offsets = self._append(events)
+        fenced = self._fenced_out(offsets)
+        for p, written in offsets.items():
+            if written:
+                self._last_offset[p] = written[-1]
+        messages = [
+            replace(m, origin=p, origin_offset=offsets[p][i] if i >= 0 and offsets.get(p) else self._last_offset.get(p, -1))
+            for m, p, i in obliged
+            if p not in fenced  # a zombie's messages about fenced events must not leave
+        ]  # fmt: skip
         self._send(messages)
         self._flush_dead_letters()  # rejected commands: durable before the checkpoint and any commit
         for partition in set(events) | set(fired) | set(heartbeats):
             owned = self._owned.get(partition)
-            if owned is None:
-                continue
+            if owned is None or partition in fenced:
+                continue  # never put fenced events in the store: it would hold history no reader has
             records = list(zip(offsets.get(partition, []), events.get(partition, []), strict=True))
             owned.store.apply(records, fired.get(partition, ()))
             owned.store.heartbeat(heartbeats.get(partition, ()))
             metrics.events_appended.labels(str(partition)).inc(len(records))
+        self._stop_finished([wid for wid, done in ended.items() if done])
         self._evict()
+
+    def _fenced_out(self, offsets: dict[int, list[int]]) -> set[int]:
+        """Partitions where the append just made landed after a newer owner's marker: here we are a zombie.
+
+        Only the owner writes its partition, so an append that does not follow the last offset this node
+        wrote or read means another writer came in between. If that includes an ownership marker of a higher
+        epoch (the group gave the partition to another node while this one was paused or cut off), the batch
+        is fenced out of history: every reader drops it. Applying it to the store anyway made the store hold
+        events no reader has -- a start that the projection never sees, and that the store then deduplicates
+        for ever once this node owns the partition again (found by bench/soak.py under a broker stall). The
+        caller applies and sends nothing of such a partition and the loop rejoins the group; the next
+        restore reads the log from the store's checkpoint, fenced events included, through the fence.
+        """
+        fenced: set[int] = set()
+        assert self._log is not None
+        for p, written in offsets.items():
+            last = self._last_offset.get(p)
+            if not written or last is None or written[0] == last + 1:
+                continue
+            mine = self._owned[p].epoch if p in self._owned else self._epochs.get(p, (-1, -1))[0]
+            for _offset, envelope in self._log.read(p, last + 1, written[0]):
+                kind, body = envelope["event"]
+                if kind == MARKER and body["epoch"] > mine:
+                    fenced.add(p)
+                    break
+        if fenced:
+            log.error("node %s: partition(s) %s now belong to a newer owner; the batch just appended is fenced out "
+                      "of history: not applied, not sent; rejoining the group", self.name, sorted(fenced))
+            metrics.fenced_batches.inc(len(fenced))
+            self._fenced |= fenced
+        return fenced
+
+    def _stop_finished(self, workflow_ids: list[str]) -> None:
+        """Stop the actors of workflows that just ended: they take no more steps, and left in the LRU they
+        push out open workflows that do (1,000 schedules firing short runs evicted every schedule, which
+        then replayed its whole history at each firing). A late query or start is served from the store."""
+        for wid in workflow_ids:
+            entry = self._live.pop(wid, None)
+            if entry is not None:
+                self._used.pop(wid, None)
+                entry[0].stop(block=False)
+                metrics.passivations.labels("finished").inc()
 
     def _append(self, events: dict[int, list[dict]]) -> dict[int, list[int]]:
         assert self._log is not None
@@ -476,6 +555,11 @@ class Node:
         return self._log.append_many(encoded, keys, headers)
 
     def _send(self, messages: list[Message]) -> None:
+        """Send what events oblige, each stamped with this node's epoch for its origin partition.
+
+        The one place a node produces messages, so every kind (tasks, cancellations, commands to other
+        workflows, replies, and any added later) is fenced: receivers drop those of a former owner.
+        """
         if not messages or self._log is None:
             return
         kafka_producer = self._log.kafka_producer
@@ -487,7 +571,11 @@ class Node:
                 # Our own worker may be running it (eager dispatch): tell it now; others read the topic.
                 c = codec.decode(m.value, "metamorph.ActivityCancel")
                 self._worker.cancel(c["workflow_id"], c["run_id"], c["activity_id"])
-            kafka_producer.send(m.topic, key=m.key.encode(), value=m.value, partition=self._partition(m), headers=m.headers)
+            headers = list(m.headers) if m.headers else None  # the trace context (actors.tracing), if any
+            if m.origin is not None and m.origin in self._epochs:
+                epoch, marker = self._epochs[m.origin]
+                headers = [*(headers or ()), epoch_header(m.origin, epoch, marker, max(m.origin_offset, marker))]
+            kafka_producer.send(m.topic, key=m.key.encode(), value=m.value, partition=self._partition(m), headers=headers)
             sent += 1
         if sent:
             kafka_producer.flush()
@@ -639,6 +727,10 @@ class Node:
         return report
 
 
+class FencedOutError(RuntimeError):
+    """This node wrote to a partition after a newer owner's marker: it leaves the group and joins again."""
+
+
 def _done(result: Result) -> pykka.Future:
     future: pykka.Future = pykka.ThreadingFuture()
     future.set(result)
@@ -649,7 +741,7 @@ def _as_message(topics: Topics, command: dict) -> Message:
     body = {k: v for k, v in command.items() if k not in ("type", "command_id", "workflow_id", "at")}
     envelope = ev.command(command["type"], command["workflow_id"], command["command_id"], command["at"], **body)
     return Message(topics.commands, command["workflow_id"], codec.encode("metamorph.CommandEnvelope", envelope),
-                   tracing.headers_of(command.get("_trace")))
+                   headers=tracing.headers_of(command.get("_trace")))
 
 
 def _count(e: dict, workflow_type: str, started_at: Any = None, workflow_id: str = "?") -> None:

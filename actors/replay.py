@@ -42,6 +42,7 @@ from .errors import (
     NondeterminismError,
     VersionNotSupported,
     WorkflowCancelled,
+    external_error,
     limited_payload,
 )
 
@@ -51,14 +52,14 @@ DECISIONS = frozenset(
         "ActivityScheduled", "TimerStarted", "ChildStarted", "ExternalSignalSent", "SideEffectRecorded",
         "VersionMarker", "UpdateCompleted", "WorkflowCompleted", "WorkflowFailed", "WorkflowContinued",
         "WorkflowCancelled", "TimerCancelled", "ActivityCancelRequested", "ChildCancelRequested",
-        "AttributesUpserted", "StreamAppended",
+        "AttributesUpserted", "StreamAppended", "ExternalCancelRequested", "SagaCompensated",
     }
 )
 #: Events that feed the code; after each the code runs until it blocks.
 INPUTS = frozenset(
     {
         "WorkflowStarted", "ActivityCompleted", "ActivityFailed", "TimerFired", "SignalReceived",
-        "UpdateAccepted", "ChildCompleted", "ChildFailed", "CancelRequested",
+        "UpdateAccepted", "ChildCompleted", "ChildFailed", "CancelRequested", "ExternalResolved",
     }
 )
 TERMINAL = frozenset(BY_TERMINAL_EVENT)
@@ -291,6 +292,7 @@ class WorkflowRun:
         self._pending: dict[tuple[str, int], WFuture] = {}  # ("activity"|"timer"|"child", ref) -> future
         self._pending_names: dict[int, str] = {}
         self._children: dict[int, str] = {}
+        self._externals: dict[int, str] = {}  # seq of ExternalSignalSent/ExternalCancelRequested -> target id
         self._conditions: list[tuple[Callable[[], bool], WFuture]] = []
         self._updates: dict[str, WFuture] = {}
         self._applied_commands: dict[str, None] = {}  # a dict as a set: 64 bytes empty instead of 216
@@ -419,6 +421,16 @@ class WorkflowRun:
     def _on_ChildFailed(self, event: dict) -> None:
         child_id = self._children.get(event["child_ref"], "?")
         self._resolve(("child", event["child_ref"]), exc=ChildWorkflowFailed(child_id, event["error_type"], event["message"]))
+
+    def _on_ExternalResolved(self, event: dict) -> None:
+        """The target's answer to ``signal_external``/``cancel_external``: the awaiting code goes on, or gets
+        the error (``WorkflowNotFound``, ``WorkflowNotRunning``, ...) at its await point."""
+        key = ("external", event["ref"])
+        if event["ok"]:
+            self._resolve(key, None)
+        else:
+            target = self._externals.get(event["ref"], "?")
+            self._resolve(key, exc=external_error(target, event.get("error_type"), event.get("message")))
 
     def _on_SignalReceived(self, event: dict) -> None:
         method = handler_for(self.cls, "signal", event["name"])
@@ -688,12 +700,37 @@ class WorkflowRun:
         fut._canceller = lambda: self._cancel_pending(("child", body["child_ref"]), "ChildCancelRequested", body)
         return ChildHandle(self, event["child_id"], fut)
 
-    def signal_external(self, target_id: str, name: str, args: tuple) -> WFuture:
-        self._decide("ExternalSignalSent", {"target_id": target_id, "name": name,
-                                               "input": limited_payload(f"arguments of signal {name!r}", list(args))},
-                     match=("target_id", "name"))
+    def signal_external(self, target_id: str, name: str, args: tuple, ack: bool = False) -> WFuture:
+        """Record a signal to another workflow (the owner sends it once the event is durable).
+
+        ``ack=False`` (a child handle's ``signal``, and every history recorded before acks existed) resolves
+        at once; ``ack=True`` (``workflow.signal_external``) resolves when the target's owner answers with
+        ``ExternalResolved`` — so a missing or ended target is an error the code can catch.
+        """
+        body = {"target_id": target_id, "name": name, "ack": ack,
+                "input": limited_payload(f"arguments of signal {name!r}", list(args))}
+        event = self._decide("ExternalSignalSent", body, match=("target_id", "name"))
+        if not event.get("ack"):
+            fut = WFuture()
+            fut.set_result(None)
+            return fut
+        return self._await_external(event["seq"], target_id)
+
+    def cancel_external(self, target_id: str, reason: str | None) -> WFuture:
+        """Record a cancel request to another workflow; resolves when its owner has recorded it."""
+        event = self._decide("ExternalCancelRequested", {"target_id": target_id, "reason": reason}, match=("target_id",))
+        return self._await_external(event["seq"], target_id)
+
+    def _await_external(self, seq: int, target_id: str) -> WFuture:
         fut = WFuture()
-        fut.set_result(None)
+        self._pending[("external", seq)] = fut
+        self._externals[seq] = target_id
+
+        def forget() -> bool:  # the request stays sent; only this await stops waiting for the answer
+            self._pending.pop(("external", seq), None)
+            return False
+
+        fut._canceller = forget
         return fut
 
     def side_effect(self, fn: Callable[[], Any]) -> WFuture:
@@ -719,6 +756,18 @@ class WorkflowRun:
         if body["search"] is None and body["memo"] is None:
             return
         self._decide("AttributesUpserted", body)
+
+    def mark_compensated(self, steps: int) -> None:
+        """Record that the saga ran its compensations (``Workflow.compensate``), so a ``retry`` can warn.
+
+        Tolerant like ``get_version``: a history recorded before the marker existed has no such event at
+        this point, and replays on without it.
+        """
+        if self._at_recorded():
+            if self.history[self._cursor]["type"] == "SagaCompensated":
+                self._cursor += 1
+            return
+        self._decide("SagaCompensated", {"steps": steps})
 
     def stream(self, value: Any) -> None:
         """Record a stream item (a decision: on replay the recorded item is matched by kind, not re-sent).

@@ -29,7 +29,7 @@ from eventstore.topics import Topics
 from . import typed
 from .activities import ActivityInfo, _BadArguments, _Context, _context
 from .definitions import activities, workflow_class, workflow_type_name
-from .dispatch import messages_for_history, reply_message
+from .dispatch import messages_for_history, reply_message, resolve_external_message
 from .errors import (
     NonRetryableError,
     PayloadTooLarge,
@@ -237,6 +237,8 @@ class WorkflowEnvironment:
             for reply in out.replies:
                 self._deliver_reply(reply_message(self.topics, reply.request_id, reply.ok, reply.result, reply.error_type, reply.message))
             self._emitted(wid, inst, out.events)
+            for request, ok, error_type, message in out.notices:  # answers to signal_external/cancel_external
+                self._route(resolve_external_message(self.topics, request, ok, error_type, message))
 
     def _emitted(self, wid: str, inst: WorkflowInstance, events: list[dict]) -> None:
         """Act on new events as a node does: schedule their timers, send what they oblige."""

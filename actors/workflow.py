@@ -22,7 +22,7 @@ from .replay import DEFAULT_VERSION, ChildHandle, WFuture, current_run, raise_co
 __all__ = [
     "DEFAULT_VERSION", "ActivityOptions", "ChildHandle", "activity", "all", "first", "child", "start_child", "timer",
     "sleep", "wait", "side_effect", "now", "uuid4", "random", "get_version", "continue_as_new", "info",
-    "upsert_search", "memo", "stream",
+    "upsert_search", "memo", "stream", "signal_external", "cancel_external",
 ]
 
 
@@ -67,6 +67,39 @@ sleep = timer
 def wait(condition: Callable[[], bool], timeout: float | timedelta | None = None) -> WFuture:
     """Block until ``condition()`` holds; with a timeout, True if the condition won, False on timeout."""
     return current_run().wait(condition, timeout)
+
+
+def signal_external(workflow_id: str, name: str, *args: Any) -> WFuture:
+    """Signal another workflow (not necessarily a child) by id; awaiting it returns once the target recorded it.
+
+    Recorded (``ExternalSignalSent``), so a replay neither sends it again nor waits again: it returns (or
+    raises) what the target answered then, and code that now signals another id or name is a
+    non-determinism. The awaiting code gets ``WorkflowNotFound`` if no workflow has that id,
+    ``WorkflowNotRunning`` if it has ended, ``ExternalRequestFailed`` if it has no such signal or refuses
+    the arguments — all catchable. A paused target answers when it is resumed.
+    """
+    _check_target(workflow_id, "signal_external")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"signal_external: the signal name must be a non-empty str, got {name!r}")
+    return current_run().signal_external(workflow_id, name, args, ack=True)
+
+
+def cancel_external(workflow_id: str, reason: str | None = None) -> WFuture:
+    """Request cancellation of another workflow by id (its code sees ``WorkflowCancelled`` at its await point).
+
+    Awaiting it returns once the target recorded the request (not when the target has finished cleaning
+    up); recorded and replay-safe like ``signal_external``; a missing or ended target raises
+    ``WorkflowNotFound`` / ``WorkflowNotRunning`` in the awaiting code.
+    """
+    _check_target(workflow_id, "cancel_external")
+    if reason is not None and not isinstance(reason, str):
+        raise TypeError(f"cancel_external: reason must be a str or None, got {type(reason).__name__}")
+    return current_run().cancel_external(workflow_id, reason)
+
+
+def _check_target(workflow_id: Any, call: str) -> None:
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ValueError(f"{call}: the workflow id must be a non-empty str, got {workflow_id!r}")
 
 
 def side_effect(fn: Callable[[], Any]) -> WFuture:

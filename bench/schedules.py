@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+from prometheus_client import REGISTRY
+
 from actors import Client, Workflow
 from actors.node import Node
 from bench.runner import Infra, percentile
@@ -44,6 +46,14 @@ def _stats(values: list[float]) -> dict:
         return {"n": 0}
     return {"n": len(values), "p50_ms": round(percentile(values, 50) * 1000, 1), "p95_ms": round(percentile(values, 95) * 1000, 1),
             "p99_ms": round(percentile(values, 99) * 1000, 1), "max_ms": round(values[-1] * 1000, 1)}
+
+
+def _work() -> dict[str, float]:
+    """Load-independent counters of the node in this process: events replayed to reload evicted actors, and
+    actors stopped by reason (an evicted schedule replays its history at its next firing)."""
+    samples = {(s.name, s.labels.get("reason", "")): s.value for m in REGISTRY.collect() for s in m.samples}
+    return {"replayed_events": samples.get(("metamorph_replayed_events_total", ""), 0.0),
+            **{f"passivated_{r}": samples.get(("metamorph_passivations_total", r), 0.0) for r in ("lru", "idle", "finished")}}
 
 
 def main() -> None:
@@ -78,8 +88,10 @@ def run(infra: Infra, args: argparse.Namespace) -> None:
                           range(args.schedules)))
         created = datetime.now(UTC)
         print(f"created {args.schedules} schedules in {time.time() - t0:.1f}s; measuring {args.seconds:.0f}s", flush=True)
+        before = _work()
         time.sleep(args.seconds)
         window_end = datetime.now(UTC)
+        work = {k: v - before[k] for k, v in _work().items()}
         time.sleep(5)  # let the projector catch up
         with connect(infra.postgres, ns) as conn:
             starts = conn.execute(
@@ -97,7 +109,7 @@ def run(infra: Infra, args: argparse.Namespace) -> None:
                 start_late.append((at - fire).total_seconds())
         wake_late = [(at - datetime.fromtimestamp(fire_at / 1000, UTC)).total_seconds() for at, fire_at in wakes if at]
         result = {"schedules": args.schedules, "seconds": args.seconds, "broker": args.broker, "partitions": args.partitions,
-                  "start_lateness": _stats(start_late), "wake_lateness": _stats(wake_late)}
+                  "start_lateness": _stats(start_late), "wake_lateness": _stats(wake_late), "in_window": work}
         print(json.dumps(result), flush=True)
     finally:
         client.close()

@@ -82,8 +82,13 @@ def main(argv: list[str] | None = None) -> int:
              lambda: client.list(search={"customer": ("in", ["c-7", "c-8"]), "amount": ("<", 500)})),
             ("count customer=c-7", lambda: client.count(search={"customer": "c-7"})),
             ("count customer=c-7 and amount>500", lambda: client.count(search={"customer": "c-7", "amount": (">", 500)})),
+            ("count all", lambda: client.count()),
+            ("count type=bench.Order", lambda: client.count(type="bench.Order")),
             ("count status=running", lambda: client.count(status="running")),
+            ("count type+status=completed", lambda: client.count(type="bench.Order", status="completed")),
             ("count status=running and vip=true", lambda: client.count(status="running", search={"vip": True})),
+            ("count type+status=running and amount>500",
+             lambda: client.count(type="bench.Order", status="running", search={"amount": (">", 500)})),
             ("count region=eu (20% of rows)", lambda: client.count(search={"region": "eu"})),
         ]
         print(f"{'query':<48} {'median ms':>10} {'max ms':>8}  result")
@@ -105,10 +110,12 @@ def _explain(postgres: str, namespace: str) -> None:
 
     from projections.db import connect
 
-    queries = [
+    queries: list[tuple[str, list[Any]]] = [
         ("SELECT id FROM workflows WHERE search @> %s ORDER BY created_at DESC, id DESC LIMIT 101", [Jsonb({"customer": "c-7"})]),
         ("SELECT count(*) FROM workflows WHERE search @> %s", [Jsonb({"customer": "c-7"})]),
         ("SELECT count(*) FROM workflows WHERE search @> %s", [Jsonb({"region": "eu"})]),
+        ("SELECT coalesce(sum(n), 0) FROM workflow_counts WHERE status = ANY(%s)", [["running"]]),
+        ("SELECT count(*) FROM workflows WHERE status = ANY(%s) AND search @> %s", [["running"], Jsonb({"vip": True})]),
     ]
     with connect(postgres, namespace) as conn:
         for query, params in queries:

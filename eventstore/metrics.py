@@ -85,6 +85,15 @@ log_truncated = Gauge(
     "1 while a partition is stopped because the log ends before the position saved for it (truncated or reset)",
     ["component", "partition"],
 )
+stale_messages = Counter(
+    "metamorph_stale_messages_dropped_total",
+    "Messages dropped by their receiver because a node that no longer owned their partition sent them (older epoch)",
+    ["component", "topic"],
+)
+fenced_batches = Counter(
+    "metamorph_node_fenced_batches_total",
+    "Batches a node appended after a newer owner's marker (it was a zombie there): not applied, not sent; it rejoins",
+)
 dependency_errors = Counter("metamorph_dependency_errors_total", "Failed calls to Kafka or PostgreSQL", ["component", "dependency"])
 
 # -- projector --------------------------------------------------------------------------------------------

@@ -157,7 +157,25 @@ def count_query(
     search: list[tuple[str, str, Any]] | None = None, started_after: datetime | None = None,
     started_before: datetime | None = None, parent_id: str | None = None,
 ) -> tuple[str, list[Any]]:
-    """The statement and parameters of ``count_workflows`` (shared with the async read side)."""
+    """The statement and parameters of ``count_workflows`` (shared with the async read side).
+
+    With no filter but status and/or type it sums the counters the triggers of migration 004 keep per
+    (type, status) — a few dozen rows however many workflows there are. Any other filter counts the
+    matching rows: fast when the filter is selective (the GIN index on ``search`` or the status/type
+    indexes find few rows), proportional to the matches when it is broad (``region=eu`` over 20 % of a
+    million rows takes ~100 ms), as README "Finding workflows" says.
+    """
+    if not search and started_after is None and started_before is None and parent_id is None:
+        where: list[str] = []
+        counted: list[Any] = []
+        if status is not None:
+            where.append("status = ANY(%s)")
+            counted.append([str(s) for s in statuses.parse_many(status)])
+        if type is not None:
+            where.append("type = %s")
+            counted.append(type)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return f"SELECT coalesce(sum(n), 0) FROM workflow_counts {clause}", counted
     clause, params = _where(status, type, parent_id, search, started_after, started_before, None)
     return f"SELECT count(*) FROM workflows {clause}", params
 

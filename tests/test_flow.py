@@ -12,11 +12,13 @@ import re
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from actors import ActivityOptions, Client, queue
-from actors.definitions import parse_rate, queue_limits, share
+from actors.activities import _Gate, _Outcome, _QueueWorker
+from actors.definitions import QueueLimits, parse_rate, queue_limits, share
 from actors.node import Node
 from eventstore.topics import ensure_topics, partition_for
 from tests.apps import flow_app as app
@@ -61,6 +63,78 @@ def test_shares_add_up_to_the_limit_whatever_the_assignment():
         assert all(share(limit, [p], routed) >= 1 for p in range(routed))
         for cut in itertools.product(range(3), repeat=PARTITIONS):  # every split among three workers
             assert sum(share(limit, [p for p in range(PARTITIONS) if cut[p] == w], routed) for w in range(3)) == limit
+
+
+def _gate_with_sent(limits: QueueLimits | None) -> tuple[_Gate, list[tuple[str, dict]]]:
+    """A flow-control gate over a stand-in queue worker that records the commands it would send."""
+    sent: list[tuple[str, dict]] = []
+    worker = SimpleNamespace(
+        worker=SimpleNamespace(name="stand-in", partitions=PARTITIONS, concurrency=4, was_cancelled=lambda _key: False),
+        in_flight=0, producer=SimpleNamespace(flush=lambda: None), _execute=lambda _out: None,
+        send_command=lambda _wid, kind, _cid, **body: sent.append((kind, body)),
+    )  # fmt: skip
+    gate = _Gate(worker, limits)  # type: ignore[arg-type]
+    gate.assigned(set(range(PARTITIONS)))
+    return gate, sent
+
+
+def _task(activity_id: int, timeout: float | None = 2.0, key: str | None = None) -> _Outcome:
+    task = {"workflow_id": "wf", "run_id": "r", "activity_id": activity_id, "attempt": 1, "timeout": timeout, "key": key}
+    return _Outcome(None, activity_id, task)
+
+
+def test_a_gated_task_that_starts_at_once_tells_its_owner_it_started():
+    """The owner's start-to-close timer runs from dispatch; a task of a limited or keyed queue may have sat
+    in the topic before a worker read it, so the worker reports every such start (not only after a wait in
+    the gate), and the owner's deadline moves to start + timeout. No timeout, nothing to report."""
+    gate, sent = _gate_with_sent(QueueLimits("limited-here", concurrency=2))
+    gate.worker.in_flight = 2
+    gate.hold(_task(1))
+    gate.hold(_task(2, timeout=None))
+    gate.admit()
+    assert [(kind, body["activity_id"], body.get("waiting")) for kind, body in sent] == [("HeartbeatActivity", 1, True)]
+    keyed, sent = _gate_with_sent(None)
+    keyed.worker.in_flight = 1
+    keyed.hold(_task(3, key="user-1"))
+    keyed.admit()
+    assert [(kind, body["activity_id"]) for kind, body in sent] == [("HeartbeatActivity", 3)]
+
+
+@pytest.fixture
+def slow_pickup(kafka, namespace, tmp_path, monkeypatch):
+    """A node whose own activity worker reads each task of the ``single`` queue a second late: the pickup
+    delay of a loaded worker, made deterministic."""
+    marks = tmp_path / "marks"
+    monkeypatch.setattr(app, "MARKS", marks)
+    late_submit = _QueueWorker._submit
+
+    def submit(self: _QueueWorker, tp: object, rec: object) -> None:
+        time.sleep(PICKUP_DELAY)
+        late_submit(self, tp, rec)
+
+    monkeypatch.setattr(_QueueWorker, "_submit", submit)
+    node = Node(kafka, namespace, data_dir=tmp_path / "node", queues=("single",), partitions=PARTITIONS).start()
+    client = Client(kafka, None, namespace)
+    try:
+        assert node.wait_ready(30)
+        yield client, marks
+    finally:
+        client.close()
+        node.stop()
+
+
+PICKUP_DELAY = 1.0
+
+
+def test_start_to_close_counts_from_the_real_start_after_a_slow_pickup(slow_pickup):
+    """A 1.5 s job with a 2 s start-to-close timeout, read 1 s after dispatch, runs once: its attempt is
+    timed from when it started, not from when the owner sent it (the flake of the priority test under load)."""
+    client, marks = slow_pickup
+    client.start(app.Job, "slow-pickup", 1.5, id=f"slow-pickup-{uuid.uuid4().hex[:6]}")
+    wait_until(lambda: any(w == "end" for w, _, _ in _marks(marks / "single")), 60, "the job to finish")
+    time.sleep(PICKUP_DELAY + 2.0)  # an attempt timed out at 2 s would have been retried and read by now
+    started = [label for w, label, _ in _marks(marks / "single") if w == "start"]
+    assert started == ["slow-pickup#1"], f"the job was timed from its dispatch: {started}"
 
 
 def _marks(path: Path) -> list[tuple[str, str, float]]:

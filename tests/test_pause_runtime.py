@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from actors import WorkflowNotRunning
+from actors import WorkflowFailed, WorkflowNotRunning
 from actors.cli import EXIT_REFUSED, EXIT_USAGE, main
 from tests.apps.pause_app import Napper, Steps
 from tests.processes import wait_until
@@ -130,3 +130,40 @@ def test_http_and_batch_pause_resume(stack):
     wait_until(lambda: client.count(search=group, status="waiting") == 2, 20, "all resumed")
     assert client.batch("terminate", search=group) == 2
     h.terminate("done")
+
+
+def test_retry_of_a_saga_that_already_compensated_warns_and_needs_force(stack):
+    from actors import AlreadyCompensated
+    from actors.testing import replay
+    from tests.apps.saga_app import DECLINE, Fragile, Trip
+
+    client, namespace = stack
+    DECLINE.update({"t-1", "t-2"})
+    h = client.start(Trip, "t-1", id="pz-saga-1")
+    with pytest.raises(WorkflowFailed):
+        h.result(timeout=30)
+    history = h.history()
+    marker = next(e for e in history if e["type"] == "SagaCompensated")
+    assert marker["seq"] < next(e["seq"] for e in history if e["type"] == "WorkflowFailed")
+    # How "compensated" is known: the recorded marker; a history from before it existed replays as well.
+    assert replay(history, Trip) == "failed"
+    assert replay([e for e in history if e["type"] != "SagaCompensated"], Trip) == "failed"
+    with pytest.raises(AlreadyCompensated) as err:
+        h.retry()
+    assert err.value.steps == 1 and "force" in str(err.value)
+    conn = ["--kafka", client.kafka, "--postgres", client.postgres, "--namespace", namespace]
+    assert main(["retry", "pz-saga-1", *conn]) == EXIT_REFUSED
+    time.sleep(1.0)
+    assert len(client._read("runs", "pz-saga-1")) == 1 and h.status() == "failed"  # nothing was sent
+    DECLINE.discard("t-1")
+    assert main(["retry", "pz-saga-1", "--force", *conn]) == 0
+    wait_until(lambda: len(client._read("runs", "pz-saga-1")) == 2 and h.status() == "completed", 30, "forced retry ran")
+    assert h.result(timeout=10) == "paid t-1"
+    # A failure that compensated nothing is retried without force.
+    f = client.start(Fragile, "t-2", id="pz-saga-2")
+    with pytest.raises(WorkflowFailed):
+        f.result(timeout=30)
+    DECLINE.discard("t-2")
+    f.retry()
+    wait_until(lambda: len(client._read("runs", "pz-saga-2")) == 2 and f.status() == "completed", 30, "retry ran")
+    assert f.result(timeout=10) == "paid t-2"

@@ -20,6 +20,11 @@ def test_start_and_signal_need_only_kafka(kafka_server, pg_server, tmp_path):
     """With PostgreSQL stopped, start and signal return promptly; the workflow completes once it is back."""
     with running_stack(kafka_server.bootstrap, pg_server, tmp_path, prefix="nopg") as (client, _node, _ns):
         assert client.start(app.Hello, "warm").result(timeout=30) == "hello warm"  # pool and listener are up
+        # What a start and a signal cost here with PostgreSQL up (Kafka acks, on this machine's current load):
+        # with it down they may cost that and must stay under a second more, i.e. never wait for PostgreSQL.
+        began = time.monotonic()
+        client.get(client.start(app.Signalled, "pg-up").id).signal("go", "now")
+        kafka_only = (time.monotonic() - began) / 2
         pg_server.stop()
         try:
             started = time.monotonic()
@@ -31,11 +36,15 @@ def test_start_and_signal_need_only_kafka(kafka_server, pg_server, tmp_path):
             second_seconds = time.monotonic() - started - start_seconds - signal_seconds
         finally:
             pg_server.start()
-        assert start_seconds < 2.0, f"start took {start_seconds:.1f}s with PostgreSQL down"
-        assert signal_seconds < 2.0, f"signal took {signal_seconds:.1f}s with PostgreSQL down"
-        assert second_seconds < 2.0, f"a second start took {second_seconds:.1f}s with PostgreSQL down"
+        bound = min(2.0, 1.0 + kafka_only)  # never looser than the 2 s this test asked before issue 15 item 6
+        assert start_seconds < bound, f"start took {start_seconds:.2f}s with PostgreSQL down (Kafka only: {kafka_only:.2f}s)"
+        assert signal_seconds < bound, f"signal took {signal_seconds:.2f}s with PostgreSQL down (Kafka only: {kafka_only:.2f}s)"
+        assert second_seconds < bound, f"a second start took {second_seconds:.2f}s with PostgreSQL down (Kafka only: {kafka_only:.2f}s)"
         assert handle.result(timeout=60) == "hello pg-down/later"
         assert other.result(timeout=60) == "hello second"
+        with Client(kafka_server.bootstrap, client.postgres, client.namespace) as reader:  # visible to everyone
+            assert reader.get(handle.id).describe()["status"] == "completed"
+            assert reader.get(other.id).status() == "completed"
 
 
 def test_status_right_after_start_is_pending_before_anything_projected(kafka_server, pg_server):

@@ -72,6 +72,70 @@ def test_overlap_skip_with_a_long_running_target(kafka, pg_server, tmp_path):
         client.get_schedule("long").delete()
 
 
+@pytest.mark.parametrize(("policy", "ended"), [("terminate_other", "terminated"), ("cancel_other", "cancelled")])
+def test_overlap_terminate_other_and_cancel_other_end_the_open_run(kafka, pg_server, tmp_path, policy, ended):
+    """Each firing ends the run still open (a 60 s sleeper) and starts its own: only the latest is open."""
+    with running_stack(kafka, pg_server, tmp_path) as (client, _node, _ns):
+        sid = policy.replace("_", "-")
+        s = client.schedule(sid, app.Sleepy, 60, every=1, overlap=policy)
+        wait_until(lambda: len(_runs(client, sid)) >= 3, 20, "three firings")
+        s.pause()
+        time.sleep(1.0)  # a firing already under way when the pause arrived may still land
+        runs = _runs(client, sid)
+        times = [_fire_time(r) for r in runs]
+        assert all(b - a == timedelta(seconds=1) for a, b in zip(times, times[1:], strict=False)), f"no firing is skipped: {runs}"
+
+        def settled() -> bool:
+            return all(client.get(r).status() == ended for r in runs[:-1])
+
+        wait_until(settled, 20, f"every run but the latest to be {ended}")
+        assert client.get(runs[-1]).status() in ("running", "waiting"), "the latest run goes on"
+        assert not [r for r in s.describe()["recent_runs"] if r["status"] == "skipped"]
+        client.get(runs[-1]).terminate()
+        s.delete()
+
+
+def test_cli_schedule_create_describe_list_pause_backfill_trigger_delete(kafka, pg_server, tmp_path, capsys):
+    """Every schedule action of ``metamorph schedule`` on a real node, and bad input as usage errors."""
+    import json
+
+    from actors.cli import EXIT_USAGE, main
+
+    with running_stack(kafka, pg_server, tmp_path) as (client, _node, namespace):
+        conn = ["--kafka", kafka, "--postgres", client.postgres, "--namespace", namespace]  # before the action
+        start_at = (datetime.now(UTC) + timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
+        for bad, message in ((["--cron", "61 * * * *"], "invalid cron expression"),
+                             (["--cron", "0 2 * * *", "--timezone", "Mars/Olympus"], "unknown time zone"),
+                             (["--every", "60", "--start-at", "tomorrow"], "start_at must be an ISO 8601 time"),
+                             (["--every", "60", "--overlap", "sometimes"], "unknown overlap policy")):
+            assert main(["schedule", *conn, "create", "bad", "sched.Quick", *bad]) == EXIT_USAGE, bad
+            assert message in capsys.readouterr().err
+        assert main(["schedule", *conn, "create", "hourly", "sched.Quick", '"h"', "--every", "3600", "--start-at",
+                     start_at.isoformat(), "--overlap", "allow_all", "--json"]) == 0  # fmt: skip
+        info = json.loads(capsys.readouterr().out)
+        assert info["next_runs"][0] == start_at.isoformat() and info["spec"]["start_at"] == start_at.isoformat()
+        assert main(["schedule", *conn, "list", "--json"]) == 0
+        assert [i["id"] for i in json.loads(capsys.readouterr().out)] == ["hourly"]
+        assert main(["schedule", *conn, "pause", "hourly", "--note", "maintenance"]) == 0
+        capsys.readouterr()
+        assert main(["schedule", *conn, "describe", "hourly", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["paused"] is True
+        assert main(["schedule", *conn, "resume", "hourly"]) == 0
+        assert "resume" in capsys.readouterr().out
+        past = datetime(2030, 1, 1, tzinfo=UTC)
+        assert main(["schedule", *conn, "backfill", "hourly", past.isoformat(), (past + timedelta(hours=2)).isoformat(), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["backfilled"] == 3
+        wait_until(lambda: len(_runs(client, "hourly")) >= 3, 20, "the backfilled runs")
+        assert _runs(client, "hourly") == [f"hourly@2030-01-01T0{h}:00:00Z" for h in range(3)]
+        assert main(["schedule", *conn, "backfill", "hourly", "2030-01-02T00:00:00Z", "2030-01-01T00:00:00Z"]) == EXIT_USAGE
+        assert "start <= end" in capsys.readouterr().err
+        assert main(["schedule", *conn, "trigger", "hourly"]) == 0
+        run_id = capsys.readouterr().out.strip()
+        assert run_id.startswith("hourly@") and client.get(run_id).result(timeout=20) == "h"
+        assert main(["schedule", *conn, "delete", "hourly"]) == 0
+        wait_until(lambda: client.list_schedules() == [], 20, "the schedule to be gone")
+
+
 @pytest.fixture
 def cluster_of_processes(kafka, namespace, pg_url, tmp_path):
     procs = Processes(tmp_path / "logs")

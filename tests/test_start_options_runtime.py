@@ -146,6 +146,12 @@ def test_cli_start_options(stack, capsys):
     assert "invalid choice" in capsys.readouterr().err
     assert main(["start", "pol.Gate", "--id", "cli-2", "--start-delay", "-3", *conn]) == EXIT_USAGE
     assert "start_delay" in capsys.readouterr().err
+    assert main(["start", "pol.Quick", '"p"', "--id", "cli-4", "--priority", "2", *conn]) == 0
+    capsys.readouterr()
+    wait_until(lambda: client.get("cli-4").status() == "completed", 20, "the CLI-started run with a priority")
+    assert client.get("cli-4").history()[0]["priority"] == 2, "start --priority sets the run's priority"
+    assert main(["start", "pol.Quick", '"p"', "--id", "cli-5", "--priority", "10", *conn]) == EXIT_USAGE
+    assert "priority" in capsys.readouterr().err
     assert main(["start", "pol.Sleeper", "3600", "--id", "cli-3", "--timeout", "0.5", *conn]) == 0
     capsys.readouterr()
     assert main(["result", "cli-3", "--timeout", "30", *conn]) == EXIT_WORKFLOW

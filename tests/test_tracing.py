@@ -248,14 +248,14 @@ def test_env_var_turns_tracing_on():
 
 
 def test_events_written_before_the_trace_field_still_decode():
-    """Nodes of the previous release wrote WorkflowStarted without ``trace`` (EventEnvelope v7 frozen)."""
+    """Nodes of the previous release wrote WorkflowStarted without ``trace`` (EventEnvelope v8 frozen)."""
     import json as _json
     from datetime import UTC, datetime
 
     from eventstore import codec
     from eventstore.events import from_envelope
 
-    old = _json.loads((codec.SCHEMA_DIR / "history" / "metamorph.EventEnvelope.v7.avsc").read_text())
+    old = _json.loads((codec.SCHEMA_DIR / "history" / "metamorph.EventEnvelope.v8.avsc").read_text())
     body = {"workflow_type": "t", "input": b"[]", "command_id": "c"}
     envelope = {"workflow_id": "w", "run_id": "r", "seq": 1, "epoch": 1, "at": datetime(2030, 1, 1, tzinfo=UTC),
                 "status": None, "node": "n", "event": ("metamorph.events.WorkflowStarted", body)}
