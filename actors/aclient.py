@@ -71,6 +71,8 @@ class AsyncClient:
         self._terminal_listener: _AsyncTerminals | None = None
         self._stream_listener: _AsyncTerminals | None = None
         self._replies: _c._Replies | None = None
+        self._replies_failed_until = 0.0
+        self._unsettled: OrderedDict[str, float] = OrderedDict()  # as Client._unsettled
         self._setup = asyncio.Lock()
         self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._pg_unanswered_until = 0.0
@@ -149,6 +151,20 @@ class AsyncClient:
                     self._replies = await asyncio.to_thread(_c._Replies, self.kafka, self.topics)
         return self._replies
 
+    async def _result_replies(self) -> _c._Replies | None:
+        """``Client._result_replies`` on asyncio: the shared replies listener, or None while Kafka cannot
+        give one (result() then waits on the projection alone; not retried for ``_REPLIES_RETRY_S``)."""
+        if self._replies is not None:
+            return self._replies
+        if time.monotonic() < self._replies_failed_until:
+            return None
+        try:
+            return await self._reply_listener()
+        except Exception as exc:
+            log.warning("result(): no replies consumer (%s); waiting on the projection instead", exc)
+            self._replies_failed_until = time.monotonic() + _c._REPLIES_RETRY_S
+            return None
+
     async def _terminals(self) -> _AsyncTerminals:
         if self._terminal_listener is None:
             if not self.postgres:
@@ -185,10 +201,37 @@ class AsyncClient:
             raise TimeoutError(f"no answer to {kind} {name!r} of {workflow_id} within {timeout}s")
         return _c._reply_value(workflow_id, kind, name, reply)
 
+    def _unsettle(self, workflow_id: str) -> None:
+        """``Client._unsettle``."""
+        self._unsettled[workflow_id] = time.monotonic() + _c._SETTLE_S
+        self._unsettled.move_to_end(workflow_id)
+        while len(self._unsettled) > _c._RECENT_RESULTS:
+            self._unsettled.popitem(last=False)
+
+    async def _settle(self, ids: list[str] | None = None) -> None:
+        """``Client._settle`` on asyncio: reads after a result() from ``<ns>.replies`` wait (up to
+        ``_SETTLE_S``) until the projection has that outcome."""
+        pending = [(w, d) for w, d in self._unsettled.items() if ids is None or w in ids]
+        if not pending:
+            return
+        terminals = await self._terminals()
+        for workflow_id, deadline in pending:
+            while time.monotonic() < deadline:
+                wake = terminals.expect(workflow_id)
+                try:
+                    row = await self._read("get_workflow", workflow_id)
+                    if row is not None and row["status"] in statuses.FINAL:
+                        break
+                    await _event(wake, max(0.0, min(0.5, deadline - time.monotonic())))
+                finally:
+                    terminals.forget(workflow_id, wake)
+            self._unsettled.pop(workflow_id, None)
+
     async def _check_running(self, workflow_id: str, operation: str) -> bool:
         """``Client._check_running``: True to send as is, False when the projections say ended or unknown."""
         if not self.postgres or time.monotonic() < self._pg_unanswered_until:
             return True
+        await self._settle([workflow_id])
         try:
             status = (await self._require(workflow_id, _timeout=_c._CHECK_TIMEOUT))["status"]
         except WorkflowNotFound:
@@ -253,6 +296,7 @@ class AsyncClient:
         command_id = f"start:{workflow_id}:{uuid.uuid4()}" if options or _update else f"start:{workflow_id}"
         options = {**options, **(attributes or {})}
         run_id = None
+        sent_at = time.monotonic()  # before the send: an outcome read after this is of this start or later
         if not decide:
             await self._send("StartWorkflow", workflow_id, command_id, workflow_type=type_name, input=data, **options)
         else:
@@ -288,7 +332,9 @@ class AsyncClient:
             task = asyncio.create_task(self._record_pending(workflow_id, type_name, list(args)))
             self._pending_rows.add(task)
             task.add_done_callback(self._pending_rows.discard)
-        return AsyncWorkflowHandle(self, workflow_id, run_id, _c.result_type_of(wf)), update_reply
+        handle = AsyncWorkflowHandle(self, workflow_id, run_id, _c.result_type_of(wf))
+        handle._sent_at = sent_at
+        return handle, update_reply
 
     async def _record_pending(self, workflow_id: str, type_name: str, args: list) -> None:
         """``Client._record_pending``: a best-effort `pending` row, unless PostgreSQL just failed to answer."""
@@ -333,6 +379,7 @@ class AsyncClient:
             raise ValueError(f"limit must be a positive integer, not {limit!r}")
         scope = _c._cursor_scope(filters)
         after = _search.decode_cursor(cursor, scope) if cursor is not None else None
+        await self._settle()  # results this client returned from <ns>.replies are in the projection first
         rows = await self._read("list_workflows", limit=limit + 1, after=after, **filters)
         more = len(rows) > limit
         rows = rows[:limit]
@@ -345,6 +392,7 @@ class AsyncClient:
         started_before: datetime | str | None = None,
     ) -> int:
         """``Client.count``: how many workflows match ``list``'s filters."""
+        await self._settle()
         return await self._read("count_workflows", **_c._filters(status, type, search, started_after, started_before, None))
 
     async def batch(
@@ -446,12 +494,15 @@ class AsyncWorkflowHandle:
         #: annotation, or ``result_type=``; None returns the JSON value as it is.
         self.result_type = result_type
         self.run_id = run_id
+        self._sent_at: float | None = None  # as WorkflowHandle._sent_at
+        self._final: dict | None = None  # as WorkflowHandle._final
         self._run_seen = run_id is None
 
     def __repr__(self) -> str:
         return f"AsyncWorkflowHandle({self.id!r})"
 
     async def describe(self) -> dict:
+        await self._settle()
         row = await self._client._require(self.id)
         if not self._run_seen:
             if row.get("run_id") == self.run_id:
@@ -461,9 +512,9 @@ class AsyncWorkflowHandle:
                 self._run_seen = True
                 row = await self._client._require(self.id)
             else:
-                return {**row, "run_id": self.run_id, "status": "pending", "output": None, "error_type": None,
-                        "error_message": None, "error_traceback": None, "closed_at": None}
-        return row
+                row = {**row, "run_id": self.run_id, "status": "pending", "output": None, "error_type": None,
+                       "error_message": None, "error_traceback": None, "closed_at": None}
+        return _c._with_final(row, self._final)
 
     async def status(self) -> str:
         return (await self.describe())["status"]
@@ -487,9 +538,19 @@ class AsyncWorkflowHandle:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         terminals = await self._client._terminals()
+        replies = await self._client._result_replies()
+        box: list[dict] = []
+        loop = asyncio.get_running_loop()
         while True:
             wake = terminals.expect(self.id)
+            waker = _ThreadsafeWake(loop, wake)
+            if replies is not None:  # the owner's outcome on <ns>.replies, as in Client.result()
+                replies.expect_result(self.id, waker, box, self.run_id, self._sent_at)
             try:
+                if box:
+                    self._final = _c._result_row(box[0])
+                    self._client._unsettle(self.id)
+                    return _c.typed_output(self.id, _c._outcome(self.id, self._final), result_type or self.result_type)
                 try:
                     row = await self.describe()
                 except WorkflowNotFound:
@@ -504,7 +565,13 @@ class AsyncWorkflowHandle:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"workflow {self.id} is still {status} after {timeout}s")
                 await _event(wake, 5.0 if remaining is None else min(remaining, 5.0))
+                if box:
+                    self._final = _c._result_row(box[0])
+                    self._client._unsettle(self.id)
+                    return _c.typed_output(self.id, _c._outcome(self.id, self._final), result_type or self.result_type)
             finally:
+                if replies is not None:
+                    replies.forget_result(self.id, waker)
                 terminals.forget(self.id, wake)
 
     def stream(self, after: int = 0, timeout: float | None = None) -> AsyncIterator[Any]:
@@ -577,12 +644,19 @@ class AsyncWorkflowHandle:
         await self._client._send("RetryWorkflow", self.id)
 
     async def history(self) -> list[dict]:
+        await self._settle()
         await self._client._require(self.id)
         return await self._client._read("history", self.id)
 
     async def exceptions(self) -> list[dict]:
+        await self._settle()
         await self._client._require(self.id)
         return await self._client._read("exceptions", self.id)
+
+    async def _settle(self) -> None:
+        """``WorkflowHandle._settle``: reads after a result() from ``<ns>.replies`` (``AsyncClient._settle``)."""
+        if self._final is not None:
+            await self._client._settle([self.id])
 
 
 class AsyncScheduleHandle:
@@ -685,6 +759,16 @@ async def _wait(replies: _c._Replies, request_id: str, waiter: _LoopWaiter, time
     finally:
         with replies._lock:
             replies._waiters.pop(request_id, None)
+
+
+class _ThreadsafeWake:
+    """Sets an ``asyncio.Event`` from the replies listener thread (``set()`` hops onto the loop)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        self._loop, self._event = loop, event
+
+    def set(self) -> None:
+        self._loop.call_soon_threadsafe(self._event.set)
 
 
 # -- results: one async LISTEN connection per client -----------------------------------------------------------

@@ -29,7 +29,7 @@ import pykka
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from eventstore import codec, groups, metrics, payloads
+from eventstore import codec, fetchhold, groups, metrics, payloads
 from eventstore import events as ev
 from eventstore.deadletter import DeadLetters
 from eventstore.fencing import MessageFence
@@ -796,6 +796,8 @@ class ActivityWorker:
                     bootstrap_servers=self.kafka, enable_auto_commit=False, client_id=f"metamorph-cancels-{self.name}",
                     fetch_max_wait_ms=_FETCH_WAIT_MS,
                 )
+                # Off the latency path: a long hold, so an idle reader does not spin on noida-db.
+                fetchhold.hold_empty_fetches(consumer, fetchhold.BACKGROUND_HOLD_MS)
                 consumer.assign([tp])
                 if position is None:
                     consumer.seek_to_end(tp)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from eventstore import codec, payloads, statuses
+from eventstore import codec, fetchhold, payloads, statuses
 from eventstore import events as ev
 from eventstore.fencing import MessageFence
 from eventstore.log import check_size, producer
@@ -64,6 +64,12 @@ _CHECK_BACKOFF = 5.0
 #: How long a command the projections doubted (ended or unknown workflow) waits for the owning node to
 #: confirm or refuse it (``Client._send_checked``).
 _CONFIRM_TIMEOUT = 10.0
+#: After the replies consumer could not be built (Kafka down), result() waits on the projection alone this long.
+_REPLIES_RETRY_S = 30.0
+#: How many recent workflow results the replies listener keeps for a result() called after they arrived.
+_RECENT_RESULTS = 10_000
+#: How long reads through a handle whose result() came from <ns>.replies wait for the projection to have it.
+_SETTLE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,9 @@ class Client:
         self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._pg_unanswered_until = 0.0
         self._pending = PendingWriter(self._record_pending)
+        self._replies_failed_until = 0.0
+        #: Ids whose outcome result() took from <ns>.replies, with until when reads wait for the projection.
+        self._unsettled: OrderedDict[str, float] = OrderedDict()
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _kafka(self) -> Any:
@@ -206,6 +215,20 @@ class Client:
                 self._replies = _Replies(self.kafka, self.topics)
             return self._replies
 
+    def _result_replies(self) -> _Replies | None:
+        """The replies listener for result(), or None while Kafka cannot give one (result() then waits on
+        the projection alone, as it always could); a failure is not retried for ``_REPLIES_RETRY_S``."""
+        if self._replies is not None:
+            return self._replies
+        if time.monotonic() < self._replies_failed_until:
+            return None
+        try:
+            return self._reply_listener()
+        except Exception as exc:
+            log.warning("result(): no replies consumer (%s); waiting on the projection instead", exc)
+            self._replies_failed_until = time.monotonic() + _REPLIES_RETRY_S
+            return None
+
     def _request(self, kind: str, workflow_id: str, name: str, args: tuple, timeout: float) -> Any:
         # No existence check against the projections first: the owning node knows every id of its
         # partition and answers an unknown one with WorkflowNotFound, which saves a read per query.
@@ -226,6 +249,36 @@ class Client:
                     raise RuntimeError("result() reads the projections: pass postgres= or set METAMORPH_POSTGRES")
                 self._terminal_listener = _Terminals(self.postgres, self.namespace)
             return self._terminal_listener
+
+    def _unsettle(self, workflow_id: str) -> None:
+        """result() gave ``workflow_id``'s outcome from ``<ns>.replies``, maybe before the projection has it."""
+        with self._lock:
+            self._unsettled[workflow_id] = time.monotonic() + _SETTLE_S
+            self._unsettled.move_to_end(workflow_id)
+            while len(self._unsettled) > _RECENT_RESULTS:
+                self._unsettled.popitem(last=False)
+
+    def _settle(self, ids: list[str] | None = None) -> None:
+        """Wait (on the projector's NOTIFY, up to ``_SETTLE_S`` after each result) until the projection has
+        the outcomes result() took from ``<ns>.replies`` (``ids``, or all): what result() said, the reads
+        after it (describe, history, list, the checks before a command) agree."""
+        with self._lock:
+            pending = [(w, d) for w, d in self._unsettled.items() if ids is None or w in ids]
+        if not pending:
+            return
+        terminals = self._terminals()
+        for workflow_id, deadline in pending:
+            while time.monotonic() < deadline:
+                wake = terminals.expect(workflow_id)
+                try:
+                    row = self._read("get_workflow", workflow_id)
+                    if row is not None and row["status"] in statuses.FINAL:
+                        break
+                    wake.wait(max(0.0, min(0.5, deadline - time.monotonic())))
+                finally:
+                    terminals.forget(workflow_id, wake)
+            with self._lock:
+                self._unsettled.pop(workflow_id, None)
 
     def _streams(self) -> _Terminals:
         """The client's one LISTEN connection for stream readers (the projector's stream channel)."""
@@ -252,6 +305,7 @@ class Client:
         """
         if not self.postgres or time.monotonic() < self._pg_unanswered_until:
             return True
+        self._settle([workflow_id])
         try:
             status = self._require(workflow_id, _timeout=_CHECK_TIMEOUT)["status"]
         except WorkflowNotFound:
@@ -350,6 +404,7 @@ class Client:
         # plain start keeps the id-derived command id that makes its re-sends collapse.
         command_id = f"start:{workflow_id}:{uuid.uuid4()}" if options or _update else f"start:{workflow_id}"
         options = {**options, **(attributes or {})}
+        sent_at = time.monotonic()  # before the send: an outcome read after this is of this start or later
         if not decide:
             self._send("StartWorkflow", workflow_id, command_id, workflow_type=type_name, input=data, **options)
             run_id = None
@@ -388,7 +443,9 @@ class Client:
                 self._started.popitem(last=False)
         if self.postgres:
             self._pending.add(workflow_id, type_name, list(args))
-        return WorkflowHandle(self, workflow_id, run_id, result_type_of(wf)), update_reply
+        handle = WorkflowHandle(self, workflow_id, run_id, result_type_of(wf))
+        handle._sent_at = sent_at
+        return handle, update_reply
 
     def _record_pending(self, workflow_id: str, type_name: str, args: list) -> None:
         """Write a `pending` row (the PendingWriter's thread), unless PostgreSQL just failed to answer."""
@@ -489,6 +546,7 @@ class Client:
             raise ValueError(f"limit must be a positive integer, not {limit!r}")
         scope = _cursor_scope(filters)
         after = _search.decode_cursor(cursor, scope) if cursor is not None else None
+        self._settle()  # results this client returned from <ns>.replies are in the projection first
         rows = self._read("list_workflows", limit=limit + 1, offset=offset, after=after, **filters)
         more = len(rows) > limit
         rows = rows[:limit]
@@ -506,6 +564,7 @@ class Client:
     ) -> int:
         """How many workflows match the filters of ``list`` (all pages)."""
         filters = _filters(status, type, search, started_after, started_before, None)
+        self._settle()
         return self._read("count_workflows", **filters)
 
     def batch(
@@ -584,12 +643,18 @@ class WorkflowHandle:
         #: annotation, or ``result_type=``; None returns the JSON value as it is.
         self.result_type = result_type
         self.run_id = run_id
+        #: When this client sent the start command (monotonic), for handles start() returns: result() may
+        #: then take an outcome the replies listener read before result() was called.
+        self._sent_at: float | None = None
+        #: The outcome result() took from <ns>.replies: what this handle reads until the projection has it.
+        self._final: dict | None = None
         self._run_seen = run_id is None
 
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.id!r})"
 
     def describe(self) -> dict:
+        self._settle()
         row = self._client._require(self.id)
         if not self._run_seen:
             if row.get("run_id") == self.run_id:
@@ -599,9 +664,9 @@ class WorkflowHandle:
                 self._run_seen = True
                 row = self._client._require(self.id)
             else:
-                return {**row, "run_id": self.run_id, "status": "pending", "output": None, "error_type": None,
-                        "error_message": None, "error_traceback": None, "closed_at": None}
-        return row
+                row = {**row, "run_id": self.run_id, "status": "pending", "output": None, "error_type": None,
+                       "error_message": None, "error_traceback": None, "closed_at": None}
+        return _with_final(row, self._final)
 
     def status(self) -> str:
         return self.describe()["status"]
@@ -622,15 +687,26 @@ class WorkflowHandle:
     def result(self, timeout: float | None = None, *, result_type: Any = None) -> Any:
         """Wait for the end (any run of the continue-as-new chain) and return the output or raise.
 
-        Waits on the projector's NOTIFY through the client's one shared LISTEN connection, so a thousand
-        waiting handles cost a thousand events, not a thousand connections.
+        The owning node publishes the outcome on ``<ns>.replies`` once it is durable; the client's one shared
+        replies consumer (reading from its end) hands it over, so the usual wait skips the projector and
+        PostgreSQL. The projection is read once after subscribing (the workflow may have ended before the
+        consumer listened), and the projector's NOTIFY, through the client's one shared LISTEN connection,
+        still wakes the waiter, so a thousand waiting handles cost a thousand events, not connections.
         """
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         terminals = self._client._terminals()
+        replies = self._client._result_replies()
+        box: list[dict] = []
         while True:
             wake = terminals.expect(self.id)
+            if replies is not None:
+                replies.expect_result(self.id, wake, box, self.run_id, self._sent_at)
             try:
+                if box:
+                    self._final = _result_row(box[0])
+                    self._client._unsettle(self.id)
+                    return typed_output(self.id, _outcome(self.id, self._final), result_type or self.result_type)
                 try:
                     row = self.describe()
                 except WorkflowNotFound:
@@ -646,7 +722,13 @@ class WorkflowHandle:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"workflow {self.id} is still {status} after {timeout}s")
                 wake.wait(5.0 if remaining is None else min(remaining, 5.0))
+                if box:
+                    self._final = _result_row(box[0])
+                    self._client._unsettle(self.id)
+                    return typed_output(self.id, _outcome(self.id, self._final), result_type or self.result_type)
             finally:
+                if replies is not None:
+                    replies.forget_result(self.id, wake)
                 terminals.forget(self.id, wake)
 
     def stream(self, after: int = 0, timeout: float | None = None) -> Iterator[Any]:
@@ -726,12 +808,19 @@ class WorkflowHandle:
         self._client._send("ResetWorkflow", self.id, seq=seq)
 
     def history(self) -> list[dict]:
+        self._settle()
         self._client._require(self.id)
         return self._client._read("history", self.id)
 
     def exceptions(self) -> list[dict]:
+        self._settle()
         self._client._require(self.id)
         return self._client._read("exceptions", self.id)
+
+    def _settle(self) -> None:
+        """Reads through this handle after its result() came from ``<ns>.replies`` (``Client._settle``)."""
+        if self._final is not None:
+            self._client._settle([self.id])
 
 
 def command_record(kind: str, workflow_id: str, command_id: str | None = None, **body: Any) -> bytes:
@@ -800,6 +889,24 @@ def result_type_of(wf: type | str) -> Any:
 
 def typed_output(workflow_id: str, value: Any, result_type: Any) -> Any:
     return typed.convert(value, result_type, f"result of workflow {workflow_id}") if result_type is not None else value
+
+
+def _result_row(result: dict) -> dict:
+    """A WorkflowResult from ``<ns>.replies`` as the projection row ``_outcome`` reads: the output decoded
+    exactly as the projector stores it and a read reveals it (JSON values, encrypted payloads decrypted)."""
+    from projections.apply import payload
+    from projections.read import reveal
+
+    data = result.get("result")
+    return {**result, "output": reveal(payload(bytes(data))) if data is not None else None}
+
+
+def _with_final(row: dict, final: dict | None) -> dict:
+    """``row`` as this handle reads it: once its result() took the outcome from ``<ns>.replies``, a row the
+    projector has not brought up to date yet shows that outcome, so ``result()`` then ``status()`` agree."""
+    if final is None or row.get("status") in statuses.FINAL:
+        return row
+    return {**row, **{k: final.get(k) for k in ("run_id", "status", "output", "error_type", "error_message", "error_traceback")}}
 
 
 def _outcome(workflow_id: str, row: dict) -> Any:
@@ -954,9 +1061,13 @@ class _Replies:
     """Listens on every ``<ns>.replies`` partition from the moment it starts; hands replies to waiters."""
 
     def __init__(self, kafka: str, topics: Topics) -> None:
+        import projections.apply
+        import projections.read  # noqa: F401 - _result_row needs them: imported here, off an asyncio loop
+
         self._consumer = KafkaConsumer(
             bootstrap_servers=kafka, enable_auto_commit=False, fetch_max_wait_ms=50, allow_auto_create_topics=False
         )
+        fetchhold.hold_empty_fetches(self._consumer, fetchhold.LATENCY_HOLD_MS)  # no spin on noida-db
         parts = self._consumer.partitions_for_topic(topics.replies) or {0}
         tps = [TopicPartition(topics.replies, p) for p in sorted(parts)]
         self._consumer.assign(tps)
@@ -964,6 +1075,10 @@ class _Replies:
         for tp in tps:
             self._consumer.position(tp)  # resolve "end" now, before any request is sent
         self._waiters: dict[str, tuple[threading.Event, list]] = {}
+        #: result() waiters by workflow id: (wake, box); a WorkflowResult is appended to box, then wake.set().
+        self._results: dict[str, list[tuple[Any, list]]] = {}
+        #: The last results read, by workflow id (bounded): for a result() called after its reply arrived.
+        self._recent: OrderedDict[str, tuple[dict, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         # A zombie node's answer (to an update whose events are fenced out of history) is dropped.
@@ -984,7 +1099,47 @@ class _Replies:
             with self._lock:
                 self._waiters.pop(request_id, None)
 
+    def expect_result(self, workflow_id: str, wake: Any, box: list, run_id: str | None = None,
+                      since: float | None = None) -> None:
+        """Until ``forget_result``: the next WorkflowResult of ``workflow_id`` is appended to ``box``, then
+        ``wake.set()`` is called (on the listener thread).
+
+        One read before this call (the workflow ended while the caller was still between start() and
+        result()) is handed over at once if it is of ``run_id``, or was read after ``since`` (the monotonic
+        time the caller's start command was sent): anything older may be an earlier run of a reused id, and
+        is left to the projection."""
+        with self._lock:
+            self._results.setdefault(workflow_id, []).append((wake, box))
+            seen = self._recent.get(workflow_id)
+        if seen is None or box:
+            return
+        result, read_at = seen
+        if (run_id is not None and result["run_id"] == run_id) or (since is not None and read_at >= since):
+            box.append(result)
+            wake.set()
+
+    def forget_result(self, workflow_id: str, wake: Any) -> None:
+        with self._lock:
+            waiters = [w for w in self._results.get(workflow_id, ()) if w[0] is not wake]
+            if waiters:
+                self._results[workflow_id] = waiters
+            else:
+                self._results.pop(workflow_id, None)
+
+    def _deliver_result(self, result: dict) -> None:
+        with self._lock:
+            waiters = list(self._results.get(result["workflow_id"], ()))
+            self._recent[result["workflow_id"]] = (result, time.monotonic())
+            self._recent.move_to_end(result["workflow_id"])
+            while len(self._recent) > _RECENT_RESULTS:
+                self._recent.popitem(last=False)
+        for wake, box in waiters:
+            if not box:
+                box.append(result)
+                wake.set()
+
     def _run(self) -> None:
+        registry = codec.registry()
         while not self._stop.is_set():
             try:
                 batch = self._consumer.poll(timeout_ms=100)
@@ -996,8 +1151,13 @@ class _Replies:
                     if not self.fence.admit(rec.topic, rec.headers):
                         continue
                     try:
-                        reply = codec.decode(rec.value, "metamorph.Reply")
+                        name, reply = registry.decode(rec.value)
                     except codec.DecodeError:
+                        continue
+                    if name == "metamorph.WorkflowResult":
+                        self._deliver_result(reply)
+                        continue
+                    if name != "metamorph.Reply":
                         continue
                     with self._lock:
                         waiter = self._waiters.get(reply["request_id"])

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from eventstore import codec
 from eventstore import events as ev
-from eventstore.statuses import BY_TERMINAL_EVENT
+from eventstore.statuses import BY_TERMINAL_EVENT, Status
 from eventstore.topics import Topics
 
 from . import tracing
@@ -71,6 +71,24 @@ def reply_message(topics: Topics, request_id: str, ok: bool, result: bytes = b""
                   message: str | None = None) -> Message:
     reply = {"request_id": request_id, "ok": ok, "result": result, "error_type": error_type, "message": message}
     return Message(topics.replies, request_id, codec.encode("metamorph.Reply", reply))
+
+
+def result_message(topics: Topics, workflow_id: str, event: dict) -> Message | None:
+    """The workflow's outcome for ``<ns>.replies`` (issue 16): sent by the owner once the run-ending event
+    is durable, so ``result()`` wakes on it instead of waiting for the projector. None for an event that
+    does not end the workflow (continue-as-new: the next run goes on)."""
+    status = BY_TERMINAL_EVENT.get(event["type"])
+    if status is None or status == Status.CONTINUED:
+        return None
+    kind = event["type"]
+    record = {
+        "workflow_id": workflow_id, "run_id": event.get("run_id") or "", "status": str(status),
+        "result": event.get("result") if kind == "WorkflowCompleted" else None,
+        "error_type": event.get("error_type") if kind == "WorkflowFailed" else "WorkflowTimedOut" if kind == "WorkflowTimedOut" else None,
+        "error_message": event.get("message") if kind in ("WorkflowFailed", "WorkflowTimedOut") else event.get("reason"),
+        "error_traceback": event.get("traceback") if kind == "WorkflowFailed" else None,
+    }
+    return Message(topics.replies, workflow_id, codec.encode("metamorph.WorkflowResult", record))
 
 
 def messages_for(
@@ -209,6 +227,10 @@ def _messages_for_run(topics: Topics, workflow_id: str, history: list[dict], eve
             out.extend(_close_children(topics, workflow_id, history, e))
         if (e["type"] == "CancelRequested" or e["type"] in BY_TERMINAL_EVENT) and not e.get("copied"):
             out.extend(_cancel_open_activities(topics, workflow_id, history, events, e))
+            # A run ended and no other run begins in this batch (a reset or retry goes on): the outcome.
+            result = None if begun - {e.get("run_id")} else result_message(topics, workflow_id, e)
+            if result is not None:
+                out.append(result)
     return out
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata
 
-from eventstore import groups
+from eventstore import fetchhold, groups
 from eventstore.log import MAX_RECORD_BYTES
 from eventstore.topics import Topics, leave_group, partition_for
 
@@ -183,6 +183,7 @@ class IngressForwarder:
         consumer = groups.member(
             self.kafka, self.topics.ingress_group, self.name, session_timeout_s=self.session_timeout,
             client_id=f"metamorph-ingress-{self.name}", fetch_max_wait_ms=100, max_poll_records=500,
+            fetch_hold_ms=fetchhold.BACKGROUND_HOLD_MS,
         )  # fmt: skip
         consumer.subscribe([self.topics.ingress])
         try:

@@ -12,7 +12,8 @@ each workflow can be cut into hops:
       ─► activity task sent (node, after the events are durable)
       ─► CompleteActivity command sent (activity worker, after running greet)
       ─► last events appended by the node (ActivityCompleted, WorkflowCompleted)
-      ─► result() returns in the client (projector → PostgreSQL → NOTIFY → client → SELECT)
+      ─► result() returns in the client (the node's WorkflowResult on <ns>.replies → the client's replies
+         consumer; before issue 16: projector → PostgreSQL → NOTIFY → client → SELECT)
 
 Prints one JSON line with the median and p95 of each hop in ms, and the share of the total.
 """

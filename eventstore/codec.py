@@ -29,6 +29,7 @@ TOP_LEVEL = (
     "metamorph.Reply",
     "metamorph.DeadLetter",
     "metamorph.ActivityCancel",
+    "metamorph.WorkflowResult",
 )
 
 

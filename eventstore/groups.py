@@ -36,6 +36,9 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
+from . import fetchhold
+from .fetchhold import hold_empty_fetches
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SESSION_TIMEOUT = 10.0
@@ -60,6 +63,7 @@ def member(
     instance_id: str | None,
     *,
     session_timeout_s: float | None = None,
+    fetch_hold_ms: float | None = None,
     **overrides: Any,
 ) -> KafkaConsumer:
     """A consumer for ``group`` as static member ``instance_id``, with the settings every process shares.
@@ -68,7 +72,8 @@ def member(
     starts from the earliest offset (a workflow's first command must not be skipped). Static membership
     lets a restarted process reclaim its partitions at once with warm local state; a process stopped
     cleanly leaves the group itself (``eventstore.topics.leave_group``). ``group=None`` gives a plain
-    consumer for manual assignment.
+    consumer for manual assignment. ``fetch_hold_ms``: how long an empty fetch is held on the client side
+    for brokers that do not hold it (``eventstore.fetchhold``; default: the latency-path hold).
     """
     timeout_ms = int(session_timeout(session_timeout_s) * 1000)
     config: dict[str, Any] = {
@@ -84,7 +89,10 @@ def member(
             heartbeat_interval_ms=max(100, min(1_000, timeout_ms // 3)),
         )
     config.update(overrides)
-    return KafkaConsumer(**config)
+    consumer = KafkaConsumer(**config)
+    # A broker that answers empty fetches at once (noida-db) would make this consumer spin while idle.
+    hold_empty_fetches(consumer, fetchhold.LATENCY_HOLD_MS if fetch_hold_ms is None else fetch_hold_ms)
+    return consumer
 
 #: The kafka-python release the private reaches below (``_coordinator``, ``_join_task``) were checked
 #: against. Measured on 2026-11-29 with plain ``poll(0)`` and 10 ms of work between polls, 10 fresh members

@@ -28,6 +28,7 @@ CARRIED_BY = {
     "metamorph.Reply": "<ns>.replies",
     "metamorph.DeadLetter": "<ns>.deadletter",
     "metamorph.ActivityCancel": "<ns>.cancels",
+    "metamorph.WorkflowResult": "<ns>.replies (outcomes, keyed by workflow id)",
 }
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 

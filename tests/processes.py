@@ -108,8 +108,21 @@ def owned_partitions(log: Path, pattern: str) -> set[int]:
 
 
 def assert_exactly_once(pg_url: str, namespace: str, ids: list[str]) -> None:
-    """Each workflow completed once, each activity result recorded once, no history row projected twice."""
+    """Each workflow completed once, each activity result recorded once, no history row projected twice.
+
+    result() may return from ``<ns>.replies`` before the projector has written the end (issue 16), so this
+    first waits (up to 60 s) until every id's history has its WorkflowCompleted row; a duplicate would
+    still be there after that wait, so the checks below are as strict as before."""
     with connect(pg_url, namespace) as conn:
+
+        def projected() -> bool:
+            done = conn.execute(
+                "SELECT count(DISTINCT workflow_id) FROM history WHERE type = 'WorkflowCompleted' AND workflow_id = ANY(%s)",
+                (list(ids),),
+            ).fetchone()
+            return done is not None and done[0] == len(set(ids))
+
+        wait_until(projected, 60, "the projector to have every workflow's end")
         for wid in ids:
             rows = conn.execute("SELECT type, data FROM history WHERE workflow_id = %s ORDER BY seq", (wid,)).fetchall()
             completed = Counter(r[1].get("activity_id") for r in rows if r[0] == "ActivityCompleted")

@@ -45,6 +45,9 @@ def test_start_signal_timer_and_projection_on_noida(noida_stack):
     assert sleepy.result(timeout=30) == "rested"
     types = [e["type"] for e in sleepy.history()]
     assert "TimerStarted" in types and "TimerFired" in types
+    # result() may come from <ns>.replies before the projector writes the end; a read through the client
+    # waits for it (issue 16), so the direct read below sees what the client saw.
+    assert client.count(status="completed") == 3
     with connect(client.postgres, ns) as conn:
         statuses = dict(conn.execute("SELECT id, status FROM workflows").fetchall())
     assert statuses == {hello.id: "completed", waiting.id: "completed", sleepy.id: "completed"}
