@@ -27,6 +27,7 @@ from .errors import (
     WorkflowTerminated,
     WorkflowTimedOut,
 )
+from .typed import PayloadTypeError
 
 _asyncio_compat.install()
 
@@ -57,7 +58,7 @@ __all__ = [
     "ActivityCancelled", "ActivityFailed", "ActivityInfo", "AlreadyCompensated", "ActivityOptions", "AsyncClient", "AsyncScheduleHandle",
     "AsyncWorkflowHandle",
     "ChildWorkflowFailed", "Client", "ExternalRequestFailed",
-    "NonRetryableError", "NondeterminismError", "PayloadTooLarge", "QueryFailed", "ScheduleHandle",
+    "NonRetryableError", "NondeterminismError", "PayloadTooLarge", "PayloadTypeError", "QueryFailed", "ScheduleHandle",
     "VersionNotSupported", "Workflow",
     "WorkflowAlreadyStarted", "WorkflowCancelled", "WorkflowError", "WorkflowFailed", "WorkflowHandle",
     "WorkflowNotFound", "WorkflowNotRunning", "WorkflowSummary", "WorkflowTerminated", "WorkflowTimedOut", "activity",

@@ -43,6 +43,7 @@ from eventstore.topics import partition_for
 
 from . import client as _c
 from . import search as _search
+from . import tracing
 from .definitions import workflow_type_name
 from .errors import WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning, check_not_compensated
 from .instance import utcnow
@@ -105,7 +106,8 @@ class AsyncClient:
         producer = await self._kafka()
         value = _c.command_record(kind, workflow_id, command_id, **body)
         future = producer.send(self.topics.commands, key=workflow_id.encode(), value=value,
-                               partition=partition_for(workflow_id, self._sync._partitions or 1))
+                               partition=partition_for(workflow_id, self._sync._partitions or 1),
+                               headers=tracing.outgoing_headers())  # the start/signal span's context
         await self._acked(future, f"{kind} command")
 
     async def _pool(self) -> Any:
@@ -277,7 +279,9 @@ class AsyncClient:
     ) -> AsyncWorkflowHandle:
         """``Client.start``: returns once the start command is durably in Kafka (API.md §3, §6)."""
         options = _c._start_options(if_running, if_closed, start_signal, start_signal_args, start_delay, timeout, priority)
-        return (await self._start(wf, args, id, options, decision_timeout, attributes=_c._attributes(search, memo)))[0]
+        with tracing.span(f"metamorph.start {workflow_type_name(wf)}", kind="producer",
+                          attributes={"metamorph.workflow.type": workflow_type_name(wf), "metamorph.workflow.id": id}):
+            return (await self._start(wf, args, id, options, decision_timeout, attributes=_c._attributes(search, memo)))[0]
 
     async def _start(
         self, wf: type | str, args: tuple, id: str | None, options: dict[str, Any], decision_timeout: float,  # noqa: A002
@@ -328,7 +332,7 @@ class AsyncClient:
             task = asyncio.create_task(self._record_pending(workflow_id, type_name, list(args)))
             self._pending_rows.add(task)
             task.add_done_callback(self._pending_rows.discard)
-        handle = AsyncWorkflowHandle(self, workflow_id, run_id)
+        handle = AsyncWorkflowHandle(self, workflow_id, run_id, _c.result_type_of(wf))
         handle._sent_at = sent_at
         return handle, update_reply
 
@@ -360,8 +364,9 @@ class AsyncClient:
         assert reply is not None
         return handle, _c._reply_value(id, "UpdateWorkflow", update, reply)
 
-    def get(self, id: str) -> AsyncWorkflowHandle:  # noqa: A002
-        return AsyncWorkflowHandle(self, id)
+    def get(self, id: str, *, result_type: Any = None) -> AsyncWorkflowHandle:  # noqa: A002
+        """A handle by id; ``result_type`` converts ``result()`` (typed payloads, e.g. a dataclass)."""
+        return AsyncWorkflowHandle(self, id, result_type=result_type)
 
     async def list(
         self, status: str | None = None, type: str | None = None, limit: int = 100, *,  # noqa: A002
@@ -482,9 +487,12 @@ class AsyncClient:
 class AsyncWorkflowHandle:
     """``WorkflowHandle`` for the ``AsyncClient``: the same methods, awaitable; follows continue-as-new."""
 
-    def __init__(self, client: AsyncClient, workflow_id: str, run_id: str | None = None) -> None:
+    def __init__(self, client: AsyncClient, workflow_id: str, run_id: str | None = None, result_type: Any = None) -> None:
         self._client = client
         self.id = workflow_id
+        #: What ``result()`` converts the output to (typed payloads): the started class's ``execute`` return
+        #: annotation, or ``result_type=``; None returns the JSON value as it is.
+        self.result_type = result_type
         self.run_id = run_id
         self._sent_at: float | None = None  # as WorkflowHandle._sent_at
         self._final: dict | None = None  # as WorkflowHandle._final
@@ -524,7 +532,7 @@ class AsyncWorkflowHandle:
         row = await self.describe()
         return row.get("output") if row["status"] == "completed" else None
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: float | None = None, *, result_type: Any = None) -> Any:
         """Wait for the end on the client's one async LISTEN connection and return the output or raise
         (``WorkflowFailed``, ``WorkflowCancelled``, ``WorkflowTerminated``, ``WorkflowTimedOut``, ``TimeoutError``)."""
         started = time.monotonic()
@@ -542,7 +550,7 @@ class AsyncWorkflowHandle:
                 if box:
                     self._final = _c._result_row(box[0])
                     self._client._unsettle(self.id)
-                    return _c._outcome(self.id, self._final)
+                    return _c.typed_output(self.id, _c._outcome(self.id, self._final), result_type or self.result_type)
                 try:
                     row = await self.describe()
                 except WorkflowNotFound:
@@ -552,7 +560,7 @@ class AsyncWorkflowHandle:
                     continue
                 status = row["status"]
                 if status in _c.TERMINAL:
-                    return _c._outcome(self.id, row)
+                    return _c.typed_output(self.id, _c._outcome(self.id, row), result_type or self.result_type)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"workflow {self.id} is still {status} after {timeout}s")
@@ -560,7 +568,7 @@ class AsyncWorkflowHandle:
                 if box:
                     self._final = _c._result_row(box[0])
                     self._client._unsettle(self.id)
-                    return _c._outcome(self.id, self._final)
+                    return _c.typed_output(self.id, _c._outcome(self.id, self._final), result_type or self.result_type)
             finally:
                 if replies is not None:
                     replies.forget_result(self.id, waker)
@@ -591,7 +599,8 @@ class AsyncWorkflowHandle:
     async def signal(self, name: str, *args: Any) -> None:
         """Send a signal; WorkflowNotRunning if the workflow has ended."""
         data = self._client._sync._payload(f"arguments of signal {name!r}", args)
-        await self._client._send_checked("SignalWorkflow", self.id, f"signal {name!r}", name=name, input=data)
+        with tracing.span(f"metamorph.signal {name}", kind="producer", attributes={"metamorph.workflow.id": self.id}):
+            await self._client._send_checked("SignalWorkflow", self.id, f"signal {name!r}", name=name, input=data)
 
     async def query(self, name: str, *args: Any, timeout: float = 10) -> Any:
         return await self._client._request("QueryWorkflow", self.id, name, args, timeout)

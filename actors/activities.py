@@ -10,6 +10,7 @@ running, so a crash re-delivers exactly the tasks whose outcome was not yet sent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import heapq
 import logging
@@ -35,6 +36,7 @@ from eventstore.fencing import MessageFence
 from eventstore.log import producer
 from eventstore.topics import Topics, leave_group, partition_for
 
+from . import tracing, typed
 from .definitions import ActivityDefinition, QueueLimits, activities, check_arguments, queue_limits, share
 from .errors import ActivityCancelled, NonRetryableError, PayloadTooLarge, limited_payload
 from .instance import utcnow
@@ -104,7 +106,7 @@ def heartbeat(details: Any = None) -> None:
 
 
 class _Outcome:
-    __slots__ = ("tp", "offset", "task", "ok", "result", "error", "seconds", "sink", "gated", "beat_at")
+    __slots__ = ("tp", "offset", "task", "ok", "result", "error", "seconds", "sink", "gated", "beat_at", "trace")
 
     def __init__(self, tp: TopicPartition | None, offset: int, task: dict, sink: Any = None) -> None:
         self.tp, self.offset, self.task, self.sink = tp, offset, task, sink
@@ -114,9 +116,32 @@ class _Outcome:
         self.result: bytes = b""
         self.error: tuple[str, str, str, bool] | None = None  # type, message, traceback, non-retryable
         self.seconds = 0.0
+        self.trace: dict[str, str] | None = None  # the attempt span's context, sent with the outcome
 
 
 def _run_sync(definition: ActivityDefinition, task: dict, ctx: _Context, out: _Outcome) -> None:
+    if tracing.enabled():
+        with _attempt_span(task, out):
+            return _run_sync_untraced(definition, task, ctx, out)
+    return _run_sync_untraced(definition, task, ctx, out)
+
+
+@contextlib.contextmanager
+def _attempt_span(task: dict, out: _Outcome) -> Any:
+    """One attempt as a span, child of the step that scheduled it (the task's trace context)."""
+    with tracing.span(
+        f"metamorph.activity {task['name']}", task.get("_trace"), kind="consumer",
+        attributes={"metamorph.workflow.id": task["workflow_id"], "metamorph.workflow.type": task["workflow_type"],
+                    "metamorph.activity.name": task["name"], "metamorph.activity.id": task["activity_id"],
+                    "metamorph.activity.attempt": task["attempt"], "metamorph.activity.queue": task["queue"]},
+    ) as span:
+        out.trace = tracing.current_carrier()
+        yield span
+        if out.error is not None:
+            tracing.set_error(span, out.error[0], out.error[1])
+
+
+def _run_sync_untraced(definition: ActivityDefinition, task: dict, ctx: _Context, out: _Outcome) -> None:
     token = _context.set(ctx)
     started = time.perf_counter()
     try:
@@ -130,6 +155,13 @@ def _run_sync(definition: ActivityDefinition, task: dict, ctx: _Context, out: _O
 
 
 async def _run_async(definition: ActivityDefinition, task: dict, ctx: _Context, out: _Outcome) -> None:
+    if tracing.enabled():
+        with _attempt_span(task, out):
+            return await _run_async_untraced(definition, task, ctx, out)
+    return await _run_async_untraced(definition, task, ctx, out)
+
+
+async def _run_async_untraced(definition: ActivityDefinition, task: dict, ctx: _Context, out: _Outcome) -> None:
     _context.set(ctx)
     started = time.perf_counter()
     try:
@@ -150,6 +182,8 @@ def _arguments(definition: ActivityDefinition, task: dict) -> tuple[list[Any], d
     kwargs = payloads.decode(task.get("kwargs") or b"{}") or {}
     try:
         check_arguments(definition.fn, args, kwargs)
+        # Typed payloads: parameters annotated with dataclasses/Pydantic models get those types.
+        args, kwargs = typed.convert_arguments(definition.fn, args, kwargs)
     except TypeError as exc:
         raise _BadArguments(str(exc)) from None
     return args, kwargs
@@ -217,11 +251,11 @@ class _QueueWorker(threading.Thread):
         self.local_idle: list[pykka.ActorRef] = []
         self.gate = _Gate(self, queue_limits(queue_name))
 
-    def send_command(self, workflow_id: str, kind: str, command_id: str, **body: Any) -> None:
+    def send_command(self, workflow_id: str, kind: str, command_id: str, _trace: dict[str, str] | None = None, **body: Any) -> None:
         envelope = ev.command(kind, workflow_id, command_id, utcnow(), **body)
         self.producer.send(
             self.topics.commands, key=workflow_id.encode(), value=codec.encode("metamorph.CommandEnvelope", envelope),
-            partition=partition_for(workflow_id, self.worker.partitions),
+            partition=partition_for(workflow_id, self.worker.partitions), headers=tracing.headers_of(_trace),
         )
 
     def run(self) -> None:
@@ -293,6 +327,10 @@ class _QueueWorker(threading.Thread):
         except codec.DecodeError as exc:
             self.dead.add(tp.topic, tp.partition, rec.offset, f"undecodable activity task: {exc}", rec.key, rec.value, "undecodable")
             return
+        if rec.headers:
+            trace = tracing.carrier_of(rec.headers)
+            if trace:
+                task["_trace"] = trace
         self.pending[tp].add(rec.offset)
         self.in_flight += 1
         out = _Outcome(tp, rec.offset, task)
@@ -414,22 +452,25 @@ class _QueueWorker(threading.Thread):
         metrics.activity_duration.labels(task["name"], self.queue_name).observe(out.seconds)
         send = self.send_command if out.sink is None else self._local_command(out)
         if out.ok:
-            send(wid, "CompleteActivity", command_id, run_id=run, activity_id=aid, attempt=attempt, result=out.result)
+            send(wid, "CompleteActivity", command_id, out.trace, run_id=run, activity_id=aid, attempt=attempt, result=out.result)
         else:
             assert out.error is not None
             error_type, message, tb, non_retryable = out.error
             send(
-                wid, "FailActivity", command_id, run_id=run, activity_id=aid, attempt=attempt, error_type=error_type,
+                wid, "FailActivity", command_id, out.trace, run_id=run, activity_id=aid, attempt=attempt, error_type=error_type,
                 message=message[:8000], traceback=tb[:32000], non_retryable=non_retryable,
             )
 
     def _local_command(self, out: _Outcome) -> Any:
         """Hand the outcome straight to the node that dispatched the task: no broker round trip."""
 
-        def send(workflow_id: str, kind: str, command_id: str, **body: Any) -> None:
+        def send(workflow_id: str, kind: str, command_id: str, trace: dict[str, str] | None = None, **body: Any) -> None:
             with self._local_lock:
                 self.local_in_flight -= 1
-            out.sink(ev.flat_command(ev.command(kind, workflow_id, command_id, utcnow(), **body)))
+            command = ev.flat_command(ev.command(kind, workflow_id, command_id, utcnow(), **body))
+            if trace:
+                command["_trace"] = trace
+            out.sink(command)
 
         return send
 
@@ -678,6 +719,7 @@ class ActivityWorker:
         self._cancel_thread = threading.Thread(target=self._listen_cancels, name="metamorph-activity-cancels", daemon=True)
 
     def start(self) -> ActivityWorker:
+        tracing.configure_from_env()
         self._loop_thread.start()
         self._cancel_thread.start()
         if not self._cancels_ready.wait(15):  # positioned before any task runs, so no cancel is missed
@@ -695,9 +737,13 @@ class ActivityWorker:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.producer.close(timeout=5)
 
-    def try_local(self, value: bytes, sink: Any) -> bool:
+    def try_local(self, value: bytes, sink: Any, headers: list[tuple[str, bytes]] | None = None) -> bool:
         """Run an encoded ActivityTask here if this worker serves its queue and has room (eager dispatch)."""
         task = codec.decode(value, "metamorph.ActivityTask")
+        if headers:
+            trace = tracing.carrier_of(headers)
+            if trace:
+                task["_trace"] = trace
         worker = self._by_queue.get(task["queue"])
         if worker is None or not worker.started.is_set():
             return False

@@ -28,7 +28,8 @@ from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
 
 from . import search as _search
-from .definitions import check_priority, seconds, workflow_type_name
+from . import tracing, typed
+from .definitions import check_priority, seconds, workflow_class, workflow_type_name
 from .errors import (
     QueryFailed,
     WorkflowAlreadyStarted,
@@ -109,6 +110,7 @@ class Client:
         self.postgres = postgres or os.environ.get("METAMORPH_POSTGRES")
         self.namespace = namespace or os.environ.get("METAMORPH_NAMESPACE") or "default"
         self.topics = Topics(self.namespace)
+        tracing.configure_from_env()
         self._producer: Any = None
         self._partitions: int | None = None
         self._pg_pool: Any = None
@@ -148,7 +150,8 @@ class Client:
         kafka_producer = self._kafka()
         value = command_record(kind, workflow_id, command_id, **body)
         future = kafka_producer.send(
-            self.topics.commands, key=workflow_id.encode(), value=value, partition=partition_for(workflow_id, self._partitions or 1)
+            self.topics.commands, key=workflow_id.encode(), value=value, partition=partition_for(workflow_id, self._partitions or 1),
+            headers=tracing.outgoing_headers(),  # the trace context of the start/signal span (actors.tracing)
         )
         try:
             # Wait for this record's acknowledgement only (acks=all): concurrent callers share the
@@ -377,6 +380,10 @@ class Client:
         are recorded in WorkflowStarted.
         """
         options = _start_options(if_running, if_closed, start_signal, start_signal_args, start_delay, timeout, priority)
+        if tracing.enabled():
+            with tracing.span(f"metamorph.start {workflow_type_name(wf)}", kind="producer",
+                              attributes={"metamorph.workflow.type": workflow_type_name(wf), "metamorph.workflow.id": id}):
+                return self._start(wf, args, id, options, decision_timeout, attributes=_attributes(search, memo))[0]
         return self._start(wf, args, id, options, decision_timeout, attributes=_attributes(search, memo))[0]
 
     def _start(
@@ -436,7 +443,7 @@ class Client:
                 self._started.popitem(last=False)
         if self.postgres:
             self._pending.add(workflow_id, type_name, list(args))
-        handle = WorkflowHandle(self, workflow_id, run_id)
+        handle = WorkflowHandle(self, workflow_id, run_id, result_type_of(wf))
         handle._sent_at = sent_at
         return handle, update_reply
 
@@ -477,8 +484,9 @@ class Client:
         assert reply is not None
         return handle, _reply_value(id, "UpdateWorkflow", update, reply)
 
-    def get(self, id: str) -> WorkflowHandle:  # noqa: A002
-        return WorkflowHandle(self, id)
+    def get(self, id: str, *, result_type: Any = None) -> WorkflowHandle:  # noqa: A002
+        """A handle by id; ``result_type`` converts ``result()`` (typed payloads, e.g. a dataclass)."""
+        return WorkflowHandle(self, id, result_type=result_type)
 
     # -- schedules (API.md §8; the logic lives in schedules.py) -------------------------------------------
     def schedule(
@@ -628,9 +636,12 @@ class WorkflowHandle:
     ``result()`` of a replaced or re-run id waits for the new run rather than answering with the old one.
     """
 
-    def __init__(self, client: Client, workflow_id: str, run_id: str | None = None) -> None:
+    def __init__(self, client: Client, workflow_id: str, run_id: str | None = None, result_type: Any = None) -> None:
         self._client = client
         self.id = workflow_id
+        #: What ``result()`` converts the output to (typed payloads): the started class's ``execute`` return
+        #: annotation, or ``result_type=``; None returns the JSON value as it is.
+        self.result_type = result_type
         self.run_id = run_id
         #: When this client sent the start command (monotonic), for handles start() returns: result() may
         #: then take an outcome the replies listener read before result() was called.
@@ -673,7 +684,7 @@ class WorkflowHandle:
         row = self.describe()
         return row.get("output") if row["status"] == "completed" else None
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None, *, result_type: Any = None) -> Any:
         """Wait for the end (any run of the continue-as-new chain) and return the output or raise.
 
         The owning node publishes the outcome on ``<ns>.replies`` once it is durable; the client's one shared
@@ -695,7 +706,7 @@ class WorkflowHandle:
                 if box:
                     self._final = _result_row(box[0])
                     self._client._unsettle(self.id)
-                    return _outcome(self.id, self._final)
+                    return typed_output(self.id, _outcome(self.id, self._final), result_type or self.result_type)
                 try:
                     row = self.describe()
                 except WorkflowNotFound:
@@ -706,7 +717,7 @@ class WorkflowHandle:
                     continue
                 status = row["status"]
                 if status in TERMINAL:
-                    return _outcome(self.id, row)
+                    return typed_output(self.id, _outcome(self.id, row), result_type or self.result_type)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"workflow {self.id} is still {status} after {timeout}s")
@@ -714,7 +725,7 @@ class WorkflowHandle:
                 if box:
                     self._final = _result_row(box[0])
                     self._client._unsettle(self.id)
-                    return _outcome(self.id, self._final)
+                    return typed_output(self.id, _outcome(self.id, self._final), result_type or self.result_type)
             finally:
                 if replies is not None:
                     replies.forget_result(self.id, wake)
@@ -739,7 +750,8 @@ class WorkflowHandle:
     def signal(self, name: str, *args: Any) -> None:
         """Send a signal; WorkflowNotRunning if the workflow has ended (nothing would handle it)."""
         data = self._client._payload(f"arguments of signal {name!r}", args)
-        self._client._send_checked("SignalWorkflow", self.id, f"signal {name!r}", name=name, input=data)
+        with tracing.span(f"metamorph.signal {name}", kind="producer", attributes={"metamorph.workflow.id": self.id}):
+            self._client._send_checked("SignalWorkflow", self.id, f"signal {name!r}", name=name, input=data)
 
     def query(self, name: str, *args: Any, timeout: float = 10) -> Any:
         return self._client._request("QueryWorkflow", self.id, name, args, timeout)
@@ -868,6 +880,15 @@ def _pending_row(workflow_id: str, type_name: str, at: datetime) -> dict:
         "parent_run_id": None, "continued_from": None, "created_at": at, "updated_at": at, "started_at": None,
         "closed_at": None,
     }
+
+
+def result_type_of(wf: type | str) -> Any:
+    """The type ``handle.result()`` converts to for a start of ``wf`` (its ``execute`` return annotation)."""
+    return typed.return_type(workflow_class(wf).execute) if isinstance(wf, type) else None
+
+
+def typed_output(workflow_id: str, value: Any, result_type: Any) -> Any:
+    return typed.convert(value, result_type, f"result of workflow {workflow_id}") if result_type is not None else value
 
 
 def _result_row(result: dict) -> dict:

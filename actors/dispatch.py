@@ -10,7 +10,7 @@ receiver is idempotent, and message ids are derived from the event, so duplicate
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from eventstore import codec
@@ -18,6 +18,7 @@ from eventstore import events as ev
 from eventstore.statuses import BY_TERMINAL_EVENT, Status
 from eventstore.topics import Topics
 
+from . import tracing
 from .definitions import queue_limits
 
 
@@ -31,6 +32,8 @@ class Message:
     #: (``eventstore.fencing.EPOCH_HEADER``). None: nobody's decision (e.g. a forwarded activity outcome).
     origin: int | None = None
     origin_offset: int = -1
+    #: Kafka record headers: the trace context (actors.tracing) of the step or run that owes the message.
+    headers: list[tuple[str, bytes]] | None = None
 
 
 def _command(topics: Topics, kind: str, target: str, command_id: str, at: datetime, **body: object) -> Message:
@@ -92,7 +95,19 @@ def messages_for(
     topics: Topics, workflow_id: str, event: dict, started: dict | None, scheduled: Callable[[int], dict | None]
 ) -> list[Message]:
     """Messages owed for ``event``; ``started`` is its run's WorkflowStarted, ``scheduled`` finds an
-    ActivityScheduled by activity id."""
+    ActivityScheduled by activity id. They carry the run's recorded trace context, if it has one (a traced
+    step replaces it by its own), so tasks re-sent after a restore still join the run's trace."""
+    out = _owed(topics, workflow_id, event, started, scheduled)
+    trace = started.get("trace") if started else None
+    if trace and out:
+        headers = tracing.headers_of(trace)
+        return [replace(m, headers=headers) for m in out]
+    return out
+
+
+def _owed(
+    topics: Topics, workflow_id: str, event: dict, started: dict | None, scheduled: Callable[[int], dict | None]
+) -> list[Message]:
     kind = event["type"]
     run = event.get("run_id") or ""
     at = event["at"]

@@ -20,6 +20,7 @@ from typing import Any
 from eventstore import payloads
 from eventstore.statuses import BY_TERMINAL_EVENT, UNSUCCESSFUL
 
+from . import typed
 from .definitions import check_arguments, handler_for, workflow_class
 from .replay import TERMINAL, WorkflowRun
 
@@ -451,6 +452,9 @@ class WorkflowInstance:
             "start_at": ms(at + timedelta(seconds=delay)) if delay > 0 else None,
             "start_signal": None, "start_signal_input": None, "priority": cmd.get("priority"),
             "search": cmd.get("search"), "memo": cmd.get("memo"),
+            # The start's trace context (actors.tracing; from the command's Kafka headers): every later step
+            # of the run, even after a restart on another node, joins this trace.
+            "trace": cmd.get("_trace"),
         }
         rejected_signal = None
         try:
@@ -458,6 +462,7 @@ class WorkflowInstance:
             if not isinstance(args, list):
                 raise TypeError(f"workflow arguments must be a JSON list, got {type(args).__name__}")
             check_arguments(cls.execute, [None, *args])
+            typed.convert_arguments(cls.execute, args, skip=1)  # a field that does not fit fails the start, named
         except LookupError as exc:
             # A rolling deploy: this node's code does not have the type (yet). Not the workflow's fault, so
             # not a failure: it waits `blocked`, and the node that owns it with the type runs it (the node
@@ -506,6 +511,7 @@ class WorkflowInstance:
             raise LookupError(f"workflow type {self.workflow_type} has no {kind} named {name!r}")
         args = payloads.decode(input_) or []
         check_arguments(getattr(self.run.cls, method), [None, *args])
+        typed.convert_arguments(getattr(self.run.cls, method), args, skip=1)  # rejected (named field) if it does not fit
         return method
 
     def _cmd_SignalWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
@@ -753,6 +759,7 @@ def continuation_start(workflow_id: str, started: dict, continued: dict, at: dat
         "parent_ref": started.get("parent_ref"),
         "timeout_at": started.get("timeout_at"),  # the execution timeout spans the whole chain
         "priority": started.get("priority"),  # as actors.dispatch's StartWorkflow for a continuation carries it
+        "_trace": started.get("trace"),  # the chain stays in one trace (actors.tracing)
     }
 
 

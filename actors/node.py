@@ -41,6 +41,7 @@ from eventstore.statuses import BY_TERMINAL_EVENT, FINAL
 from eventstore.store import PartitionStore
 from eventstore.topics import Topics, ensure_topics, leave_group, partition_for
 
+from . import tracing
 from .actor import Result, WorkflowActor
 from .definitions import queue_limits
 from .dispatch import Message, messages_for_history, task_message
@@ -130,6 +131,7 @@ class Node:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> Node:
+        tracing.configure_from_env()
         threading.stack_size(512 * 1024)  # many actor threads; workflow code does not need deep stacks
         counts = ensure_topics(self.kafka, self.namespace, self.requested_partitions, self.queues)
         self.partitions = counts[self.topics.commands]
@@ -349,7 +351,8 @@ class Node:
             started = next((e for e in history if e["type"] == "WorkflowStarted" and e["run_id"] == run), None)
             scheduled = next((e for e in history if e["type"] == "ActivityScheduled" and e["activity_id"] == activity_id and e["run_id"] == run), None)
             if started is not None and scheduled is not None:
-                messages.append(task_message(self.topics, wid, started["workflow_type"], scheduled, attempt, now, started.get("priority")))
+                task = task_message(self.topics, wid, started["workflow_type"], scheduled, attempt, now, started.get("priority"))
+                messages.append(replace(task, headers=tracing.headers_of(started.get("trace"))))
         marker = self._epochs[store.partition][1]
         self._send([replace(m, origin=store.partition, origin_offset=marker) for m in messages])
 
@@ -390,6 +393,10 @@ class Node:
                 except codec.DecodeError as exc:
                     self._deadletter(tp.topic, tp.partition, rec.offset, f"undecodable command: {exc}", rec.key, rec.value, "undecodable")
                     continue
+                if rec.headers:  # a traced sender (actors.tracing): the step it causes joins its trace
+                    trace = tracing.carrier_of(rec.headers)
+                    if trace:
+                        command["_trace"] = trace
                 home = partition_for(command["workflow_id"], self.partitions)
                 if home != tp.partition:
                     rerouted.append(self._reroute(tp, rec, home))
@@ -558,16 +565,16 @@ class Node:
         kafka_producer = self._log.kafka_producer
         sent = 0
         for m in messages:
-            if self._worker is not None and m.topic.startswith(self._activity_prefix) and self._worker.try_local(m.value, self._local_outcomes.put):
+            if self._worker is not None and m.topic.startswith(self._activity_prefix) and self._worker.try_local(m.value, self._local_outcomes.put, m.headers):
                 continue  # eager dispatch: our own worker serves this queue and has room
             if self._worker is not None and m.topic == self.topics.cancels:
                 # Our own worker may be running it (eager dispatch): tell it now; others read the topic.
                 c = codec.decode(m.value, "metamorph.ActivityCancel")
                 self._worker.cancel(c["workflow_id"], c["run_id"], c["activity_id"])
-            headers = None
+            headers = list(m.headers) if m.headers else None  # the trace context (actors.tracing), if any
             if m.origin is not None and m.origin in self._epochs:
                 epoch, marker = self._epochs[m.origin]
-                headers = [epoch_header(m.origin, epoch, marker, max(m.origin_offset, marker))]
+                headers = [*(headers or ()), epoch_header(m.origin, epoch, marker, max(m.origin_offset, marker))]
             kafka_producer.send(m.topic, key=m.key.encode(), value=m.value, partition=self._partition(m), headers=headers)
             sent += 1
         if sent:
@@ -733,7 +740,8 @@ def _done(result: Result) -> pykka.Future:
 def _as_message(topics: Topics, command: dict) -> Message:
     body = {k: v for k, v in command.items() if k not in ("type", "command_id", "workflow_id", "at")}
     envelope = ev.command(command["type"], command["workflow_id"], command["command_id"], command["at"], **body)
-    return Message(topics.commands, command["workflow_id"], codec.encode("metamorph.CommandEnvelope", envelope))
+    return Message(topics.commands, command["workflow_id"], codec.encode("metamorph.CommandEnvelope", envelope),
+                   headers=tracing.headers_of(command.get("_trace")))
 
 
 def _count(e: dict, workflow_type: str, started_at: Any = None, workflow_id: str = "?") -> None:

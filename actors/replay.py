@@ -26,6 +26,7 @@ from typing import Any
 from eventstore import payloads
 from eventstore.statuses import BY_TERMINAL_EVENT
 
+from . import typed
 from .definitions import (
     ActivityOptions,
     Workflow,
@@ -296,6 +297,8 @@ class WorkflowRun:
         self._updates: dict[str, WFuture] = {}
         self._applied_commands: dict[str, None] = {}  # a dict as a set: 64 bytes empty instead of 216
         self._rng: _random.Random | None = None
+        #: Types awaited results are converted to (typed payloads), by pending key; None until one is.
+        self._result_types: dict[tuple[str, int], Any] | None = None
 
     # -- feeding -----------------------------------------------------------------------------------
     def replay(self, history: Iterable[dict]) -> None:
@@ -352,6 +355,7 @@ class WorkflowRun:
         args = payloads.decode(event["input"]) or []
         with self._active():
             try:
+                args = typed.convert_arguments(self.cls.execute, args, skip=1)[0]
                 self.instance = self.cls()
                 coro = self.instance.execute(*args)
             except Exception as exc:  # bad arguments or a broken __init__ fail the run with the reason
@@ -387,7 +391,21 @@ class WorkflowRun:
             fut.set_result(value)
 
     def _on_ActivityCompleted(self, event: dict) -> None:
-        self._resolve(("activity", event["activity_id"]), payloads.decode(event["result"]))
+        self._resolve_typed(("activity", event["activity_id"]), payloads.decode(event["result"]))
+
+    def _resolve_typed(self, key: tuple[str, int], value: Any) -> None:
+        """Resolve with ``value`` converted to the type the activity/child declares (typed payloads); a value
+        that does not fit raises PayloadTypeError, naming the field, at the workflow's await."""
+        tp = self._result_types.pop(key, None) if self._result_types else None
+        if tp is None:
+            self._resolve(key, value)
+            return
+        try:
+            value = typed.convert(value, tp, f"result of {key[0]} {self._pending_names.get(key[1]) or self._children.get(key[1], '?')}")
+        except typed.PayloadTypeError as exc:
+            self._resolve(key, exc=exc)
+            return
+        self._resolve(key, value)
 
     def _on_ActivityFailed(self, event: dict) -> None:
         name = self._pending_names.get(event["activity_id"], "?")
@@ -398,7 +416,7 @@ class WorkflowRun:
         self._resolve(("timer", event["timer_id"]), None)
 
     def _on_ChildCompleted(self, event: dict) -> None:
-        self._resolve(("child", event["child_ref"]), payloads.decode(event["result"]))
+        self._resolve_typed(("child", event["child_ref"]), payloads.decode(event["result"]))
 
     def _on_ChildFailed(self, event: dict) -> None:
         child_id = self._children.get(event["child_ref"], "?")
@@ -466,7 +484,7 @@ class WorkflowRun:
         """Run a signal/update handler inside the workflow context; async handlers become tasks."""
         with self._active():
             try:
-                result = fn(*args)
+                result = fn(*typed.convert_call(fn, args))
             except Exception as exc:
                 return exc
         if asyncio.iscoroutine(result):
@@ -604,6 +622,10 @@ class WorkflowRun:
         fut = WFuture()
         self._pending[("activity", event["seq"])] = fut
         self._pending_names[event["seq"]] = name
+        result_type = typed.return_type(definition.fn) if definition is not None else None
+        if result_type is not None:
+            self._result_types = self._result_types or {}
+            self._result_types[("activity", event["seq"])] = result_type
         fut._canceller = lambda: self._cancel_pending(("activity", event["seq"]), "ActivityCancelRequested", {"activity_id": event["seq"]})
         return fut
 
@@ -670,6 +692,10 @@ class WorkflowRun:
         fut = WFuture()
         self._pending[("child", event["seq"])] = fut
         self._children[event["seq"]] = event["child_id"]
+        result_type = typed.return_type(workflow_class(ref).execute) if not isinstance(ref, str) else None
+        if result_type is not None:
+            self._result_types = self._result_types or {}
+            self._result_types[("child", event["seq"])] = result_type
         body = {"child_ref": event["seq"], "child_id": event["child_id"]}
         fut._canceller = lambda: self._cancel_pending(("child", body["child_ref"]), "ChildCancelRequested", body)
         return ChildHandle(self, event["child_id"], fut)
@@ -903,6 +929,7 @@ class WorkflowRun:
             raise LookupError(f"workflow type {self.cls.name} has no query named {name!r}")
         fn = getattr(self.instance, method)
         check_arguments(fn, args)
+        args = typed.convert_call(fn, args)
         with self._active():
             result = fn(*args)
         if asyncio.iscoroutine(result):

@@ -26,8 +26,9 @@ from eventstore import codec, payloads, statuses
 from eventstore import events as ev
 from eventstore.topics import Topics
 
-from .activities import ActivityInfo, _Context, _context
-from .definitions import activities, workflow_type_name
+from . import typed
+from .activities import ActivityInfo, _BadArguments, _Context, _context
+from .definitions import activities, workflow_class, workflow_type_name
 from .dispatch import messages_for_history, reply_message, resolve_external_message
 from .errors import (
     NonRetryableError,
@@ -160,8 +161,11 @@ class WorkflowEnvironment:
 
         return fold(self.instances[workflow_id].history)[1]
 
-    def result(self, workflow_id: str, max_time: timedelta = timedelta(days=3650)) -> Any:
-        """Skip time until the workflow (following continue-as-new) ends; return its output or raise."""
+    def result(self, workflow_id: str, max_time: timedelta = timedelta(days=3650), *, result_type: Any = None) -> Any:
+        """Skip time until the workflow (following continue-as-new) ends; return its output or raise.
+
+        The output is converted to ``result_type``, or by default to the type the workflow's ``execute``
+        declares (typed payloads: a dataclass or Pydantic model comes back as one)."""
         deadline = self.now + max_time
         while self.status(workflow_id) not in statuses.FINAL:
             if not self.advance_to_next_timer() or self.now > deadline:
@@ -169,7 +173,13 @@ class WorkflowEnvironment:
         inst = self.instances[workflow_id]
         last = inst.history[-1]
         if inst.status == "completed":
-            return payloads.decode(last["result"])
+            value = payloads.decode(last["result"])
+            if result_type is None:
+                try:
+                    result_type = typed.return_type(workflow_class(inst.workflow_type or "").execute)
+                except LookupError:
+                    result_type = None
+            return typed.convert(value, result_type, f"result of workflow {workflow_id}") if result_type is not None else value
         if inst.status == "failed":
             raise WorkflowFailed(workflow_id, last.get("error_type", "Error"), last.get("message", ""), last.get("traceback", ""))
         if inst.status == "cancelled":
@@ -314,13 +324,15 @@ class WorkflowEnvironment:
         try:
             if fn is None:
                 raise NonRetryableError(f"no activity named {task['name']!r}")
+            args, kwargs = _typed_arguments(definition.fn if definition is not None else fn, args, kwargs)
             value = fn(*args, **kwargs)
             if asyncio.iscoroutine(value):
                 value = asyncio.run(value)
             result = limited_payload("activity result", value)  # the same limit as a worker's
         except Exception as exc:
             self._command(
-                "FailActivity", task["workflow_id"], **body, error_type=type(exc).__name__, message=str(exc),
+                "FailActivity", task["workflow_id"], **body,
+                error_type="TypeError" if isinstance(exc, _BadArguments) else type(exc).__name__, message=str(exc),
                 traceback="".join(traceback.format_exception(exc)),
                 non_retryable=isinstance(exc, NonRetryableError | PayloadTooLarge),
             )
@@ -343,3 +355,11 @@ def replay(history: Any, workflow_class: type) -> str:
 
     return _replay(history, workflow_class)
 
+
+
+def _typed_arguments(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """The activity's arguments converted to its annotations, as a worker does (a misfit is not retried)."""
+    try:
+        return typed.convert_arguments(fn, args, kwargs)
+    except TypeError as exc:
+        raise _BadArguments(str(exc)) from None

@@ -12,9 +12,13 @@ be accepted at the start and dead-lettered by the projector later, leaving the w
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import enum
 import json
 import os
 import re
+import uuid
 from typing import Any, Protocol
 
 #: Largest encoded payload accepted (``METAMORPH_MAX_PAYLOAD``, bytes); API.md section 11.
@@ -144,8 +148,16 @@ def _default(value: Any) -> Any:
         import dataclasses
 
         return dataclasses.asdict(value)
-    if hasattr(value, "model_dump"):
-        return value.model_dump()
+    if hasattr(value, "model_dump"):  # a Pydantic model: its own JSON form (nested datetimes, UUIDs...)
+        return value.model_dump(mode="json")
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    if isinstance(value, set | frozenset):
+        return list(value)
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

@@ -30,7 +30,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
-from eventstore import codec, groups, metrics
+from eventstore import codec, groups, metrics, tracing
 from eventstore.deadletter import DeadLetters
 from eventstore.events import decode_event, encode_event
 from eventstore.fencing import Fence
@@ -114,6 +114,7 @@ class Projector:
         session_timeout: float | None = None,
     ) -> None:
         self.kafka = kafka
+        tracing.configure_from_env()
         # A static member: a restarted projector with the same name takes its partitions back at once, and
         # a dead one is evicted after the session timeout (never a dynamic member a broker may keep).
         self.name = name or f"projector-{uuid.uuid4().hex[:8]}"
@@ -198,6 +199,11 @@ class Projector:
         if not records:
             return 0
         try:
+            if tracing.enabled():
+                with tracing.span("metamorph.project", kind="consumer", attributes={
+                        "metamorph.namespace": self.namespace, "metamorph.records": sum(len(r) for r in records.values()),
+                        "metamorph.partitions": ",".join(str(tp.partition) for tp in sorted(records, key=lambda t: t.partition))}) as span:
+                    return self._process(records, span)
             return self._process(records)
         except BaseException:
             self._unpositioned |= set(consumer.assignment())
@@ -350,7 +356,8 @@ class Projector:
 
     # -- one batch ---------------------------------------------------------------------------------------
 
-    def _process(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> int:
+    def _process(self, records: dict[TopicPartition, list[ConsumerRecord]], span: Any = None) -> int:
+        """Project one batch; ``span`` (tracing on) is linked to the traces of the runs started in it."""
         started = time.monotonic()
         items: list[tuple[int, int, dict]] = []
         dead: list[tuple[ConsumerRecord, str, str]] = []
@@ -367,6 +374,8 @@ class Projector:
                     dead.append((rec, "undecodable", reason))
                 else:
                     items.append((tp.partition, rec.offset, event))
+        if span is not None:
+            tracing.add_links(span, [e["trace"] for _, _, e in items if e.get("type") == "WorkflowStarted" and e.get("trace")])
         if dead:
             self._deadletter(dead)
         refused: set[tuple[int, int]] = set()

@@ -29,6 +29,8 @@ def _sample(field_type: object, name: str) -> object:
             return NOW
         if field_type["type"] == "array":
             return [_sample(field_type["items"], name)]
+        if field_type["type"] == "map":
+            return {"k": _sample(field_type["values"], name)}
         return _sample(field_type["type"], name)
     return {"string": f"{name}-x", "long": 42, "int": 7, "double": 1.5, "boolean": True, "bytes": b'["payload"]'}[field_type]  # type: ignore[index]
 
