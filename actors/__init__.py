@@ -4,10 +4,12 @@ Everything a user needs is importable from here: the authoring API (``Workflow``
 ``activity``, handlers), activity helpers, the ``Client`` and the errors.
 """
 
-from . import _asyncio_compat, workflow
-from . import schedules as _schedules  # noqa: F401 - registers metamorph.Schedule on every node
-from .definitions import ActivityOptions, Workflow, activity, query, queue, signal, update
-from .errors import (
+from actors import schedules as _schedules  # noqa: F401 - registers metamorph.Schedule on every node
+from actors import workflow
+from actors.engine import asyncio_mapping as _asyncio_compat
+from actors.engine.definitions import ActivityOptions, Workflow, activity, query, queue, signal, update
+from actors.engine.typed import PayloadTypeError
+from actors.errors import (
     ActivityCancelled,
     ActivityFailed,
     AlreadyCompensated,
@@ -27,28 +29,27 @@ from .errors import (
     WorkflowTerminated,
     WorkflowTimedOut,
 )
-from .typed import PayloadTypeError
 
 _asyncio_compat.install()
 
 
 def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kafka and Postgres
     if name in ("Client", "WorkflowHandle", "WorkflowSummary"):
-        from . import client
+        from actors.client import sync as client
 
         return getattr(client, name)
     if name in ("AsyncClient", "AsyncWorkflowHandle", "AsyncScheduleHandle"):
-        from . import aclient
+        from actors.client import aio as aclient
 
         return getattr(aclient, name)
     if name in ("heartbeat", "activity_info", "ActivityInfo"):
-        from . import activities
+        from actors.activities import worker as activities
 
         return getattr(activities, name)
     if name == "ScheduleHandle":
         return _schedules.ScheduleHandle
     if name == "webhook":
-        from . import webhooks
+        from actors.interfaces import webhooks
 
         return webhooks.webhook
     raise AttributeError(f"module 'actors' has no attribute {name!r}")

@@ -30,12 +30,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from . import workflow
-from .definitions import Workflow, activity, query, update, workflow_type_name
-from .errors import WorkflowNotRunning
+from actors import workflow
+from actors.engine.definitions import Workflow, activity, query, update, workflow_type_name
+from actors.errors import WorkflowNotRunning
 
 if TYPE_CHECKING:
-    from .client import Client
+    from actors.client.sync import Client
 
 TYPE = "metamorph.Schedule"
 PREFIX = "schedule:"
@@ -185,7 +185,7 @@ def initial_state(schedule_id: str, spec: dict, paused: bool = False, note: str 
 @activity(name="metamorph.schedule.terminate", tries=5, backoff=(1, 2, 5))
 def terminate_run(workflow_id: str, reason: str) -> None:
     """terminate_other: end the previous run (workflow code has no terminate; a worker sends the command)."""
-    from .activities import _context
+    from actors.activities.worker import _context
 
     ctx = _context.get()
     if ctx is None:

@@ -22,15 +22,12 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from eventstore import codec, payloads, statuses
-from eventstore import events as ev
-from eventstore.topics import Topics
-
-from . import typed
-from .activities import ActivityInfo, _BadArguments, _Context, _context
-from .definitions import activities, workflow_class, workflow_type_name
-from .dispatch import messages_for_history, reply_message, resolve_external_message
-from .errors import (
+from actors.activities.worker import ActivityInfo, _BadArguments, _Context, _context
+from actors.engine import typed
+from actors.engine.definitions import activities, workflow_class, workflow_type_name
+from actors.engine.dispatch import messages_for_history, reply_message, resolve_external_message
+from actors.engine.instance import WorkflowInstance
+from actors.errors import (
     NonRetryableError,
     PayloadTooLarge,
     QueryFailed,
@@ -41,7 +38,9 @@ from .errors import (
     WorkflowTimedOut,
     limited_payload,
 )
-from .instance import WorkflowInstance
+from eventstore import codec, payloads, statuses
+from eventstore import events as ev
+from eventstore.topics import Topics
 
 
 class _Beats:
@@ -88,7 +87,7 @@ class WorkflowEnvironment:
     def start(self, wf: type | str, *args: Any, id: str | None = None, **options: Any) -> str:  # noqa: A002
         """Start as ``Client.start`` does, with the same options (policies, start_signal, start_delay, timeout,
         search, memo); a refused start raises ``WorkflowAlreadyStarted``."""
-        from .client import _START_DEFAULTS, _attributes, _start_options
+        from actors.client.sync import _START_DEFAULTS, _attributes, _start_options
 
         workflow_id = id or str(uuid.uuid4())
         attributes = _attributes(options.pop("search", None), options.pop("memo", None))
@@ -152,12 +151,12 @@ class WorkflowEnvironment:
 
     def search_attributes(self, workflow_id: str) -> dict[str, Any]:
         """The current run's search attributes, as the projections would show them."""
-        from .search import fold
+        from actors.search import fold
 
         return fold(self.instances[workflow_id].history)[0]
 
     def memo(self, workflow_id: str) -> dict[str, Any]:
-        from .search import fold
+        from actors.search import fold
 
         return fold(self.instances[workflow_id].history)[1]
 
@@ -347,11 +346,11 @@ def replay(history: Any, workflow_class: type) -> str:
 
     ``history`` is what ``metamorph history ID --json`` wrote (the parsed JSON), what
     ``handle.history()`` or ``WorkflowEnvironment.history()`` return, or a History object; see
-    ``actors.replayer`` for the format. Raises ``NondeterminismError`` with ``workflow_id``, ``seq``,
+    ``actors.engine.replayer`` for the format. Raises ``NondeterminismError`` with ``workflow_id``, ``seq``,
     ``recorded`` and ``issued`` when the code would block on this history after a deploy; returns the
     run's status at the end of the history otherwise.
     """
-    from .replayer import replay as _replay
+    from actors.engine.replayer import replay as _replay
 
     return _replay(history, workflow_class)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .definitions import ActivityOptions
-from .replay import DEFAULT_VERSION, ChildHandle, WFuture, current_run, raise_continue_as_new
+from actors.engine.definitions import ActivityOptions
+from actors.engine.replay import DEFAULT_VERSION, ChildHandle, WFuture, current_run, raise_continue_as_new
 
 __all__ = [
     "DEFAULT_VERSION", "ActivityOptions", "ChildHandle", "activity", "all", "first", "child", "start_child", "timer",

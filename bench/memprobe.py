@@ -33,7 +33,7 @@ from bench.procmon import rss_kb
 
 def _idle_history() -> list[dict]:
     """The history of a bench.Idle workflow that waits for its signal (what WorkflowStarted looks like)."""
-    from actors.instance import WorkflowInstance
+    from actors.engine.instance import WorkflowInstance
     from eventstore import payloads
 
     inst = WorkflowInstance("probe-0")
@@ -96,8 +96,8 @@ def _pid() -> int:
 def main(argv: list[str] | None = None) -> int:
     import pykka
 
-    from actors.actor import WorkflowActor
-    from actors.instance import WorkflowInstance
+    from actors.engine.instance import WorkflowInstance
+    from actors.node.actor import WorkflowActor
     from eventstore.topics import Topics
 
     p = argparse.ArgumentParser(prog="python -m bench.memprobe")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import bench.workloads  # noqa: F401 - registers the workflows and the activity
-from actors.node import Node
+from actors.node.loop import Node
 from bench._child import prepare
 
 

@@ -745,7 +745,7 @@ class Runner:
         to the passivated workflow (load from the partition store + replay + the Kafka round trip) is timed
         against a query to the same workflow while it is live.
         """
-        from actors.instance import WorkflowInstance
+        from actors.engine.instance import WorkflowInstance
         from eventstore.events import from_envelope
         from eventstore.log import read_partition
         from eventstore.topics import Topics, partition_for

@@ -24,7 +24,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 
 from actors import Client, Workflow
-from actors.node import Node
+from actors.node.loop import Node
 from bench.runner import Infra, percentile
 from eventstore.topics import ensure_topics
 from projections.migrate import connect, migrate

@@ -72,13 +72,13 @@ class Cluster:
         common = ["--kafka", self.kafka, "--namespace", self.namespace, "--log-level", "info",
                   "--session-timeout", self.session_timeout]  # fmt: skip
         if name.startswith("n"):
-            argv = ["-m", "actors.cli", "node", *common, "--app", APP, "--data-dir", str(self.work / "data"), "--name", name]
+            argv = ["-m", "actors.interfaces.cli", "node", *common, "--app", APP, "--data-dir", str(self.work / "data"), "--name", name]
             ready = "node "
         elif name.startswith("w"):
-            argv = ["-m", "actors.cli", "worker", *common, "--app", APP, "--name", name]
+            argv = ["-m", "actors.interfaces.cli", "worker", *common, "--app", APP, "--name", name]
             ready = "activity worker running"
         else:
-            argv = ["-m", "actors.cli", "projector", *common, "--postgres", self.pg_url, "--name", name]
+            argv = ["-m", "actors.interfaces.cli", "projector", *common, "--postgres", self.pg_url, "--name", name]
             ready = "projector running"
         self.procs.start(name, argv, ready, timeout=120)
         return time.monotonic() - started

@@ -78,7 +78,7 @@ class Topics:
 
     @property
     def ingress(self) -> str:
-        """JSON start/signal commands from any producer (``actors.ingress``), keyed by workflow id."""
+        """JSON start/signal commands from any producer (``actors.node.ingress``), keyed by workflow id."""
         return f"{self.namespace}.ingress"
 
     @property

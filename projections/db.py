@@ -81,7 +81,7 @@ def pool(
     Connections are autocommit (reads need no transaction). They are not checked on checkout: that is a
     round trip per read, a fifth of a busy client's CPU. After a PostgreSQL restart the first read on a
     dead connection fails instead, and the caller runs ``ConnectionPool.check()`` (which replaces every
-    dead connection at once) and tries again; see ``actors.client.Client._with_conn``.
+    dead connection at once) and tries again; see ``actors.client.sync.Client._with_conn``.
     """
     kwargs = dict(connect_kwargs or {})
     kwargs["options"] = _options(namespace, kwargs)

@@ -76,7 +76,7 @@ class Processes:
 
     def cli(self, name: str, command: str, kafka: str, namespace: str, *extra: str, ready: str) -> subprocess.Popen[str]:
         """``metamorph COMMAND`` (worker, projector, ...) with INFO logs, as a real process."""
-        argv = ["-m", "actors.cli", command, "--kafka", kafka, "--namespace", namespace, "--log-level", "info", *extra]
+        argv = ["-m", "actors.interfaces.cli", command, "--kafka", kafka, "--namespace", namespace, "--log-level", "info", *extra]
         return self.start(name, argv, ready)
 
     def log(self, name: str) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from actors import Client
-from actors.node import Node
+from actors.node.loop import Node
 from eventstore.topics import ensure_topics
 from projections.migrate import migrate
 from projections.projector import Projector

@@ -27,13 +27,13 @@ def test_an_unknown_type_is_logged_at_warning_counted_and_gauged(kafka_server, p
         kafka_server.start()
     if not pg_server.running:
         pg_server.start()
-    caplog.set_level(logging.WARNING, logger="actors.node")
+    caplog.set_level(logging.WARNING, logger="actors.node.loop")
     before = _blocked_total("nowhere.Missing", "UnknownWorkflowType")
     with running_stack(kafka_server.bootstrap, pg_server, tmp_path, prefix="blk") as (client, _node, _ns):
         h = client.start("nowhere.Missing", 1, id="missing-1")
         wait_until(lambda: h.status() == "blocked", 20, "the workflow blocked")
         assert _blocked_total("nowhere.Missing", "UnknownWorkflowType") == before + 1
-        warnings = [r for r in caplog.records if r.name == "actors.node" and r.levelno == logging.WARNING
+        warnings = [r for r in caplog.records if r.name == "actors.node.loop" and r.levelno == logging.WARNING
                     and "missing-1" in r.getMessage()]
         assert len(warnings) == 1 and "is blocked: UnknownWorkflowType" in warnings[0].getMessage()
         wait_until(lambda: _blocked_now(2) >= 1, 20, "the blocked-workflows gauge")

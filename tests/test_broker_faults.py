@@ -19,7 +19,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from prometheus_client import REGISTRY
 
 from actors import Client
-from actors.node import Node
+from actors.node.loop import Node
 from eventstore.topics import Topics, ensure_topics
 from projections.migrate import migrate
 from projections.projector import Projector

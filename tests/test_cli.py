@@ -24,7 +24,7 @@ import pytest
 
 from actors import Workflow, activity, query, update, workflow
 from actors import signal as signal_handler
-from actors.cli import main
+from actors.interfaces.cli import main
 from tests.stack import running_stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def wait_for_status(capsys, opts: list[str], workflow_id: str, wanted: str, time
 # -- help and usage --------------------------------------------------------------------------------------
 def test_help_in_a_real_process_documents_exit_codes() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "actors.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "actors.interfaces.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 0, done.stderr
     assert "exit codes" in done.stdout and "5 Kafka or PostgreSQL unreachable" in done.stdout
@@ -274,7 +274,7 @@ class _Process:
     def __init__(self, *argv: str) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "actors.cli", *argv],
+            [sys.executable, "-m", "actors.interfaces.cli", *argv],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

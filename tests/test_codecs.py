@@ -194,7 +194,7 @@ def test_no_plaintext_in_kafka_or_postgres_and_readers_without_the_key_see_encry
         assert not [r for r in rows if secret in r], "plaintext secret in a PostgreSQL row"
         assert any('"$encrypted"' in r for r in rows)
 
-        from actors.http import create_app
+        from actors.interfaces.http import create_app
 
         with warnings.catch_warnings():  # Starlette 1.x nudges towards httpx2, as in test_http
             warnings.simplefilter("ignore")

@@ -61,7 +61,7 @@ def test_a_cancel_sent_right_after_a_continuing_signal_cancels_the_next_run(stac
 
 def test_a_history_cut_between_the_continuation_and_the_next_run_begins_that_run_on_load():
     """A crash may append ``WorkflowContinued`` without the next run's start: rebuilding begins it."""
-    from actors.instance import WorkflowInstance
+    from actors.engine.instance import WorkflowInstance
     from eventstore import payloads
 
     first = WorkflowInstance("cut")

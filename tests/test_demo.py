@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.demo import main
+from actors.interfaces.demo import main
 
 
 def test_the_demo_runs_the_tutorial_order_end_to_end(capsys):

@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from actors import Client
-from actors.node import Node
+from actors.node.loop import Node
 from eventstore.topics import ensure_topics
 from projections.migrate import migrate
 from projections.projector import Projector

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from prometheus_client import REGISTRY
 
 from actors import Client, WorkflowNotFound
-from actors.activities import ActivityWorker
-from actors.dispatch import Message, _command, reply_message, task_message
-from actors.node import Node
+from actors.activities.worker import ActivityWorker
+from actors.engine.dispatch import Message, _command, reply_message, task_message
+from actors.node.loop import Node
 from eventstore import events as ev
 from eventstore import payloads
 from eventstore.fencing import EPOCH_HEADER, MessageFence, epoch_header, stamp_of
@@ -165,8 +165,8 @@ def test_a_zombie_never_puts_a_batch_fenced_out_of_history_in_its_store(kafka, n
     in the gap before its own append, keep the batch out of its store and its messages unsent, and rejoin."""
     from collections import OrderedDict
 
-    from actors.client import command_record
-    from actors.node import _Owned
+    from actors.client.sync import command_record
+    from actors.node.loop import _Owned
     from eventstore import codec
     from eventstore.store import PartitionStore
 

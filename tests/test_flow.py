@@ -17,9 +17,9 @@ from types import SimpleNamespace
 import pytest
 
 from actors import ActivityOptions, Client, queue
-from actors.activities import _Gate, _Outcome, _QueueWorker
-from actors.definitions import QueueLimits, parse_rate, queue_limits, share
-from actors.node import Node
+from actors.activities.worker import _Gate, _Outcome, _QueueWorker
+from actors.engine.definitions import QueueLimits, parse_rate, queue_limits, share
+from actors.node.loop import Node
 from eventstore.topics import ensure_topics, partition_for
 from tests.apps import flow_app as app
 from tests.processes import Processes, wait_until

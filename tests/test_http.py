@@ -19,10 +19,11 @@ import pytest
 from openapi_spec_validator import validate
 from prometheus_client import REGISTRY
 
-from actors import Client, Workflow, activity, http, query, update, workflow
+from actors import Client, Workflow, activity, query, update, workflow
 from actors import signal as signal_handler
-from actors.http import ApiTokens, bind, create_app, is_loopback, openapi_document, server
-from actors.webhooks import BadArguments, WebhookAuth, arguments, sign, signed_headers, webhook
+from actors.interfaces import http
+from actors.interfaces.http import ApiTokens, bind, create_app, is_loopback, openapi_document, server
+from actors.interfaces.webhooks import BadArguments, WebhookAuth, arguments, sign, signed_headers, webhook
 from tests.stack import module_stack
 
 with warnings.catch_warnings():  # Starlette 1.x nudges towards httpx2; httpx is what the project installs
@@ -568,7 +569,7 @@ def test_serve_warns_when_reachable_without_tokens(client: Client, caplog: pytes
         caplog.clear()
         sock = bind(host, 0)
         try:
-            with caplog.at_level(logging.WARNING, logger="actors.http"):
+            with caplog.at_level(logging.WARNING, logger="actors.interfaces.http"):
                 server(create_app(client, webhook_auth="none", api_tokens=tokens), sock)
         finally:
             sock.close()
@@ -656,7 +657,7 @@ def test_the_dashboard_has_a_csp_and_builds_no_html_from_data(api: TestClient) -
 def test_the_compose_example_publishes_the_api_only_with_tokens() -> None:
     import yaml
 
-    from actors.cli import _parser
+    from actors.interfaces.cli import _parser
 
     compose = yaml.safe_load((Path(__file__).parent.parent / "ops" / "docker-compose.yml").read_text())
     server_service = compose["services"]["server"]
@@ -770,7 +771,7 @@ def test_update_with_start(api: TestClient) -> None:
 
 
 def test_retry_passes_force_only_to_a_client_that_supports_it(api: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    from actors import client as client_module
+    from actors.client import sync as client_module
 
     seen: list[tuple[str, Any]] = []
 
@@ -827,7 +828,7 @@ def test_raw_starlette_routes_are_documented_and_guarded(client: Client) -> None
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from actors.routing import IdRoute
+    from actors.interfaces.routing import IdRoute
 
     async def stream(request: Any) -> Response:
         return Response(f"data: {json.dumps(request.path_params['id'])}\n\n", media_type="text/event-stream")
@@ -850,8 +851,8 @@ def test_raw_starlette_routes_are_documented_and_guarded(client: Client) -> None
 
 def test_one_error_table_for_http_and_cli() -> None:
     """A status the API answers and the exit status the CLI gives come from the same row."""
-    from actors.cli import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREACHABLE, _classify
     from actors.errors import NotRetryable, WorkflowNotFound, WorkflowNotRunning, classify
+    from actors.interfaces.cli import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREACHABLE, _classify
 
     for exc, status, code in (
         (WorkflowNotFound("w"), 404, EXIT_NOT_FOUND),

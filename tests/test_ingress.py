@@ -16,9 +16,9 @@ import pytest
 from fastavro.schema import parse_schema, to_parsing_canonical_form
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from actors.cli import main
-from actors.client import command_record
-from actors.ingress import InvalidIngress, to_command
+from actors.client.sync import command_record
+from actors.interfaces.cli import main
+from actors.node.ingress import InvalidIngress, to_command
 from eventstore import codec, payloads
 from eventstore.codec import SCHEMA_DIR, TOP_LEVEL
 from eventstore.log import MAX_RECORD_BYTES
@@ -68,7 +68,7 @@ def test_a_valid_json_start_is_the_command_the_client_sends() -> None:
 
 
 def test_a_json_start_with_every_start_option_is_the_command_the_client_sends() -> None:
-    from actors.client import _attributes, _start_options
+    from actors.client.sync import _attributes, _start_options
 
     options = {"if_running": "terminate", "if_closed": "allow", "start_signal": "approve", "start_signal_args": [1],
                "start_delay": 2.5, "timeout": 60, "priority": 3}

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from actors import WorkflowFailed, WorkflowNotRunning
-from actors.cli import EXIT_REFUSED, EXIT_USAGE, main
+from actors.interfaces.cli import EXIT_REFUSED, EXIT_USAGE, main
 from tests.apps.pause_app import Napper, Steps
 from tests.processes import wait_until
 from tests.stack import running_stack
@@ -102,7 +102,7 @@ def test_reset_of_an_open_run_terminates_it_and_bad_seqs_change_nothing(stack):
 def test_http_and_batch_pause_resume(stack):
     from starlette.testclient import TestClient
 
-    from actors.http import create_app
+    from actors.interfaces.http import create_app
 
     client, _ = stack
     h = client.start(Napper, 3600, 1, id="pz-5")

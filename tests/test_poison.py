@@ -14,7 +14,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from actors import Client, PayloadTooLarge
-from actors.instance import WorkflowInstance, utcnow
+from actors.engine.instance import WorkflowInstance, utcnow
 from eventstore import codec, payloads
 from eventstore import events as ev
 from eventstore.topics import Topics, partition_for
@@ -75,7 +75,7 @@ def test_the_client_refuses_bad_payloads_before_sending(dead_client, monkeypatch
 def test_the_http_start_route_answers_400_for_a_lone_surrogate(dead_client):
     from starlette.testclient import TestClient
 
-    from actors.http import create_app
+    from actors.interfaces.http import create_app
 
     with TestClient(create_app(dead_client, webhook_auth="none"), raise_server_exceptions=False) as api:
         r = api.post("/workflows", content=b'{"type": "rt.Hello", "args": ["\\udcff"]}')

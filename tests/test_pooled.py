@@ -8,7 +8,7 @@ import time
 import pykka
 import pytest
 
-from actors.pooled import POOL_THREADS, PooledActor
+from actors.node.pooled import POOL_THREADS, PooledActor
 
 
 class _Recorder(PooledActor):

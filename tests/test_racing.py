@@ -20,8 +20,8 @@ from actors import (
     heartbeat,
     workflow,
 )
-from actors.activities import ActivityInfo, _Context, _context
-from actors.instance import WorkflowInstance
+from actors.activities.worker import ActivityInfo, _Context, _context
+from actors.engine.instance import WorkflowInstance
 from actors.testing import WorkflowEnvironment
 
 

@@ -78,7 +78,7 @@ def test_the_node_has_dead_letters_acknowledged_before_it_commits(tmp_path):
 
     from kafka import TopicPartition
 
-    from actors.node import Node, _Owned
+    from actors.node.loop import Node, _Owned
 
     order: list[str] = []
 

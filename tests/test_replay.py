@@ -28,8 +28,8 @@ from actors import (
     update,
     workflow,
 )
-from actors.definitions import activity_name
-from actors.instance import WorkflowInstance
+from actors.engine.definitions import activity_name
+from actors.engine.instance import WorkflowInstance
 from actors.testing import WorkflowEnvironment
 
 CALLS: dict[str, int] = {}

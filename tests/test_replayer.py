@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from actors import NondeterminismError, Workflow, activity, definitions, signal, workflow
-from actors.cli import main
+from actors import NondeterminismError, Workflow, activity, signal, workflow
+from actors.engine import definitions
+from actors.interfaces.cli import main
 from actors.testing import WorkflowEnvironment, replay
 from projections.apply import body
 from tests.stack import running_stack
@@ -138,7 +139,7 @@ def test_a_history_of_another_type_or_not_a_history_is_refused() -> None:
 def _metamorph(*argv: str) -> subprocess.CompletedProcess[str]:
     """``metamorph ARGV`` as CI runs it: a fresh process (so v1 and v2 of the app never share a registry)."""
     return subprocess.run(
-        [sys.executable, "-m", "actors.cli", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "actors.interfaces.cli", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
 
 

@@ -7,7 +7,7 @@ from kafka import KafkaProducer
 from prometheus_client import REGISTRY
 
 from actors import WorkflowNotFound
-from actors.client import command_record
+from actors.client.sync import command_record
 from eventstore import payloads
 from eventstore.log import read_partition
 from eventstore.topics import Topics, partition_for

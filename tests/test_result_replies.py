@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 import pytest
 
 from actors import AsyncClient, Client, WorkflowFailed
-from actors.dispatch import messages_for_history, result_message
-from actors.node import Node
+from actors.engine.dispatch import messages_for_history, result_message
+from actors.node.loop import Node
 from eventstore import codec
 from eventstore.topics import Topics, ensure_topics
 from projections.migrate import migrate

@@ -206,7 +206,7 @@ def test_cancel_and_terminate(rt):
 
 
 def test_a_dead_broker_or_database_is_a_clear_error_not_a_hang():
-    from actors.client import _redact
+    from actors.client.sync import _redact
 
     started = time.monotonic()
     with Client(kafka="127.0.0.1:9", postgres="postgresql://u:secret@127.0.0.1:9/db", namespace="x") as dead:

@@ -99,7 +99,7 @@ def test_cli_schedule_create_describe_list_pause_backfill_trigger_delete(kafka, 
     """Every schedule action of ``metamorph schedule`` on a real node, and bad input as usage errors."""
     import json
 
-    from actors.cli import EXIT_USAGE, main
+    from actors.interfaces.cli import EXIT_USAGE, main
 
     with running_stack(kafka, pg_server, tmp_path) as (client, _node, namespace):
         conn = ["--kafka", kafka, "--postgres", client.postgres, "--namespace", namespace]  # before the action

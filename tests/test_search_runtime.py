@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from actors import WorkflowCancelled, WorkflowTerminated
-from actors.cli import EXIT_USAGE, main
-from actors.client import WorkflowPage
-from actors.http import create_app
+from actors.client.sync import WorkflowPage
+from actors.interfaces.cli import EXIT_USAGE, main
+from actors.interfaces.http import create_app
 from tests.apps.search_app import Idle, Tagged
 from tests.processes import wait_until
 from tests.stack import running_stack

@@ -183,7 +183,7 @@ class _RaceClient:
 def test_a_handle_of_a_new_run_never_answers_with_the_row_of_an_older_run():
     """``describe()`` read the row, then learnt the new run was projected, and returned the stale row: the
     result of a run started with ``if_closed="allow"`` came back as the previous run's (seen in CI)."""
-    from actors.client import WorkflowHandle
+    from actors.client.sync import WorkflowHandle
 
     handle = WorkflowHandle(_RaceClient(), "w", "new-run")  # type: ignore[arg-type]
     row = handle.describe()

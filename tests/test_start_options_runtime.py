@@ -13,7 +13,7 @@ import time
 import pytest
 
 from actors import WorkflowAlreadyStarted, WorkflowTerminated, WorkflowTimedOut
-from actors.cli import EXIT_REFUSED, EXIT_USAGE, EXIT_WORKFLOW, main
+from actors.interfaces.cli import EXIT_REFUSED, EXIT_USAGE, EXIT_WORKFLOW, main
 from tests.apps.policies_app import Gate, Quick, Relay, Sleeper
 from tests.processes import wait_until
 from tests.stack import running_stack
@@ -162,7 +162,7 @@ def test_cli_start_options(stack, capsys):
 def test_http_start_options(stack):
     from starlette.testclient import TestClient
 
-    from actors.http import create_app
+    from actors.interfaces.http import create_app
 
     client, _ = stack
     with TestClient(create_app(client, webhook_auth="none"), raise_server_exceptions=False) as api:

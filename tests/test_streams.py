@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from actors import AsyncClient, Client, PayloadTooLarge, WorkflowFailed, WorkflowNotFound
-from actors.http import bind, create_app, server
+from actors.interfaces.http import bind, create_app, server
 from actors.testing import WorkflowEnvironment
 from tests.apps.streams_app import Counter, Emitter, Oversize
 from tests.processes import wait_until
@@ -271,7 +271,7 @@ def test_workflow_environment_streams_across_continue_as_new() -> None:
 
 
 def test_cli_stream_prints_json_lines(client: Client, capsys: pytest.CaptureFixture[str]) -> None:
-    from actors.cli import EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, main
+    from actors.interfaces.cli import EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, main
 
     engine = ["--kafka", client.kafka, "--postgres", client.postgres or "", "--namespace", client.namespace]
     h = client.start(Counter, 3, id="cli-stream")

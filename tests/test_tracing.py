@@ -24,8 +24,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from actors import Client, tracing
-from actors.activities import ActivityWorker
-from actors.node import Node
+from actors.activities.worker import ActivityWorker
+from actors.node.loop import Node
 from eventstore.topics import ensure_topics
 from projections.migrate import migrate
 from projections.projector import Projector
@@ -204,7 +204,7 @@ def test_without_the_extra_nothing_breaks_and_nothing_is_imported():
         import sys
         from actors import tracing
         from actors.testing import WorkflowEnvironment
-        import actors.node, actors.activities, actors.client, projections.projector
+        import actors.node.loop, actors.activities.worker, actors.client.sync, projections.projector
         from tests.apps.traced_app import Traced
         env = WorkflowEnvironment()
         assert env.result(env.start(Traced, "ok")) == "OK!"
@@ -225,7 +225,7 @@ def test_untraced_process_imports_no_opentelemetry_even_when_installed():
     done = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import sys
         from actors.testing import WorkflowEnvironment
-        import actors.node, actors.activities, actors.client, projections.projector
+        import actors.node.loop, actors.activities.worker, actors.client.sync, projections.projector
         from actors import Client
         from tests.apps.traced_app import Traced
         Client("127.0.0.1:1")

@@ -16,7 +16,7 @@ from kafka import KafkaAdminClient
 from prometheus_client import REGISTRY
 
 from actors import Client
-from actors.node import Node
+from actors.node.loop import Node
 from eventstore.topics import Topics, ensure_topics, partition_for
 from projections.migrate import connect, migrate
 from projections.projector import Projector

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 import pytest
 
 from actors import PayloadTypeError, WorkflowFailed
+from actors.engine.typed import convert_arguments, needs_conversion
 from actors.testing import WorkflowEnvironment
-from actors.typed import convert_arguments, needs_conversion
 from eventstore import payloads
 from tests.apps.typed_app import (
     SEEN,

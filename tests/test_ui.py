@@ -24,7 +24,7 @@ import pytest
 from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from actors import Client, Workflow, activity, query, signal, workflow
-from actors.http import bind, create_app, server
+from actors.interfaces.http import bind, create_app, server
 from tests.stack import module_stack
 
 CHROMIUM = "/usr/bin/chromium"

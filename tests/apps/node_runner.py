@@ -9,7 +9,7 @@ import threading
 
 import tests.apps.runtime_app  # noqa: F401 - registers the workflows and activities
 import tests.apps.schedules_app  # noqa: F401 - targets of the schedule tests
-from actors.node import Node
+from actors.node.loop import Node
 
 
 def main() -> None:

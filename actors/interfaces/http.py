@@ -1,6 +1,6 @@
 """The HTTP API: the Client's operations as typed JSON over HTTP, for dashboards, scripts and other languages.
 
-Why FastAPI and Pydantic: every route's request and response bodies are models (actors/http_models.py),
+Why FastAPI and Pydantic: every route's request and response bodies are models (actors/interfaces/http_models.py),
 so bad input is refused naming the field, what an endpoint returns is checked against its model, and the
 OpenAPI document at ``/openapi.json`` is generated from the same models: it cannot drift from the server.
 The Client is synchronous (Kafka producer, psycopg), so the endpoints are plain functions that FastAPI runs
@@ -54,13 +54,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from eventstore import metrics
-from eventstore.log import PayloadTooLargeError
-from eventstore.statuses import Status
-
-from . import schedules_http, stream_http, webhooks
-from .errors import INTERNAL, NondeterminismError, NotRetryable, classify, error_table
-from .http_models import (
+from actors.errors import INTERNAL, NondeterminismError, NotRetryable, classify, error_table
+from actors.interfaces import schedules_http, stream_http, webhooks
+from actors.interfaces.http_models import (
     BatchRequest,
     BatchResult,
     CallRequest,
@@ -84,10 +80,13 @@ from .http_models import (
     WorkflowDetails,
     WorkflowPage,
 )
-from .routing import IdAPIRoute, route_path
+from actors.interfaces.routing import IdAPIRoute, route_path
+from eventstore import metrics
+from eventstore.log import PayloadTooLargeError
+from eventstore.statuses import Status
 
 if TYPE_CHECKING:
-    from .client import Client
+    from actors.client.sync import Client
 
 MAX_PAGE = 1000
 MAX_BODY = 1024 * 1024  # bytes; METAMORPH_HTTP_MAX_BODY overrides
@@ -338,7 +337,7 @@ _ERROR_TEXT = {
 
 
 def _list_filters(search: list[str], started_after: datetime | None, started_before: datetime | None) -> dict:
-    from .search import filters_from_text
+    from actors.search import filters_from_text
 
     return {"search": filters_from_text(search), "started_after": started_after, "started_before": started_before}
 
@@ -532,8 +531,8 @@ def replay_report(doc: Any) -> dict:
 
     400 for a document that is not a history, 404 ``UnknownWorkflowType`` when the code is not imported.
     """
-    from . import replayer
-    from .definitions import workflows
+    from actors.engine import replayer
+    from actors.engine.definitions import workflows
 
     try:
         history = replayer.load_history(doc)
@@ -782,7 +781,7 @@ def create_app(
 ) -> FastAPI:
     """The HTTP API (and the webhook routes) over ``client``.
 
-    ``webhook_*`` override ``METAMORPH_WEBHOOK_AUTH`` / ``_TOKEN`` / ``_SECRET``; see :mod:`actors.webhooks`.
+    ``webhook_*`` override ``METAMORPH_WEBHOOK_AUTH`` / ``_TOKEN`` / ``_SECRET``; see :mod:`actors.interfaces.webhooks`.
     ``api_tokens`` overrides ``METAMORPH_API_TOKENS`` and ``max_body`` ``METAMORPH_HTTP_MAX_BODY`` (bytes).
     ``raw_routes``: extra Starlette routes (matched before the typed ones; each documented in
     ``RAW_ROUTE_DOCS``). ``client`` None builds the app only to describe it (``openapi_document``).

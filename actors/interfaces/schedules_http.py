@@ -11,10 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Path
 
-from .http_models import Backfill, ScheduleDone, ScheduleInfo, ScheduleList, SchedulePause, ScheduleRequest
+from actors.interfaces.http_models import (
+    Backfill,
+    ScheduleDone,
+    ScheduleInfo,
+    ScheduleList,
+    SchedulePause,
+    ScheduleRequest,
+)
 
 if TYPE_CHECKING:
-    from .client import Client
+    from actors.client.sync import Client
 
 ACTIONS = ("pause", "resume", "trigger", "backfill")
 SID = Path(description="Schedule id, percent-encoded")
@@ -22,7 +29,7 @@ SID = Path(description="Schedule id, percent-encoded")
 
 def add_routes(app: FastAPI, client: Client) -> None:
     """Add the schedule routes to ``app`` (http.py's permissions and error documentation)."""
-    from .http import ACTS, READS, _errors, plain
+    from actors.interfaces.http import ACTS, READS, _errors, plain
 
     tags: list[str | Any] = ["schedules"]
 

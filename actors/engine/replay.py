@@ -23,11 +23,8 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from eventstore import payloads
-from eventstore.statuses import BY_TERMINAL_EVENT
-
-from . import typed
-from .definitions import (
+from actors.engine import typed
+from actors.engine.definitions import (
     ActivityOptions,
     Workflow,
     activity_definition,
@@ -36,7 +33,7 @@ from .definitions import (
     handler_for,
     seconds,
 )
-from .errors import (
+from actors.errors import (
     ActivityFailed,
     ChildWorkflowFailed,
     NondeterminismError,
@@ -45,6 +42,8 @@ from .errors import (
     external_error,
     limited_payload,
 )
+from eventstore import payloads
+from eventstore.statuses import BY_TERMINAL_EVENT
 
 #: Events the code produces, matched one by one on replay.
 DECISIONS = frozenset(
@@ -676,7 +675,7 @@ class WorkflowRun:
         return fut
 
     def start_child(self, ref: type | str, args: tuple, child_id: str | None) -> ChildHandle:
-        from .definitions import workflow_class, workflow_type_name
+        from actors.engine.definitions import workflow_class, workflow_type_name
 
         type_name = workflow_type_name(ref)
         if not isinstance(ref, str):
@@ -749,7 +748,7 @@ class WorkflowRun:
         Only the kind of the step is matched on replay: attributes are not inputs of the code, so code
         that now computes other values replays the recorded ones without blocking.
         """
-        from .search import check_memo, check_search, dumps
+        from actors.search import check_memo, check_search, dumps
 
         body = {"search": dumps(check_search(search, removals=True)) if search is not None else None,
                 "memo": dumps(check_memo(memo)) if memo is not None else None}

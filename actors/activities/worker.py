@@ -29,17 +29,24 @@ import pykka
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from actors import tracing
+from actors.engine import typed
+from actors.engine.definitions import (
+    ActivityDefinition,
+    QueueLimits,
+    activities,
+    check_arguments,
+    queue_limits,
+    share,
+)
+from actors.engine.instance import utcnow
+from actors.errors import ActivityCancelled, NonRetryableError, PayloadTooLarge, limited_payload
 from eventstore import codec, fetchhold, groups, metrics, payloads
 from eventstore import events as ev
 from eventstore.deadletter import DeadLetters
 from eventstore.fencing import MessageFence
 from eventstore.log import producer
 from eventstore.topics import Topics, leave_group, partition_for
-
-from . import tracing, typed
-from .definitions import ActivityDefinition, QueueLimits, activities, check_arguments, queue_limits, share
-from .errors import ActivityCancelled, NonRetryableError, PayloadTooLarge, limited_payload
-from .instance import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from .routing import IdRoute
-from .streams import afollow, check_after, check_timeout
+from actors.client.streams import afollow, check_after, check_timeout
+from actors.interfaces.routing import IdRoute
 
 if TYPE_CHECKING:
-    from .aclient import _AsyncTerminals
-    from .client import Client
+    from actors.client.aio import _AsyncTerminals
+    from actors.client.sync import Client
 
 #: Seconds of silence after which a comment line is sent (proxies close idle connections at 30-60 s).
 KEEP_ALIVE = 15.0
@@ -66,9 +66,8 @@ class _StreamEndpoint:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self._listener is None:
+                from actors.client.aio import _AsyncTerminals
                 from projections.db import notify_channel, stream_channel
-
-                from .aclient import _AsyncTerminals
 
                 if not self.client.postgres:
                     raise RuntimeError("the stream reads the projections: serve needs METAMORPH_POSTGRES")

@@ -32,6 +32,11 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from actors import tracing
+from actors.engine.definitions import queue_limits
+from actors.engine.dispatch import Message, messages_for_history, task_message
+from actors.engine.instance import utcnow
+from actors.node.actor import Result, WorkflowActor
 from eventstore import codec, groups, metrics
 from eventstore import events as ev
 from eventstore.deadletter import DeadLetters
@@ -40,12 +45,6 @@ from eventstore.log import TYPE_HEADER, EventLog, LogTruncatedError, check_not_t
 from eventstore.statuses import BY_TERMINAL_EVENT, FINAL
 from eventstore.store import PartitionStore
 from eventstore.topics import Topics, ensure_topics, leave_group, partition_for
-
-from . import tracing
-from .actor import Result, WorkflowActor
-from .definitions import queue_limits
-from .dispatch import Message, messages_for_history, task_message
-from .instance import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ class Node:
         ingress: bool = True,
     ) -> None:
         self.kafka = kafka
-        self.run_ingress = ingress  # forward JSON commands from <ns>.ingress (actors.ingress)
+        self.run_ingress = ingress  # forward JSON commands from <ns>.ingress (actors.node.ingress)
         self._ingress: Any = None
         self.session_timeout = groups.session_timeout(session_timeout)  # failover time, see eventstore.groups
         self.topics = Topics(namespace)
@@ -137,14 +136,14 @@ class Node:
         self.partitions = counts[self.topics.commands]
         self._log = EventLog(self.kafka, self.topics, self.partitions, producer(self.kafka))
         if self.run_activities:
-            from .activities import ActivityWorker
+            from actors.activities.worker import ActivityWorker
 
             self._worker = ActivityWorker(
                 self.kafka, self.namespace, self.queues, self.activity_concurrency, name=self.name,
                 session_timeout=self.session_timeout,
             ).start()
         if self.run_ingress:
-            from .ingress import IngressForwarder
+            from actors.node.ingress import IngressForwarder
 
             self._ingress = IngressForwarder(
                 self.kafka, self.topics, self.partitions, self._log.kafka_producer, self._deadletter, self.name,

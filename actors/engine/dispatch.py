@@ -13,13 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from actors import tracing
+from actors.engine.definitions import queue_limits
 from eventstore import codec
 from eventstore import events as ev
 from eventstore.statuses import BY_TERMINAL_EVENT, Status
 from eventstore.topics import Topics
-
-from . import tracing
-from .definitions import queue_limits
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .replay import current_run, in_workflow
+from actors.engine.replay import current_run, in_workflow
 
 _original_gather = asyncio.gather
 _original_sleep = asyncio.sleep
@@ -20,7 +20,7 @@ _original_wait_for = asyncio.wait_for
 
 def _gather(*aws: Any, return_exceptions: bool = False) -> Any:
     if in_workflow():
-        from . import workflow
+        from actors import workflow
 
         return workflow.all(aws, return_exceptions=return_exceptions)
     return _original_gather(*aws, return_exceptions=return_exceptions)
@@ -28,7 +28,7 @@ def _gather(*aws: Any, return_exceptions: bool = False) -> Any:
 
 def _sleep(delay: float, result: Any = None) -> Any:
     if in_workflow():
-        from . import workflow
+        from actors import workflow
 
         return workflow.timer(delay)
     return _original_sleep(delay, result)

@@ -2,7 +2,7 @@
 
 Why: a change to workflow code that makes it issue different decisions than a running workflow's recorded
 history blocks that workflow after the deploy (``NondeterminismError``). Replaying exported histories in
-CI finds this first. The replay is the node's own driver (``actors.replay.WorkflowRun``), so what passes
+CI finds this first. The replay is the node's own driver (``actors.engine.replay.WorkflowRun``), so what passes
 here is exactly what a node accepts; decisions the code makes *beyond* the end of an open history are not
 reported, because a node accepts them too (they are the workflow's next steps).
 
@@ -28,12 +28,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from actors.engine.definitions import Workflow, workflow_type_name, workflows
+from actors.engine.replay import WorkflowRun
+from actors.errors import NondeterminismError
 from eventstore import codec, payloads
 from eventstore.events import EVENT_NS
-
-from .definitions import Workflow, workflow_type_name, workflows
-from .errors import NondeterminismError
-from .replay import WorkflowRun
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from actors import tracing
+from actors.engine.dispatch import Message, messages_for_history, reply_message, resolve_external_message
+from actors.engine.instance import Outcome, WorkflowInstance
+from actors.node.pooled import PooledActor
 from eventstore.topics import Topics
-
-from . import tracing
-from .dispatch import Message, messages_for_history, reply_message, resolve_external_message
-from .instance import Outcome, WorkflowInstance
-from .pooled import PooledActor
 
 
 @dataclass

@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from actors.engine import typed
+from actors.engine.definitions import check_arguments, handler_for, workflow_class
+from actors.engine.replay import TERMINAL, WorkflowRun
 from eventstore import payloads
 from eventstore.statuses import BY_TERMINAL_EVENT, UNSUCCESSFUL
-
-from . import typed
-from .definitions import check_arguments, handler_for, workflow_class
-from .replay import TERMINAL, WorkflowRun
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +344,7 @@ class WorkflowInstance:
         them (as Temporal does, the new run's start is atomic with the old run's close). The new run's
         WorkflowStarted follows WorkflowContinued in the same append, so the two are durable together;
         a crash between them is repaired by ``load``, and the StartWorkflow message is then sent again
-        (``actors.dispatch``), a duplicate of which starts nothing.
+        (``actors.engine.dispatch``), a duplicate of which starts nothing.
         """
         for _ in range(MAX_INLINE_CONTINUATIONS):
             if self.terminal != "WorkflowContinued" or not self.history:
@@ -758,7 +757,7 @@ def continuation_start(workflow_id: str, started: dict, continued: dict, at: dat
         "parent_id": started.get("parent_id"), "parent_run_id": started.get("parent_run_id"),
         "parent_ref": started.get("parent_ref"),
         "timeout_at": started.get("timeout_at"),  # the execution timeout spans the whole chain
-        "priority": started.get("priority"),  # as actors.dispatch's StartWorkflow for a continuation carries it
+        "priority": started.get("priority"),  # as actors.engine.dispatch's StartWorkflow for a continuation carries it
         "_trace": started.get("trace"),  # the chain stays in one trace (actors.tracing)
     }
 

@@ -21,16 +21,13 @@ from typing import TYPE_CHECKING, Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from eventstore import codec, fetchhold, payloads, statuses
-from eventstore import events as ev
-from eventstore.fencing import MessageFence
-from eventstore.log import check_size, producer
-from eventstore.topics import Topics, partition_for
-
-from . import search as _search
-from . import tracing, typed
-from .definitions import check_priority, seconds, workflow_class, workflow_type_name
-from .errors import (
+from actors import search as _search
+from actors import tracing
+from actors.client.pending import PendingWriter
+from actors.engine import typed
+from actors.engine.definitions import check_priority, seconds, workflow_class, workflow_type_name
+from actors.engine.instance import IF_CLOSED, IF_RUNNING, utcnow
+from actors.errors import (
     QueryFailed,
     WorkflowAlreadyStarted,
     WorkflowCancelled,
@@ -42,11 +39,14 @@ from .errors import (
     check_not_compensated,
     limited_payload,
 )
-from .instance import IF_CLOSED, IF_RUNNING, utcnow
-from .pending import PendingWriter
+from eventstore import codec, fetchhold, payloads, statuses
+from eventstore import events as ev
+from eventstore.fencing import MessageFence
+from eventstore.log import check_size, producer
+from eventstore.topics import Topics, partition_for
 
 if TYPE_CHECKING:
-    from .schedules import ScheduleHandle
+    from actors.schedules import ScheduleHandle
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ _NOT_FOUND_GRACE = 5.0
 _REMEMBERED_STARTS = 10_000
 #: How long an existence check before a command may wait for PostgreSQL, and how long after it did not
 #: answer commands skip the check altogether (they need only Kafka): a signal while PostgreSQL is down
-#: costs at most this once per backoff period, and a start never waits for it (actors.pending).
+#: costs at most this once per backoff period, and a start never waits for it (actors.client.pending).
 _CHECK_TIMEOUT = 0.5
 _CHECK_BACKOFF = 5.0
 #: How long a command the projections doubted (ended or unknown workflow) waits for the owning node to
@@ -435,7 +435,7 @@ class Client:
                     raise TimeoutError(f"no answer to update {_update[0]!r} of {workflow_id} within {_update[2]}s")
         # Started once Kafka has it: PostgreSQL is not needed (issue 15). This client answers `pending` for the
         # id until the projector has the row; other clients (the CLI, the HTTP API) see it sooner through a
-        # `pending` row, written in the background (actors.pending), so a start never waits for PostgreSQL.
+        # `pending` row, written in the background (actors.client.pending), so a start never waits for PostgreSQL.
         with self._lock:
             self._started[workflow_id] = (type_name, utcnow())
             self._started.move_to_end(workflow_id)
@@ -496,19 +496,19 @@ class Client:
     ) -> ScheduleHandle:
         """Create (or, for an existing id, update) a schedule (API.md §8): exactly one of ``cron`` (5 fields,
         in ``timezone``) or ``every`` (seconds). Bad input raises ValueError before anything is sent."""
-        from .schedules import create
+        from actors.schedules import create
 
         return create(self, schedule_id, wf, args, paused=paused, cron=cron, every=every, timezone=timezone, overlap=overlap,
                       catchup_window=catchup_window, jitter=jitter, start_at=start_at, end_at=end_at)
 
     def get_schedule(self, schedule_id: str) -> ScheduleHandle:
-        from .schedules import ScheduleHandle, check_schedule_id
+        from actors.schedules import ScheduleHandle, check_schedule_id
 
         return ScheduleHandle(self, check_schedule_id(schedule_id))
 
     def list_schedules(self) -> list[dict]:
         """Every schedule not deleted, as ``describe()`` dicts, by id."""
-        from .schedules import list_all
+        from actors.schedules import list_all
 
         return list_all(self)
 
@@ -739,7 +739,7 @@ class WorkflowHandle:
         ended (not merely continued) and every item was read; ``TimeoutError`` if ``timeout`` seconds pass
         first; ``WorkflowNotFound`` for an unknown id; ``ValueError`` for a bad ``after`` or ``timeout``.
         """
-        from .streams import check_after, check_timeout, follow
+        from actors.client.streams import check_after, check_timeout, follow
 
         after, timeout = check_after(after), check_timeout(timeout)  # now, not at the first next()
         client = self._client

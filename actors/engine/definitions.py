@@ -257,8 +257,8 @@ class Workflow:
         self.__dict__.setdefault("_compensations", []).append(fn)
 
     async def compensate(self) -> None:
-        from . import workflow as wf
-        from .replay import current_run, in_workflow
+        from actors import workflow as wf
+        from actors.engine.replay import current_run, in_workflow
 
         steps = list(reversed(self.__dict__.get("_compensations", [])))
         self.__dict__["_compensations"] = []

@@ -55,11 +55,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .definitions import Workflow, handler_for, workflows
-from .routing import IdRoute, route_path
+from actors.engine.definitions import Workflow, handler_for, workflows
+from actors.interfaces.routing import IdRoute, route_path
 
 if TYPE_CHECKING:
-    from .client import Client
+    from actors.client.sync import Client
 
 T = TypeVar("T")
 

@@ -24,9 +24,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+from actors.errors import WorkflowNotFound
 from eventstore import statuses
-
-from .errors import WorkflowNotFound
 
 #: Items read per round trip.
 BATCH = 500

@@ -8,7 +8,7 @@ ingress topic takes one JSON object per record (key: the workflow id)::
 
 ``args`` is optional (default ``[]``). A forwarder (each node runs one, in the consumer group
 ``<ns>.ingress``, so the ingress partitions are spread over the nodes) validates each record and forwards
-it as the normal command (``actors.client.command_record``, the Client's own encoder) to ``<ns>.commands``
+it as the normal command (``actors.client.sync.command_record``, the Client's own encoder) to ``<ns>.commands``
 keyed by the workflow id. Anything else goes to ``<ns>.deadletter`` through the node's dead-letter writer,
 with the reason in the DeadLetter record's ``reason`` field: not UTF-8 JSON, not exactly one of
 ``start``/``signal``, unknown or missing fields, wrong types, a key that is not the workflow id, or a record
@@ -29,15 +29,14 @@ from typing import Any
 from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata
 
+from actors.client.sync import _START_DEFAULTS as START_DEFAULTS
+from actors.client.sync import _attributes as start_attributes
+from actors.client.sync import _start_options as client_start_options
+from actors.client.sync import command_record
+from actors.errors import limited_payload
 from eventstore import fetchhold, groups
 from eventstore.log import MAX_RECORD_BYTES
 from eventstore.topics import Topics, leave_group, partition_for
-
-from .client import _START_DEFAULTS as START_DEFAULTS
-from .client import _attributes as start_attributes
-from .client import _start_options as client_start_options
-from .client import command_record
-from .errors import limited_payload
 
 log = logging.getLogger(__name__)
 

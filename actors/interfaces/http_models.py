@@ -15,9 +15,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.client.sync import BATCH_ACTIONS
 from eventstore.statuses import Status
-
-from .client import BATCH_ACTIONS
 
 IfRunning = Literal["use_existing", "fail", "terminate"]
 IfClosed = Literal["use_existing", "fail", "allow", "allow_failed"]

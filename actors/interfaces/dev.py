@@ -67,7 +67,7 @@ def app_queues(explicit: Iterable[str] | None = None) -> tuple[str, ...]:
     """
     if explicit:
         return tuple(dict.fromkeys(q.strip() for q in explicit if q.strip()))
-    from .definitions import activities, workflows
+    from actors.engine.definitions import activities, workflows
 
     queues = {"default"} | {a.queue for a in activities().values()}
     queues |= {q for cls in workflows().values() if (q := getattr(cls, "queue", None))}
@@ -160,14 +160,13 @@ def run_dev(
     queues: list[str] | None = None,
 ) -> int:
     """Run broker (if needed), node, projector and HTTP API until SIGINT/SIGTERM; returns an exit status."""
+    from actors.client.sync import Client
+    from actors.interfaces import http
+    from actors.node.loop import Node
     from eventstore import metrics
     from eventstore.topics import ensure_topics
     from projections.migrate import migrate
     from projections.projector import Projector
-
-    from . import http
-    from .client import Client
-    from .node import Node
 
     modules = import_apps(apps)
     stop = shutdown_event()
@@ -273,7 +272,7 @@ def _banner(
     queues: tuple[str, ...],
     notes: list[str],
 ) -> None:
-    from .definitions import workflows
+    from actors.engine.definitions import workflows
 
     names = {m.__name__ for m in modules}
     mine = sorted(n for n, cls in workflows().items() if cls.__module__ in names) or ["(none)"]

@@ -28,16 +28,22 @@ def _show(event: dict) -> None:
     _say(f"   #{event['seq']:<3} {event['type']:<22} {brief[:90]}")
 
 
-def main(argv: list[str] | None = None) -> int:
+APP = "examples.orders"
+
+
+def main(argv: list[str] | None = None, app: str = APP) -> int:
+    """Run the demo with the tutorial module ``app`` (found from the current directory, like ``--app`` of
+    ``node``: the examples are files of the repository, not an installed package)."""
     logging.basicConfig(level=logging.ERROR)
+    from actors.client.sync import Client
+    from actors.interfaces.dev import import_apps
+    from actors.node.loop import Node
     from eventstore.embedded import EmbeddedStack
     from eventstore.topics import ensure_topics
-    from examples.orders import OrderWorkflow
     from projections.migrate import migrate
     from projections.projector import Projector
 
-    from .client import Client
-    from .node import Node
+    OrderWorkflow = import_apps([app])[0].OrderWorkflow  # noqa: N806 - a class
 
     data = Path(tempfile.mkdtemp(prefix="metamorph-demo-"))
     _say("Metamorph demo: one durable order workflow, end to end")

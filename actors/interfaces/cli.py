@@ -42,14 +42,11 @@ from datetime import datetime
 from typing import Any
 
 # The exit statuses live with the one error table that the HTTP API shares (re-exported for callers).
-from .errors import (  # noqa: F401
+from actors.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
-    EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_REFUSED,
-    EXIT_TIMEOUT,
-    EXIT_UNREACHABLE,
     EXIT_USAGE,
     EXIT_WORKFLOW,
 )
@@ -91,14 +88,14 @@ def _json_arg(text: str) -> Any:
 
 
 def _dump(value: Any) -> str:
-    from .http import jsonable
+    from actors.interfaces.http import jsonable
 
     return json.dumps(value, default=jsonable, indent=2, ensure_ascii=False)
 
 
 def _show(value: Any) -> str:
     """Human rendering of a payload: strings as they are, anything else as compact JSON."""
-    from .http import jsonable
+    from actors.interfaces.http import jsonable
 
     return value if isinstance(value, str) else json.dumps(value, default=jsonable, ensure_ascii=False)
 
@@ -125,7 +122,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def _one_line(text: str) -> str:
     """One line, with passwords of connection strings masked (URI and key=value forms)."""
-    from .http import redact
+    from actors.interfaces.http import redact
 
     return redact(
         "; ".join(line.strip() for line in str(text).splitlines() if line.strip()) or "(no message)"
@@ -215,7 +212,7 @@ def _client(args: argparse.Namespace, kafka: bool = False, postgres: bool = True
     Every client command but ``start`` reads the projections (even ``signal`` checks that the workflow
     exists), so PostgreSQL is required unless ``postgres=False``.
     """
-    from .client import Client
+    from actors.client.sync import Client
 
     conninfo = _postgres(args, required=postgres)
     if kafka:
@@ -284,8 +281,8 @@ def _prepare(args: argparse.Namespace, queues: tuple[str, ...], partitions: int 
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
-    from . import dev
-    from .node import Node
+    from actors.interfaces import dev
+    from actors.node.loop import Node
 
     _logging(args.log_level)
     dev.import_apps(args.app)
@@ -321,8 +318,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from . import dev
-    from .activities import ActivityWorker
+    from actors.activities.worker import ActivityWorker
+    from actors.interfaces import dev
 
     _logging(args.log_level)
     dev.import_apps(args.app)
@@ -347,9 +344,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_projector(args: argparse.Namespace) -> int:
     import threading
 
+    from actors.interfaces import dev
     from projections.projector import Projector
-
-    from . import dev
 
     _logging(args.log_level)
     postgres = _postgres(args)
@@ -373,9 +369,8 @@ def _cmd_projector(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from actors.interfaces import dev, http
     from eventstore import metrics
-
-    from . import dev, http
 
     _logging(args.log_level)
     dev.import_apps(args.app or [])
@@ -404,7 +399,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    from . import dev
+    from actors.interfaces import dev
 
     _logging(args.log_level)
     return dev.run_dev(
@@ -421,19 +416,24 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     )
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from bench.__main__ import main as bench_main
+def _bench_main() -> Callable[[list[str]], int | None]:
+    """``bench`` is a directory of the repository (not installed): found from the current directory."""
+    from actors.interfaces.dev import import_apps
 
-    return bench_main(list(args.bench_args)) or EXIT_OK
+    return import_apps(["bench.__main__"])[0].main
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    return _bench_main()(list(args.bench_args)) or EXIT_OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     for var, value in (("METAMORPH_KAFKA", args.kafka), ("METAMORPH_POSTGRES", args.postgres)):
         if value:
             os.environ[var] = value
-    from . import demo
+    from actors.interfaces import demo
 
-    return demo.main() or EXIT_OK
+    return demo.main(app=args.app) or EXIT_OK
 
 
 # -- client commands -------------------------------------------------------------------------------------
@@ -490,7 +490,7 @@ def _describe(row: dict) -> str:
 
 
 def _cmd_result(args: argparse.Namespace) -> int:
-    from .errors import WorkflowCancelled, WorkflowFailed, WorkflowTerminated, WorkflowTimedOut
+    from actors.errors import WorkflowCancelled, WorkflowFailed, WorkflowTerminated, WorkflowTimedOut
 
     with _client(args) as client:
         try:
@@ -534,7 +534,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _start_search(items: list[str] | None) -> dict[str, Any] | None:
     """``--search key=value`` of ``start``: attributes to set, so only ``=``."""
-    from .search import filters_from_text
+    from actors.search import filters_from_text
 
     filters = filters_from_text(items) or {}
     for key, (op, _value) in filters.items():
@@ -544,7 +544,7 @@ def _start_search(items: list[str] | None) -> dict[str, Any] | None:
 
 
 def _search_option(args: argparse.Namespace) -> dict[str, Any] | None:
-    from .search import filters_from_text
+    from actors.search import filters_from_text
 
     return filters_from_text(args.search)
 
@@ -657,9 +657,8 @@ def _cmd_reset(args: argparse.Namespace) -> int:
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:
+    from actors.errors import AlreadyCompensated
     from eventstore.log import PayloadTooLargeError
-
-    from .errors import AlreadyCompensated
 
     with _client(args, kafka=True) as client:
         try:
@@ -678,7 +677,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     """``metamorph schedule create|describe|list|pause|resume|trigger|backfill|delete`` (API.md §8)."""
     action = args.schedule_command
     if action == "create":
-        from .schedules import check_schedule_id, make_spec
+        from actors.schedules import check_schedule_id, make_spec
 
         spec = {"cron": args.cron, "every": args.every, "timezone": args.timezone, "overlap": args.overlap,
                 "catchup_window": args.catchup_window, "jitter": args.jitter, "start_at": args.start_at,
@@ -736,7 +735,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     type the app does not define is a usage error (exit 2), never a silent pass. Then one line per
     non-determinism on stdout, a summary on stderr, exit 1 if any.
     """
-    from . import dev, replayer
+    from actors.engine import replayer
+    from actors.interfaces import dev
 
     if bool(args.paths) == bool(args.type):
         raise CliError(EXIT_USAGE, "give FILE_OR_DIR... or --type T [--last N], not both and not neither")
@@ -990,7 +990,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=".metamorph/dev", metavar="DIR")
     metrics_port(p, 9464)
 
-    command("demo", _cmd_demo, "run the tutorial order workflow end to end on an embedded stack")
+    p = command("demo", _cmd_demo, "run the tutorial order workflow end to end on an embedded stack")
+    p.add_argument("--app", default="examples.orders", metavar="MODULE",
+                   help="the tutorial module defining OrderWorkflow (default examples.orders, from the current directory)")
 
     p = command("bench", _cmd_bench, "run the benchmark workloads (W1-W7) on an embedded stack; see bench/RESULTS.md")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="...", help="options of `python -m bench`")
@@ -1142,8 +1144,8 @@ def _classify(exc: BaseException) -> tuple[int, str]:
     import psycopg
     from kafka.errors import KafkaError
 
-    from .dev import AppImportError
-    from .errors import INTERNAL, classify
+    from actors.errors import INTERNAL, classify
+    from actors.interfaces.dev import AppImportError
 
     if isinstance(exc, CliError):
         return exc.code, str(exc)
@@ -1167,9 +1169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``metamorph`` command; returns the exit status (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"] and not {"-h", "--help"} & set(argv[1:2]):
-        from bench.__main__ import main as bench_main  # its own options, passed through untouched
-
-        return int(bench_main(argv[1:]) or EXIT_OK)
+        return int(_bench_main()(argv[1:]) or EXIT_OK)  # its own options, passed through untouched
     try:
         args = _connection_defaults(_parser().parse_args(argv))
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse already printed why

@@ -38,15 +38,14 @@ from typing import Any
 
 from kafka.errors import KafkaError
 
+from actors import search as _search
+from actors import tracing
+from actors.client import sync as _c
+from actors.engine.definitions import workflow_type_name
+from actors.engine.instance import utcnow
+from actors.errors import WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning, check_not_compensated
 from eventstore import payloads, statuses
 from eventstore.topics import partition_for
-
-from . import client as _c
-from . import search as _search
-from . import tracing
-from .definitions import workflow_type_name
-from .errors import WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning, check_not_compensated
-from .instance import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +327,7 @@ class AsyncClient:
         self._started.move_to_end(workflow_id)
         while len(self._started) > _c._REMEMBERED_STARTS:
             self._started.popitem(last=False)
-        if self.postgres:  # in the background: a start needs Kafka only (see actors.pending)
+        if self.postgres:  # in the background: a start needs Kafka only (see actors.client.pending)
             task = asyncio.create_task(self._record_pending(workflow_id, type_name, list(args)))
             self._pending_rows.add(task)
             task.add_done_callback(self._pending_rows.discard)
@@ -429,7 +428,7 @@ class AsyncClient:
         end_at: datetime | None = None, paused: bool = False,
     ) -> AsyncScheduleHandle:
         """``Client.schedule``: create or update a schedule (one update-with-start of ``schedule:{id}``)."""
-        from . import schedules as _s
+        from actors import schedules as _s
 
         _s.check_schedule_id(schedule_id)
         spec = _s.make_spec(wf, args, cron=cron, every=every, timezone=timezone, overlap=overlap,
@@ -439,13 +438,13 @@ class AsyncClient:
         return AsyncScheduleHandle(self, schedule_id)
 
     def get_schedule(self, schedule_id: str) -> AsyncScheduleHandle:
-        from .schedules import check_schedule_id
+        from actors.schedules import check_schedule_id
 
         return AsyncScheduleHandle(self, check_schedule_id(schedule_id))
 
     async def list_schedules(self) -> builtins.list[dict]:  # ``list`` is a method of this class
         """``Client.list_schedules``: every schedule not deleted, described, by id."""
-        from .schedules import PREFIX, TYPE
+        from actors.schedules import PREFIX, TYPE
 
         out = []
         for summary in await self.list(type=TYPE, limit=10_000):
@@ -580,13 +579,13 @@ class AsyncWorkflowHandle:
         The same positions, end and ``TimeoutError`` as the sync one; waits on the client's async LISTEN
         connection, so no thread is held per reader. A bad ``after``/``timeout`` raises ValueError here.
         """
-        from .streams import check_after, check_timeout
+        from actors.client.streams import check_after, check_timeout
 
         after, timeout = check_after(after), check_timeout(timeout)
         return self._stream(after, timeout)
 
     async def _stream(self, after: int, timeout: float | None) -> AsyncIterator[Any]:
-        from .streams import afollow
+        from actors.client.streams import afollow
 
         client = self._client
 
@@ -663,7 +662,7 @@ class AsyncScheduleHandle:
     """``ScheduleHandle`` for the ``AsyncClient``: each call an awaited query/update of ``schedule:{id}``."""
 
     def __init__(self, client: AsyncClient, schedule_id: str) -> None:
-        from .schedules import workflow_id_of
+        from actors.schedules import workflow_id_of
 
         self._client = client
         self.id = schedule_id
@@ -704,7 +703,7 @@ class AsyncScheduleHandle:
         return await self._call("update", "trigger")
 
     async def backfill(self, start: datetime | str, end: datetime | str) -> int:
-        from .schedules import _time
+        from actors.schedules import _time
 
         s, e = _time("start", start), _time("end", end)
         if s is None or e is None or e < s:
@@ -712,7 +711,7 @@ class AsyncScheduleHandle:
         return await self._call("update", "backfill", s, e)
 
     async def update(self, **changes: Any) -> dict:
-        from .schedules import updated_spec
+        from actors.schedules import updated_spec
 
         return await self._call("update", "upsert", updated_spec((await self.describe())["spec"], changes))
 

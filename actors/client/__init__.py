@@ -1,0 +1,3 @@
+"""Clients: ``Client`` (blocking) and ``AsyncClient`` (asyncio). Writes go to Kafka, reads come from the
+PostgreSQL projections.
+"""
