@@ -6,7 +6,6 @@ Everything a user needs is importable from here: the authoring API (``Workflow``
 
 from actors import schedules as _schedules  # noqa: F401 - registers metamorph.Schedule on every node
 from actors import workflow
-from actors.engine import asyncio_mapping as _asyncio_compat
 from actors.engine.definitions import ActivityOptions, Workflow, activity, query, queue, signal, update
 from actors.engine.typed import PayloadTypeError
 from actors.errors import (
@@ -29,8 +28,6 @@ from actors.errors import (
     WorkflowTerminated,
     WorkflowTimedOut,
 )
-
-_asyncio_compat.install()
 
 
 def __getattr__(name: str):  # lazy: the client and activity runtime pull in Kafka and Postgres

@@ -1,6 +1,7 @@
 """The calls workflow code makes (``from actors import workflow``).
 
-Every call is answered by the run driving the current thread (see ``replay.py``), so the same code is a
+Every call is answered by the runtime driving the current thread (``actors/engine/runtime.py``; the replay
+driver implements it), so the same code is a
 live execution or a replay without knowing which. Inside workflow code only these awaitables (plus
 ``asyncio.gather`` / ``asyncio.sleep`` / ``asyncio.wait`` / ``asyncio.wait_for``, mapped to ``all`` / ``timer``
 / ``first``) may be awaited; real I/O, clocks,
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 import random as _random
 import uuid as _uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from actors.engine.definitions import ActivityOptions
-from actors.engine.replay import DEFAULT_VERSION, ChildHandle, WFuture, current_run, raise_continue_as_new
+from actors.engine.runtime import DEFAULT_VERSION, ChildHandle
+from actors.engine.runtime import current as current_run
 
 __all__ = [
     "DEFAULT_VERSION", "ActivityOptions", "ChildHandle", "activity", "all", "first", "child", "start_child", "timer",
@@ -26,17 +28,17 @@ __all__ = [
 ]
 
 
-def activity(fn_or_name: Callable[..., Any] | str, *args: Any, options: ActivityOptions | None = None, **kwargs: Any) -> WFuture:
+def activity(fn_or_name: Callable[..., Any] | str, *args: Any, options: ActivityOptions | None = None, **kwargs: Any) -> Awaitable[Any]:
     """Schedule an activity now; awaiting the result raises ActivityFailed after its last try."""
     return current_run().schedule_activity(fn_or_name, args, kwargs, options)
 
 
-def all(awaitables: Iterable[Any], *, return_exceptions: bool = False) -> WFuture:  # noqa: A001 - API name
+def all(awaitables: Iterable[Any], *, return_exceptions: bool = False) -> Awaitable[Any]:  # noqa: A001 - API name
     """Run concurrently; results in input order; the first failure (in input order) after all settle."""
     return current_run().all(awaitables, return_exceptions)
 
 
-def first(awaitables: Iterable[Any]) -> WFuture:
+def first(awaitables: Iterable[Any]) -> Awaitable[Any]:
     """Race: ``(index, value)`` of the first awaitable to finish, or its exception if it failed.
 
     The others are cancelled: a timer stops, a queued activity task is dropped and a running one sees
@@ -56,7 +58,7 @@ async def start_child(wf: type | str, *args: Any, id: str | None = None) -> Chil
     return current_run().start_child(wf, args, id)
 
 
-def timer(seconds: float | timedelta) -> WFuture:
+def timer(seconds: float | timedelta) -> Awaitable[Any]:
     """Durable sleep: survives restarts; ``<= 0`` returns at once."""
     return current_run().start_timer(seconds)
 
@@ -64,12 +66,12 @@ def timer(seconds: float | timedelta) -> WFuture:
 sleep = timer
 
 
-def wait(condition: Callable[[], bool], timeout: float | timedelta | None = None) -> WFuture:
+def wait(condition: Callable[[], bool], timeout: float | timedelta | None = None) -> Awaitable[Any]:
     """Block until ``condition()`` holds; with a timeout, True if the condition won, False on timeout."""
     return current_run().wait(condition, timeout)
 
 
-def signal_external(workflow_id: str, name: str, *args: Any) -> WFuture:
+def signal_external(workflow_id: str, name: str, *args: Any) -> Awaitable[Any]:
     """Signal another workflow (not necessarily a child) by id; awaiting it returns once the target recorded it.
 
     Recorded (``ExternalSignalSent``), so a replay neither sends it again nor waits again: it returns (or
@@ -84,7 +86,7 @@ def signal_external(workflow_id: str, name: str, *args: Any) -> WFuture:
     return current_run().signal_external(workflow_id, name, args, ack=True)
 
 
-def cancel_external(workflow_id: str, reason: str | None = None) -> WFuture:
+def cancel_external(workflow_id: str, reason: str | None = None) -> Awaitable[Any]:
     """Request cancellation of another workflow by id (its code sees ``WorkflowCancelled`` at its await point).
 
     Awaiting it returns once the target recorded the request (not when the target has finished cleaning
@@ -102,7 +104,7 @@ def _check_target(workflow_id: Any, call: str) -> None:
         raise ValueError(f"{call}: the workflow id must be a non-empty str, got {workflow_id!r}")
 
 
-def side_effect(fn: Callable[[], Any]) -> WFuture:
+def side_effect(fn: Callable[[], Any]) -> Awaitable[Any]:
     """Run ``fn`` once and record its value; replays return the recorded value without calling it."""
     return current_run().side_effect(fn)
 
@@ -127,8 +129,7 @@ def get_version(change_id: str, min_supported: int = DEFAULT_VERSION, max_suppor
 
 def continue_as_new(*args: Any) -> None:
     """End this run and start a fresh one of the same workflow id with ``args``; never returns."""
-    current_run()
-    raise_continue_as_new(args)
+    current_run().continue_as_new(args)
 
 
 def upsert_search(attrs: dict[str, Any]) -> None:
@@ -166,4 +167,4 @@ class WorkflowInfo:
 
 def info() -> WorkflowInfo:
     run = current_run()
-    return WorkflowInfo(run.workflow_id, run.run_id, run.cls.name, run.parent_id, run.started_at)
+    return WorkflowInfo(run.workflow_id, run.run_id, run.type_name, run.parent_id, run.started_at)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from actors.engine.replay import current_run, in_workflow
+from actors.engine.runtime import current, in_workflow
 
 _original_gather = asyncio.gather
 _original_sleep = asyncio.sleep
@@ -20,17 +20,13 @@ _original_wait_for = asyncio.wait_for
 
 def _gather(*aws: Any, return_exceptions: bool = False) -> Any:
     if in_workflow():
-        from actors import workflow
-
-        return workflow.all(aws, return_exceptions=return_exceptions)
+        return current().all(aws, return_exceptions)
     return _original_gather(*aws, return_exceptions=return_exceptions)
 
 
 def _sleep(delay: float, result: Any = None) -> Any:
     if in_workflow():
-        from actors import workflow
-
-        return workflow.timer(delay)
+        return current().start_timer(delay)
     return _original_sleep(delay, result)
 
 
@@ -38,7 +34,7 @@ def _wait(fs: Any, *, timeout: float | None = None, return_when: str = asyncio.A
     """In workflow code: ``(done, pending)``; FIRST_COMPLETED races like ``workflow.first`` and cancels the
     pending ones (API.md §10), a timeout is a durable timer."""
     if in_workflow():
-        return current_run().wait_set(fs, timeout, return_when)
+        return current().wait_set(fs, timeout, return_when)
     return _original_wait(fs, timeout=timeout, return_when=return_when)
 
 
@@ -46,11 +42,13 @@ def _wait_for(fut: Any, timeout: float | None) -> Any:
     """In workflow code: the awaitable raced against a durable timer; on timeout it is cancelled and
     ``asyncio.TimeoutError`` raised."""
     if in_workflow():
-        return current_run().wait_for(fut, timeout)
+        return current().wait_for(fut, timeout)
     return _original_wait_for(fut, timeout)
 
 
 def install() -> None:
+    """Patch the four functions (idempotent). Called by the runtime when it creates a run, not at import:
+    importing ``actors`` changes nothing in a process that never drives workflow code."""
     if asyncio.gather is not _gather:
         asyncio.gather = _gather  # type: ignore[assignment]
         asyncio.sleep = _sleep  # type: ignore[assignment]

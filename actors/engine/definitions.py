@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from actors.engine import runtime
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_BACKOFF = (1, 2, 5, 10, 15, 30, 60, 120)
@@ -257,17 +259,14 @@ class Workflow:
         self.__dict__.setdefault("_compensations", []).append(fn)
 
     async def compensate(self) -> None:
-        from actors import workflow as wf
-        from actors.engine.replay import current_run, in_workflow
-
         steps = list(reversed(self.__dict__.get("_compensations", [])))
         self.__dict__["_compensations"] = []
-        if steps and in_workflow():
+        if steps and runtime.in_workflow():
             # Recorded (SagaCompensated): a retry of this run would redo steps that were undone, so
             # ``retry`` refuses without ``force`` (API.md §7).
-            current_run().mark_compensated(len(steps))
+            runtime.current().mark_compensated(len(steps))
         if self.parallel_compensation:
-            results = await wf.all([_call(step) for step in steps], return_exceptions=self.continue_with_error)
+            results = await runtime.current().all([_call(step) for step in steps], self.continue_with_error)
             return None if results is None else None
         for step in steps:
             try:

@@ -16,14 +16,13 @@ import asyncio
 import functools
 import hashlib
 import random as _random
-import threading
 import traceback as _traceback
 import uuid as _uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
-from actors.engine import typed
+from actors.engine import asyncio_mapping, typed
 from actors.engine.definitions import (
     ActivityOptions,
     Workflow,
@@ -33,6 +32,7 @@ from actors.engine.definitions import (
     handler_for,
     seconds,
 )
+from actors.engine.runtime import DEFAULT_VERSION, ChildHandle, driving
 from actors.errors import (
     ActivityFailed,
     ChildWorkflowFailed,
@@ -62,24 +62,9 @@ INPUTS = frozenset(
     }
 )
 TERMINAL = frozenset(BY_TERMINAL_EVENT)
-DEFAULT_VERSION = -1
 #: Events saying the code was not running (a type this node did not know, a replay mismatch). The code
 #: never issued them, so a decision is matched against the recorded event after them.
 NOT_CODE = frozenset({"WorkflowBlocked", "WorkflowUnblocked"})
-
-_current = threading.local()
-
-
-def current_run() -> WorkflowRun:
-    run = getattr(_current, "run", None)
-    if run is None:
-        raise RuntimeError("this call is only allowed inside workflow code (Workflow.execute and its handlers)")
-    return run
-
-
-def in_workflow() -> bool:
-    return getattr(_current, "run", None) is not None
-
 
 class _Blocked(BaseException):
     """Thrown into workflow code after a nondeterminism is found; BaseException so user code can't swallow it."""
@@ -244,24 +229,6 @@ async def _await(item: Any) -> Any:
     return await item
 
 
-class ChildHandle:
-    """A started child workflow: await its result or signal it."""
-
-    def __init__(self, run: WorkflowRun, child_id: str, result: WFuture) -> None:
-        self._run = run
-        self.id = child_id
-        self._result = result
-
-    def result(self) -> WFuture:
-        return self._result
-
-    def signal(self, name: str, *args: Any) -> WFuture:
-        return self._run.signal_external(self.id, name, args)
-
-    def __repr__(self) -> str:
-        return f"ChildHandle({self.id!r})"
-
-
 class WorkflowRun:
     """One run of one workflow, fed history events, producing decision events.
 
@@ -298,6 +265,15 @@ class WorkflowRun:
         self._rng: _random.Random | None = None
         #: Types awaited results are converted to (typed payloads), by pending key; None until one is.
         self._result_types: dict[tuple[str, int], Any] | None = None
+        asyncio_mapping.install()  # workflow code may use asyncio.gather/sleep/wait/wait_for: map them now
+
+    @property
+    def type_name(self) -> str:
+        return self.cls.name
+
+    def continue_as_new(self, args: tuple[Any, ...]) -> NoReturn:
+        """End this run (the driver records WorkflowContinued); raised through the code, never returns."""
+        raise _ContinueAsNew(args)
 
     # -- feeding -----------------------------------------------------------------------------------
     def replay(self, history: Iterable[dict]) -> None:
@@ -496,8 +472,8 @@ class WorkflowRun:
         self._ready.append((task, None))
         return task
 
-    def _active(self) -> _Active:
-        return _Active(self)
+    def _active(self) -> driving:
+        return driving(self)
 
     def _run_until_quiescent(self) -> None:
         with self._active():
@@ -952,22 +928,6 @@ class WorkflowRun:
         return [ref for kind, ref in self._pending if kind == "activity"]
 
 
-class _Active:
-    """Makes ``run`` the current run of this thread while workflow code executes."""
-
-    __slots__ = ("run", "previous")
-
-    def __init__(self, run: WorkflowRun) -> None:
-        self.run = run
-
-    def __enter__(self) -> None:
-        self.previous = getattr(_current, "run", None)
-        _current.run = self.run
-
-    def __exit__(self, *exc: object) -> None:
-        _current.run = self.previous
-
-
 def _describe(event: dict) -> str:
     kind = event["type"]
     detail = event.get("name") or event.get("change_id") or event.get("target_id") or event.get("workflow_type") or ""
@@ -978,8 +938,6 @@ def _error_body(exc: BaseException) -> dict:
     return {"error_type": type(exc).__name__, "message": str(exc), "traceback": "".join(_traceback.format_exception(exc))}
 
 
-def raise_continue_as_new(args: tuple[Any, ...]) -> None:
-    raise _ContinueAsNew(args)
 
 
 def _settle_from(target: WFuture, source: WFuture) -> None:

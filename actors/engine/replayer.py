@@ -209,19 +209,3 @@ def read_files(paths: Iterable[str]) -> list[tuple[str, Any]]:
             except ValueError as exc:
                 raise ValueError(f"{file}: not JSON: {exc}") from None
     return out
-
-
-def recent_histories(conn: Any, workflow_type: str, last: int) -> list[History]:
-    """The ``last`` most recently started runs of ``workflow_type`` from the projections (newest first)."""
-    from projections import read
-
-    rows = conn.execute(
-        "SELECT workflow_id, run_id FROM runs WHERE type = %s ORDER BY started_at DESC, workflow_id DESC LIMIT %s",
-        (workflow_type, max(0, int(last))),
-    ).fetchall()
-    out = []
-    for workflow_id, run_id in rows:
-        events = read.history(conn, workflow_id, run_id)
-        if events:
-            out.append(load_history(events, workflow_id))
-    return out

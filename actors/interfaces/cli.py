@@ -754,7 +754,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         from projections.db import connect
 
         with connect(str(_postgres(args)), args.namespace) as conn:
-            found = replayer.recent_histories(conn, args.type, args.last)
+            found = _recent_histories(conn, args.type, args.last)
         histories = [(f"{h.workflow_id}@{h.run_id}", h) for h in found]
     for source, history in histories:
         if history.workflow_type not in classes:
@@ -1189,3 +1189,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _recent_histories(conn: Any, workflow_type: str, last: int) -> list[Any]:
+    """The ``last`` most recently started runs of ``workflow_type`` from the projections (newest first)."""
+    from actors.engine import replayer
+    from projections import read
+
+    rows = conn.execute(
+        "SELECT workflow_id, run_id FROM runs WHERE type = %s ORDER BY started_at DESC, workflow_id DESC LIMIT %s",
+        (workflow_type, max(0, int(last))),
+    ).fetchall()
+    out = []
+    for workflow_id, run_id in rows:
+        events = read.history(conn, workflow_id, run_id)
+        if events:
+            out.append(replayer.load_history(events, workflow_id))
+    return out

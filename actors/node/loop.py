@@ -131,7 +131,6 @@ class Node:
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> Node:
         tracing.configure_from_env()
-        threading.stack_size(512 * 1024)  # many actor threads; workflow code does not need deep stacks
         counts = ensure_topics(self.kafka, self.namespace, self.requested_partitions, self.queues)
         self.partitions = counts[self.topics.commands]
         self._log = EventLog(self.kafka, self.topics, self.partitions, producer(self.kafka))
