@@ -17,6 +17,8 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 
+from eventstore.backoff import Backoff
+
 from .payloads import MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ def partition_for(key: str, partitions: int) -> int:
 def admin(bootstrap: str, timeout: float = 30.0) -> KafkaAdminClient:
     """An admin client, retried with backoff so a broker that is still starting is waited for."""
     deadline = time.monotonic() + timeout
-    delay = 0.2
+    backoff = Backoff(0.2, 2.0)
     while True:
         try:
             return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="metamorph-admin")
@@ -121,8 +123,7 @@ def admin(bootstrap: str, timeout: float = 30.0) -> KafkaAdminClient:
             if time.monotonic() > deadline:
                 raise ConnectionError(f"Kafka broker at {bootstrap} is unreachable: {exc}") from exc
             log.warning("Kafka at %s not reachable yet (%s); retrying", bootstrap, exc)
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            time.sleep(backoff.next())
 
 
 def leave_group(bootstrap: str, group: str, instance_id: str) -> None:

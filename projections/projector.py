@@ -31,6 +31,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
 from eventstore import codec, groups, metrics, tracing
+from eventstore.backoff import Backoff
 from eventstore.deadletter import DeadLetters
 from eventstore.events import decode_event, encode_event
 from eventstore.fencing import Fence
@@ -157,19 +158,18 @@ class Projector:
     def run(self, stop: threading.Event) -> None:
         """Project until ``stop`` is set; every error is logged and retried with backoff, never fatal."""
         self._stop = stop
-        delay = 0.1
+        backoff = Backoff(0.1, self.max_backoff)
         try:
             while not stop.is_set():
                 try:
                     self.run_once(self.poll_timeout_ms)
-                    delay = 0.1
+                    backoff.reset()
                 except _Stopped:
                     break
                 except Exception:
-                    log.exception("projector %s: loop error; retrying in %.1fs", self.namespace, delay)
+                    log.exception("projector %s: loop error; retrying in %.1fs", self.namespace, backoff.peek())
                     metrics.dependency_errors.labels("projector", "kafka").inc()
-                    stop.wait(delay)
-                    delay = min(delay * 2, self.max_backoff)
+                    stop.wait(backoff.next())
         finally:
             self.close()
             if not self.assign:  # a static member does not leave on close: hand the partitions over now
@@ -520,7 +520,7 @@ class Projector:
     def _send_letters(self, letters: list[tuple[str, dict]]) -> None:
         """Produce and wait for the acknowledgement (at least once): called before the batch's transaction
         commits and never while one is open, so a crash re-sends a letter but never loses one."""
-        delay = 0.1
+        backoff = Backoff(0.1, self.max_backoff)
         while True:
             try:
                 if self._dead is None:
@@ -533,9 +533,8 @@ class Projector:
                 break
             except Exception as exc:
                 log.warning("projector %s: dead-letter produce failed (%s); retrying in %.1fs",
-                            self.namespace, exc, delay)
-                self._sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
+                            self.namespace, exc, backoff.peek())
+                self._sleep(backoff.next())
         self.deadlettered += len(letters)
 
     # -- PostgreSQL --------------------------------------------------------------------------------------
@@ -563,17 +562,16 @@ class Projector:
 
     def _pg(self, fn: Callable[[psycopg.Connection], T]) -> T:
         """Run ``fn`` on the connection, reconnecting with capped backoff while PostgreSQL is unavailable."""
-        delay = 0.1
+        backoff = Backoff(0.1, self.max_backoff)
         while True:
             try:
                 return fn(self._connection())
             except _PG_DOWN as exc:
-                self._pg_failed(exc, delay)
-                delay = min(delay * 2, self.max_backoff)
+                self._pg_failed(exc, backoff.next())
 
     def _retry_pg(self, fn: Callable[[psycopg.Connection], T]) -> T:
         """``_pg`` that also retries unexpected errors (a bug must stall the projector loudly, not skip data)."""
-        delay = 0.1
+        backoff = Backoff(0.1, self.max_backoff)
         while True:
             try:
                 result = self._pg(fn)
@@ -583,12 +581,11 @@ class Projector:
                 raise
             except Exception as exc:
                 log.exception("projector %s: batch failed (a projection bug stalls here, nothing is skipped); "
-                              "retrying in %.1fs", self.namespace, delay)
+                              "retrying in %.1fs", self.namespace, backoff.peek())
                 metrics.projector_failures.labels(type(exc).__name__).inc()
                 metrics.projector_stalled.set(1)
                 self._drop_connection()
-                self._sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
+                self._sleep(backoff.next())
 
     def _report_lag_from_log(self) -> None:
         """While PostgreSQL is down nothing is projected, yet events keep arriving: set the lag from the log's

@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from eventstore import payloads, statuses
+from eventstore.backoff import Backoff
 
 from .db import FINAL_STATUSES, connect, notify_channel
 
@@ -335,12 +336,12 @@ def wait_for_terminal(conninfo: str, namespace: str, id: str, timeout: float | N
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     channel = sql.SQL("LISTEN {}").format(sql.Identifier(notify_channel(namespace)))
-    delay = 0.1
+    backoff = Backoff(0.1, 2.0)
     while True:
         try:
             with connect(conninfo, namespace, autocommit=True, connect_timeout=5) as conn:
                 conn.execute(channel)
-                delay = 0.1
+                backoff.reset()
                 while True:
                     workflow = get_workflow(conn, id)
                     if workflow is not None and workflow["status"] in FINAL_STATUSES:
@@ -351,8 +352,8 @@ def wait_for_terminal(conninfo: str, namespace: str, id: str, timeout: float | N
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return None
+            delay = backoff.next()
             time.sleep(delay if left is None else min(delay, left))
-            delay = min(delay * 2, 2.0)
 
 
 def _await_notification(conn: psycopg.Connection, id: str, deadline: float | None) -> bool:

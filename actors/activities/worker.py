@@ -43,6 +43,7 @@ from actors.engine.instance import utcnow
 from actors.errors import ActivityCancelled, NonRetryableError, PayloadTooLarge, limited_payload
 from eventstore import codec, fetchhold, groups, metrics, payloads
 from eventstore import events as ev
+from eventstore.backoff import Backoff
 from eventstore.deadletter import DeadLetters
 from eventstore.fencing import MessageFence
 from eventstore.log import producer
@@ -270,15 +271,14 @@ class _QueueWorker(threading.Thread):
         self.local_idle = [ActivityActor.start(self.done) for _ in range(self.worker.concurrency)]
         local_actors = list(self.local_idle)
         self.started.set()
-        delay = 0.5
+        backoff = Backoff()
         while not self.worker.stopping.is_set():
             try:
                 self._consume()
             except Exception:
-                log.exception("activity worker for queue %s failed; retrying in %.1fs", self.queue_name, delay)
+                log.exception("activity worker for queue %s failed; retrying in %.1fs", self.queue_name, backoff.peek())
                 metrics.dependency_errors.labels("worker", "kafka").inc()
-                self.worker.stopping.wait(delay)
-                delay = min(delay * 2, 10.0)
+                self.worker.stopping.wait(backoff.next())
         for ref in self.idle + local_actors:
             ref.stop(block=False)
 
@@ -795,7 +795,7 @@ class ActivityWorker:
         every cancellation, and only the one running the activity acts on it)."""
         tp = TopicPartition(self.topics.cancels, 0)
         position: int | None = None
-        delay = 0.5
+        backoff = Backoff()
         while not self.stopping.is_set():
             consumer = None
             try:
@@ -812,7 +812,7 @@ class ActivityWorker:
                 else:
                     consumer.seek(tp, position)
                 self._cancels_ready.set()
-                delay = 0.5
+                backoff.reset()
                 while not self.stopping.is_set():
                     for records in consumer.poll(timeout_ms=200).values():
                         for rec in records:
@@ -826,9 +826,8 @@ class ActivityWorker:
                                 continue
                             self.cancel(c["workflow_id"], c["run_id"], c["activity_id"])
             except Exception:
-                log.exception("reading activity cancellations failed; retrying in %.1fs", delay)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 10.0)
+                log.exception("reading activity cancellations failed; retrying in %.1fs", backoff.peek())
+                self.stopping.wait(backoff.next())
             finally:
                 if consumer is not None:
                     consumer.close()

@@ -45,6 +45,7 @@ from actors.engine.definitions import workflow_type_name
 from actors.engine.instance import utcnow
 from actors.errors import WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning, check_not_compensated
 from eventstore import payloads, statuses
+from eventstore.backoff import Backoff
 from eventstore.topics import partition_for
 
 log = logging.getLogger(__name__)
@@ -818,7 +819,7 @@ class _AsyncTerminals:
         from projections import aread
         from projections.db import notify_channel
 
-        delay = 0.1
+        backoff = Backoff(0.1, 2.0)
         while True:
             try:
                 conn = await aread.connect(self._postgres, self._namespace, autocommit=True, connect_timeout=5)
@@ -826,15 +827,14 @@ class _AsyncTerminals:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel or notify_channel(self._namespace))))
                     self._listening.set()
                     self._wake(None)
-                    delay = 0.1
+                    backoff.reset()
                     async for note in conn.notifies():
                         self._wake(note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("LISTEN connection lost: %s", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await asyncio.sleep(backoff.next())
 
     async def close(self) -> None:
         if self._task is not None:

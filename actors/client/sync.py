@@ -41,6 +41,7 @@ from actors.errors import (
 )
 from eventstore import codec, fetchhold, payloads, statuses
 from eventstore import events as ev
+from eventstore.backoff import Backoff
 from eventstore.fencing import MessageFence
 from eventstore.log import check_size, producer
 from eventstore.topics import Topics, partition_for
@@ -1214,20 +1215,19 @@ class _Terminals:
 
         from projections.db import connect, notify_channel
 
-        delay = 0.1
+        backoff = Backoff(0.1, 2.0)
         while not self._stop.is_set():
             try:
                 with connect(self._postgres, self._namespace, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel or notify_channel(self._namespace))))
                     self._listening.set()
                     self._wake(None)  # anything that ended while we were not listening
-                    delay = 0.1
+                    backoff.reset()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
                             self._wake(note.payload)
             except Exception:
-                self._stop.wait(delay)
-                delay = min(delay * 2, 2.0)
+                self._stop.wait(backoff.next())
 
     def close(self) -> None:
         self._stop.set()

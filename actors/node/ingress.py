@@ -35,6 +35,7 @@ from actors.client.sync import _start_options as client_start_options
 from actors.client.sync import command_record
 from actors.errors import limited_payload
 from eventstore import fetchhold, groups
+from eventstore.backoff import Backoff
 from eventstore.log import MAX_RECORD_BYTES
 from eventstore.topics import Topics, leave_group, partition_for
 
@@ -168,15 +169,14 @@ class IngressForwarder:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        delay = 0.5
+        backoff = Backoff()
         while not self._stop.is_set():
             try:
                 self._consume()
                 return
             except Exception:  # broker gone, a forward not acknowledged: nothing committed, re-read later
-                log.exception("ingress forwarder failed; rejoining in %.1fs", delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+                log.exception("ingress forwarder failed; rejoining in %.1fs", backoff.peek())
+                self._stop.wait(backoff.next())
 
     def _consume(self) -> None:
         consumer = groups.member(

@@ -39,6 +39,7 @@ from actors.engine.instance import utcnow
 from actors.node.actor import Result, WorkflowActor
 from eventstore import codec, groups, metrics
 from eventstore import events as ev
+from eventstore.backoff import Backoff
 from eventstore.deadletter import DeadLetters
 from eventstore.fencing import MARKER, MessageFence, epoch_header
 from eventstore.log import TYPE_HEADER, EventLog, LogTruncatedError, check_not_truncated, producer
@@ -184,18 +185,17 @@ class Node:
 
     # -- the loop ----------------------------------------------------------------------------------------
     def _run(self) -> None:
-        delay = 0.5
+        backoff = Backoff()
         while not self._stop.is_set():
             try:
                 self._consume()
                 return
             except Exception as exc:  # broker gone, commit fenced...: give up ownership, back off, rejoin
-                log.exception("node loop failed; rejoining in %.1fs", delay)
+                log.exception("node loop failed; rejoining in %.1fs", backoff.peek())
                 metrics.dependency_errors.labels("node", "kafka").inc()
                 self.error = exc
                 self._release(list(self._owned))
-                self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+                self._stop.wait(backoff.next())
 
     def _consume(self) -> None:
         consumer = groups.member(
