@@ -254,6 +254,11 @@ def limited_payload(what: str, value: Any) -> bytes:
         raise PayloadTooLarge(what, len(data), limit)
     return data
 
+class NotConfigured(WorkflowError, RuntimeError):
+    """A client or server lacks configuration the call needs (no PostgreSQL URL for a read, no topics for
+    the namespace): a setup problem to fix, not an outage to wait out. HTTP 503, CLI usage exit status."""
+
+
 class NotRetryable(WorkflowError, ValueError):
     """A retry of a workflow that has not failed (or, without ``force``, a compensated one): nothing was sent.
 
@@ -311,6 +316,7 @@ def error_table() -> list[tuple[type[BaseException], ErrorKind]]:
         (psycopg.OperationalError, ErrorKind(503, "Unavailable", EXIT_UNREACHABLE)),
         (TimeoutError, ErrorKind(504, "Timeout", EXIT_TIMEOUT)),
         # Not configured: no PostgreSQL, no topics (run `metamorph init`); a usage error for the CLI.
+        (NotConfigured, ErrorKind(503, "NotConfigured", EXIT_USAGE)),
         (RuntimeError, ErrorKind(503, "Unavailable", EXIT_USAGE)),
         (OSError, ErrorKind(503, "Unavailable", EXIT_USAGE)),
     ]

@@ -9,6 +9,7 @@ knows both shapes.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from . import codec
@@ -16,6 +17,75 @@ from . import codec
 EVENT_NS = "metamorph.events."
 COMMAND_NS = "metamorph.commands."
 _ENVELOPE_KEYS = ("workflow_id", "run_id", "seq", "epoch", "at", "status", "node")
+
+
+class EventType(StrEnum):
+    """Every history event type, as the ``type`` of an event dict (a ``str``: compares equal to the text).
+
+    The one list of them; ``tests/test_eventstore.py`` checks it against the EventEnvelope union of the
+    Avro schemas, so a new event cannot be added to one and forgotten in the other.
+    """
+
+    ACTIVITY_ATTEMPT_FAILED = "ActivityAttemptFailed"
+    ACTIVITY_CANCEL_REQUESTED = "ActivityCancelRequested"
+    ACTIVITY_COMPLETED = "ActivityCompleted"
+    ACTIVITY_FAILED = "ActivityFailed"
+    ACTIVITY_RETRIED = "ActivityRetried"
+    ACTIVITY_SCHEDULED = "ActivityScheduled"
+    ATTRIBUTES_UPSERTED = "AttributesUpserted"
+    CANCEL_REQUESTED = "CancelRequested"
+    CHILD_CANCEL_REQUESTED = "ChildCancelRequested"
+    CHILD_COMPLETED = "ChildCompleted"
+    CHILD_FAILED = "ChildFailed"
+    CHILD_STARTED = "ChildStarted"
+    COMMAND_DEFERRED = "CommandDeferred"
+    COMMAND_REJECTED = "CommandRejected"
+    EXTERNAL_CANCEL_REQUESTED = "ExternalCancelRequested"
+    EXTERNAL_RESOLVED = "ExternalResolved"
+    EXTERNAL_SIGNAL_SENT = "ExternalSignalSent"
+    OWNERSHIP_MARKER = "OwnershipMarker"
+    SAGA_COMPENSATED = "SagaCompensated"
+    SIDE_EFFECT_RECORDED = "SideEffectRecorded"
+    SIGNAL_RECEIVED = "SignalReceived"
+    STREAM_APPENDED = "StreamAppended"
+    TIMER_CANCELLED = "TimerCancelled"
+    TIMER_FIRED = "TimerFired"
+    TIMER_STARTED = "TimerStarted"
+    UPDATE_ACCEPTED = "UpdateAccepted"
+    UPDATE_COMPLETED = "UpdateCompleted"
+    VERSION_MARKER = "VersionMarker"
+    WORKFLOW_BLOCKED = "WorkflowBlocked"
+    WORKFLOW_CANCELLED = "WorkflowCancelled"
+    WORKFLOW_COMPLETED = "WorkflowCompleted"
+    WORKFLOW_CONTINUED = "WorkflowContinued"
+    WORKFLOW_FAILED = "WorkflowFailed"
+    WORKFLOW_PAUSED = "WorkflowPaused"
+    WORKFLOW_RESUMED = "WorkflowResumed"
+    WORKFLOW_STARTED = "WorkflowStarted"
+    WORKFLOW_TERMINATED = "WorkflowTerminated"
+    WORKFLOW_TIMED_OUT = "WorkflowTimedOut"
+    WORKFLOW_UNBLOCKED = "WorkflowUnblocked"
+
+
+class CommandType(StrEnum):
+    """Every command type on ``<ns>.commands``, checked against the CommandEnvelope union likewise."""
+
+    CANCEL_WORKFLOW = "CancelWorkflow"
+    COMPLETE_ACTIVITY = "CompleteActivity"
+    FAIL_ACTIVITY = "FailActivity"
+    FIRE_TIMER = "FireTimer"
+    HEARTBEAT_ACTIVITY = "HeartbeatActivity"
+    PAUSE_WORKFLOW = "PauseWorkflow"
+    QUERY_WORKFLOW = "QueryWorkflow"
+    RESET_WORKFLOW = "ResetWorkflow"
+    RESOLVE_CHILD = "ResolveChild"
+    RESOLVE_EXTERNAL = "ResolveExternal"
+    RESUME_WORKFLOW = "ResumeWorkflow"
+    RETRY_WORKFLOW = "RetryWorkflow"
+    SIGNAL_WORKFLOW = "SignalWorkflow"
+    START_WORKFLOW = "StartWorkflow"
+    TERMINATE_WORKFLOW = "TerminateWorkflow"
+    UPDATE_WORKFLOW = "UpdateWorkflow"
 
 
 def _fields(full_name: str) -> list[str]:

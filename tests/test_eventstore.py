@@ -205,3 +205,23 @@ def test_a_member_that_polls_briefly_and_works_between_polls_still_gets_its_part
             assert sorted(tp.partition for tp in consumer.assignment()) == [0, 1, 2, 3]
         finally:
             consumer.close()
+
+
+def test_the_typed_vocabulary_is_exactly_the_schemas_unions() -> None:
+    """EventType / CommandType are the one list of event and command types: the same as the Avro unions."""
+    from eventstore.events import COMMAND_NS, EVENT_NS, CommandType, EventType
+
+    events = codec.registry().schema("metamorph.EventEnvelope")["__named_schemas"]
+    commands = codec.registry().schema("metamorph.CommandEnvelope")["__named_schemas"]
+    assert {n[len(EVENT_NS):] for n in events if n.startswith(EVENT_NS)} == set(EventType)
+    assert {n[len(COMMAND_NS):] for n in commands if n.startswith(COMMAND_NS)} == set(CommandType)
+
+
+def test_every_command_and_input_event_has_an_explicit_handler() -> None:
+    """The engine dispatches through tables, not ``getattr(f"_cmd_{type}")``: each is complete."""
+    from actors.engine.instance import COMMAND_HANDLERS
+    from actors.engine.replay import INPUT_HANDLERS, INPUTS
+    from eventstore.events import CommandType
+
+    assert set(COMMAND_HANDLERS) == set(CommandType)
+    assert set(INPUT_HANDLERS) == set(INPUTS)

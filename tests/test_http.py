@@ -851,16 +851,20 @@ def test_raw_starlette_routes_are_documented_and_guarded(client: Client) -> None
 
 def test_one_error_table_for_http_and_cli() -> None:
     """A status the API answers and the exit status the CLI gives come from the same row."""
-    from actors.errors import NotRetryable, WorkflowNotFound, WorkflowNotRunning, classify
-    from actors.interfaces.cli import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREACHABLE, _classify
+    from actors.errors import NotConfigured, NotRetryable, WorkflowNotFound, WorkflowNotRunning, classify
+    from actors.interfaces.cli import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, _classify
 
     for exc, status, code in (
         (WorkflowNotFound("w"), 404, EXIT_NOT_FOUND),
         (WorkflowNotRunning("w", "completed"), 409, EXIT_REFUSED),
         (NotRetryable("not failed"), 409, EXIT_REFUSED),
         (ConnectionError("down"), 503, EXIT_UNREACHABLE),
+        (NotConfigured("no METAMORPH_POSTGRES"), 503, EXIT_USAGE),
     ):
         assert (classify(exc).status, classify(exc).exit_code, _classify(exc)[0]) == (status, code, code)
+    assert classify(NotConfigured("x")).error == "NotConfigured"  # not "Unavailable": nothing to wait out
+    with Client("127.0.0.1:9", None, "nowhere") as unconfigured, pytest.raises(NotConfigured, match="METAMORPH_POSTGRES"):
+        unconfigured.list()
 
 
 def test_schedules_over_http(client: Client) -> None:

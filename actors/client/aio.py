@@ -43,7 +43,13 @@ from actors import tracing
 from actors.client import sync as _c
 from actors.engine.definitions import workflow_type_name
 from actors.engine.instance import utcnow
-from actors.errors import WorkflowAlreadyStarted, WorkflowNotFound, WorkflowNotRunning, check_not_compensated
+from actors.errors import (
+    NotConfigured,
+    WorkflowAlreadyStarted,
+    WorkflowNotFound,
+    WorkflowNotRunning,
+    check_not_compensated,
+)
 from eventstore import payloads, statuses
 from eventstore.backoff import Backoff
 from eventstore.topics import partition_for
@@ -113,7 +119,7 @@ class AsyncClient:
     async def _pool(self) -> Any:
         if self._pg_pool is None:
             if not self.postgres:
-                raise RuntimeError("this call reads the projections: pass postgres= or set METAMORPH_POSTGRES")
+                raise NotConfigured("this call reads the projections: pass postgres= or set METAMORPH_POSTGRES")
             async with self._setup:
                 if self._pg_pool is None:
                     from projections import aread
@@ -168,7 +174,7 @@ class AsyncClient:
     async def _terminals(self) -> _AsyncTerminals:
         if self._terminal_listener is None:
             if not self.postgres:
-                raise RuntimeError("result() reads the projections: pass postgres= or set METAMORPH_POSTGRES")
+                raise NotConfigured("result() reads the projections: pass postgres= or set METAMORPH_POSTGRES")
             async with self._setup:
                 if self._terminal_listener is None:
                     listener = _AsyncTerminals(self.postgres, self.namespace)
@@ -180,7 +186,7 @@ class AsyncClient:
         """The client's one async LISTEN connection for stream readers (the projector's stream channel)."""
         if self._stream_listener is None:
             if not self.postgres:
-                raise RuntimeError("stream() reads the projections: pass postgres= or set METAMORPH_POSTGRES")
+                raise NotConfigured("stream() reads the projections: pass postgres= or set METAMORPH_POSTGRES")
             async with self._setup:
                 if self._stream_listener is None:
                     from projections.db import notify_channel, stream_channel

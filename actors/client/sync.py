@@ -28,6 +28,7 @@ from actors.engine import typed
 from actors.engine.definitions import check_priority, seconds, workflow_class, workflow_type_name
 from actors.engine.instance import IF_CLOSED, IF_RUNNING, utcnow
 from actors.errors import (
+    NotConfigured,
     QueryFailed,
     WorkflowAlreadyStarted,
     WorkflowCancelled,
@@ -141,7 +142,7 @@ class Client:
                 except KafkaError:
                     parts = None
                 if not parts:
-                    raise RuntimeError(
+                    raise NotConfigured(
                         f"namespace {self.namespace!r} has no topics on {self.kafka}; run `metamorph init` first"
                     )
                 self._partitions = len(parts)
@@ -176,7 +177,7 @@ class Client:
         with self._lock:
             if self._pg_pool is None:
                 if not self.postgres:
-                    raise RuntimeError("this call reads the projections: pass postgres= or set METAMORPH_POSTGRES")
+                    raise NotConfigured("this call reads the projections: pass postgres= or set METAMORPH_POSTGRES")
                 from projections.db import pool
 
                 self._pg_pool = pool(self.postgres, self.namespace, min_size=1, max_size=8,
@@ -247,7 +248,7 @@ class Client:
         with self._lock:
             if self._terminal_listener is None:
                 if not self.postgres:
-                    raise RuntimeError("result() reads the projections: pass postgres= or set METAMORPH_POSTGRES")
+                    raise NotConfigured("result() reads the projections: pass postgres= or set METAMORPH_POSTGRES")
                 self._terminal_listener = _Terminals(self.postgres, self.namespace)
             return self._terminal_listener
 
@@ -286,7 +287,7 @@ class Client:
         with self._lock:
             if self._stream_listener is None:
                 if not self.postgres:
-                    raise RuntimeError("stream() reads the projections: pass postgres= or set METAMORPH_POSTGRES")
+                    raise NotConfigured("stream() reads the projections: pass postgres= or set METAMORPH_POSTGRES")
                 from projections.db import notify_channel, stream_channel
 
                 self._stream_listener = _Terminals(self.postgres, self.namespace,

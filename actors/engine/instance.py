@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from actors.engine import typed
 from actors.engine.definitions import check_arguments, handler_for, workflow_class
 from actors.engine.replay import TERMINAL, WorkflowRun
 from eventstore import payloads
+from eventstore.events import CommandType
 from eventstore.statuses import BY_TERMINAL_EVENT, UNSUCCESSFUL
 
 log = logging.getLogger(__name__)
@@ -265,7 +267,7 @@ class WorkflowInstance:
         if self._paused and self.terminal is None and command["type"] in DEFERRED_WHILE_PAUSED and not deadline:
             out.events.append(self._system("CommandDeferred", {"command": _freeze(command)}, at))
             return
-        getattr(self, f"_cmd_{command['type']}")(command, at, out)
+        COMMAND_HANDLERS[command["type"]](self, command, at, out)
 
     def _cmd_PauseWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
         if self.run_id is None or self.terminal is not None:
@@ -289,7 +291,7 @@ class WorkflowInstance:
             before = len(out.events)
             try:
                 self._follow_continuation(at, out)
-                getattr(self, f"_cmd_{command['type']}")(command, at, out)
+                COMMAND_HANDLERS[command["type"]](self, command, at, out)
             except Exception as exc:  # one bad deferred command must not lose the others
                 log.exception("deferred command %s for %s failed", command["type"], self.workflow_id)
                 if self._live():
@@ -830,3 +832,24 @@ def _rejection(command: dict, exc: Exception) -> dict:
 
 
 _TERMINAL_STATUS = {kind: str(status) for kind, status in BY_TERMINAL_EVENT.items()}
+
+
+#: Command type → the ``WorkflowInstance`` method that handles it: every ``CommandType`` (a test checks).
+COMMAND_HANDLERS: dict[str, Callable[[WorkflowInstance, dict, datetime, Outcome], None]] = {
+    CommandType.PAUSE_WORKFLOW: WorkflowInstance._cmd_PauseWorkflow,
+    CommandType.RESUME_WORKFLOW: WorkflowInstance._cmd_ResumeWorkflow,
+    CommandType.START_WORKFLOW: WorkflowInstance._cmd_StartWorkflow,
+    CommandType.SIGNAL_WORKFLOW: WorkflowInstance._cmd_SignalWorkflow,
+    CommandType.RESOLVE_EXTERNAL: WorkflowInstance._cmd_ResolveExternal,
+    CommandType.QUERY_WORKFLOW: WorkflowInstance._cmd_QueryWorkflow,
+    CommandType.UPDATE_WORKFLOW: WorkflowInstance._cmd_UpdateWorkflow,
+    CommandType.CANCEL_WORKFLOW: WorkflowInstance._cmd_CancelWorkflow,
+    CommandType.TERMINATE_WORKFLOW: WorkflowInstance._cmd_TerminateWorkflow,
+    CommandType.COMPLETE_ACTIVITY: WorkflowInstance._cmd_CompleteActivity,
+    CommandType.FAIL_ACTIVITY: WorkflowInstance._cmd_FailActivity,
+    CommandType.HEARTBEAT_ACTIVITY: WorkflowInstance._cmd_HeartbeatActivity,
+    CommandType.RESOLVE_CHILD: WorkflowInstance._cmd_ResolveChild,
+    CommandType.FIRE_TIMER: WorkflowInstance._cmd_FireTimer,
+    CommandType.RETRY_WORKFLOW: WorkflowInstance._cmd_RetryWorkflow,
+    CommandType.RESET_WORKFLOW: WorkflowInstance._cmd_ResetWorkflow,
+}

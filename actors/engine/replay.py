@@ -43,28 +43,32 @@ from actors.errors import (
     limited_payload,
 )
 from eventstore import payloads
+from eventstore.events import EventType
 from eventstore.statuses import BY_TERMINAL_EVENT
 
 #: Events the code produces, matched one by one on replay.
-DECISIONS = frozenset(
+DECISIONS: frozenset[EventType] = frozenset(
     {
-        "ActivityScheduled", "TimerStarted", "ChildStarted", "ExternalSignalSent", "SideEffectRecorded",
-        "VersionMarker", "UpdateCompleted", "WorkflowCompleted", "WorkflowFailed", "WorkflowContinued",
-        "WorkflowCancelled", "TimerCancelled", "ActivityCancelRequested", "ChildCancelRequested",
-        "AttributesUpserted", "StreamAppended", "ExternalCancelRequested", "SagaCompensated",
+        EventType.ACTIVITY_SCHEDULED, EventType.TIMER_STARTED, EventType.CHILD_STARTED,
+        EventType.EXTERNAL_SIGNAL_SENT, EventType.SIDE_EFFECT_RECORDED, EventType.VERSION_MARKER,
+        EventType.UPDATE_COMPLETED, EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED,
+        EventType.WORKFLOW_CONTINUED, EventType.WORKFLOW_CANCELLED, EventType.TIMER_CANCELLED,
+        EventType.ACTIVITY_CANCEL_REQUESTED, EventType.CHILD_CANCEL_REQUESTED, EventType.ATTRIBUTES_UPSERTED,
+        EventType.STREAM_APPENDED, EventType.EXTERNAL_CANCEL_REQUESTED, EventType.SAGA_COMPENSATED,
     }
 )
 #: Events that feed the code; after each the code runs until it blocks.
-INPUTS = frozenset(
+INPUTS: frozenset[EventType] = frozenset(
     {
-        "WorkflowStarted", "ActivityCompleted", "ActivityFailed", "TimerFired", "SignalReceived",
-        "UpdateAccepted", "ChildCompleted", "ChildFailed", "CancelRequested", "ExternalResolved",
+        EventType.WORKFLOW_STARTED, EventType.ACTIVITY_COMPLETED, EventType.ACTIVITY_FAILED, EventType.TIMER_FIRED,
+        EventType.SIGNAL_RECEIVED, EventType.UPDATE_ACCEPTED, EventType.CHILD_COMPLETED, EventType.CHILD_FAILED,
+        EventType.CANCEL_REQUESTED, EventType.EXTERNAL_RESOLVED,
     }
 )
 TERMINAL = frozenset(BY_TERMINAL_EVENT)
 #: Events saying the code was not running (a type this node did not know, a replay mismatch). The code
 #: never issued them, so a decision is matched against the recorded event after them.
-NOT_CODE = frozenset({"WorkflowBlocked", "WorkflowUnblocked"})
+NOT_CODE: frozenset[EventType] = frozenset({EventType.WORKFLOW_BLOCKED, EventType.WORKFLOW_UNBLOCKED})
 
 class _Blocked(BaseException):
     """Thrown into workflow code after a nondeterminism is found; BaseException so user code can't swallow it."""
@@ -315,7 +319,7 @@ class WorkflowRun:
             return
         self.now = event["at"]
         try:
-            getattr(self, f"_on_{kind}")(event)
+            INPUT_HANDLERS[kind](self, event)
             self._run_until_quiescent()
         except _Blocked:
             pass
@@ -947,3 +951,18 @@ def _settle_from(target: WFuture, source: WFuture) -> None:
         target.set_exception(error)
     else:
         target.set_result(source.result())
+
+
+#: Input event type → the ``WorkflowRun`` method that feeds it to the code: every one of ``INPUTS``.
+INPUT_HANDLERS: dict[str, Callable[[WorkflowRun, dict], None]] = {
+    EventType.WORKFLOW_STARTED: WorkflowRun._on_WorkflowStarted,
+    EventType.ACTIVITY_COMPLETED: WorkflowRun._on_ActivityCompleted,
+    EventType.ACTIVITY_FAILED: WorkflowRun._on_ActivityFailed,
+    EventType.TIMER_FIRED: WorkflowRun._on_TimerFired,
+    EventType.CHILD_COMPLETED: WorkflowRun._on_ChildCompleted,
+    EventType.CHILD_FAILED: WorkflowRun._on_ChildFailed,
+    EventType.EXTERNAL_RESOLVED: WorkflowRun._on_ExternalResolved,
+    EventType.SIGNAL_RECEIVED: WorkflowRun._on_SignalReceived,
+    EventType.UPDATE_ACCEPTED: WorkflowRun._on_UpdateAccepted,
+    EventType.CANCEL_REQUESTED: WorkflowRun._on_CancelRequested,
+}

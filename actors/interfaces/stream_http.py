@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from actors.client.streams import afollow, check_after, check_timeout
+from actors.errors import NotConfigured
 from actors.interfaces.routing import IdRoute
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class _StreamEndpoint:
                 from projections.db import notify_channel, stream_channel
 
                 if not self.client.postgres:
-                    raise RuntimeError("the stream reads the projections: serve needs METAMORPH_POSTGRES")
+                    raise NotConfigured("the stream reads the projections: serve needs METAMORPH_POSTGRES")
                 listener = _AsyncTerminals(self.client.postgres, self.client.namespace,
                                            stream_channel(notify_channel(self.client.namespace)))
                 await listener.start()
