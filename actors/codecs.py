@@ -1,4 +1,4 @@
-"""Payload codecs (API.md section 11): encryption of every user payload in Kafka and PostgreSQL.
+"""Payload codecs (docs/API.md section 11): encryption of every user payload in Kafka and PostgreSQL.
 
 ``set_codec(EncryptionCodec(keys={"k1": key}, active="k1"))`` installs one in this process; or set
 ``METAMORPH_ENCRYPTION_KEYS="k1:BASE64KEY,k0:BASE64KEY"`` (the first is active) for every process without

@@ -1,4 +1,4 @@
-"""The exceptions of the public API (API.md section 4); all importable from ``actors``."""
+"""The exceptions of the public API (docs/API.md section 4); all importable from ``actors``."""
 
 from __future__ import annotations
 

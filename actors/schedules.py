@@ -1,4 +1,4 @@
-"""Schedules (API.md §8): a schedule is itself a workflow of the engine, ``metamorph.Schedule``.
+"""Schedules (docs/API.md §8): a schedule is itself a workflow of the engine, ``metamorph.Schedule``.
 
 There is no scheduler process. The schedule ``nightly`` is the workflow ``schedule:nightly``; like any
 workflow it is owned by the node owning its id's partition, survives crashes by replay and moves on a

@@ -1,4 +1,4 @@
-"""Search attributes, memo, list filters and list cursors (API.md §6, §7): the checks every surface shares.
+"""Search attributes, memo, list filters and list cursors (docs/API.md §6, §7): the checks every surface shares.
 
 The Client, the CLI, the HTTP API and workflow code (``workflow.upsert_search``) all go through these
 functions, so a value of an unsupported type or an unknown operator fails the same way everywhere, at the

@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing for Metamorph (API.md §12): ``actors.tracing.configure(tracer_provider=None)``.
+"""OpenTelemetry tracing for Metamorph (docs/API.md §12): ``actors.tracing.configure(tracer_provider=None)``.
 
 The implementation lives in ``eventstore.tracing`` so that the projector, which knows no actors, emits its
 batch spans through the same switch; this module is the user-facing name. See that module for the spans,

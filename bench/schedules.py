@@ -1,4 +1,4 @@
-"""Firing lateness of many active ``every=`` schedules (API.md §8 target: p99 < 100 ms at 1,000).
+"""Firing lateness of many active ``every=`` schedules (docs/API.md §8 target: p99 < 100 ms at 1,000).
 
     .venv/bin/python -m bench.schedules --schedules 1000 --seconds 30 [--broker apache|noida]
 

@@ -1,4 +1,4 @@
-"""How fast filtered lists and counts are with many workflows in the projection (API.md §7; issue 11).
+"""How fast filtered lists and counts are with many workflows in the projection (docs/API.md §7; issue 11).
 
 Not a test: ``python -m bench.search [--rows 1000000] [--postgres URL] [--explain]``. It fills the
 ``workflows`` table of a fresh namespace schema directly (one INSERT ... SELECT over generate_series, so

@@ -29,7 +29,7 @@ from .payloads import PayloadError
 VERSION = 1
 NONCE_SIZE = 12
 KEY_SIZE = 32
-#: What a reader without the key shows in place of an encrypted payload (API.md section 11).
+#: What a reader without the key shows in place of an encrypted payload (docs/API.md section 11).
 ENCRYPTED = "<encrypted>"
 ENV = "METAMORPH_ENCRYPTION_KEYS"
 

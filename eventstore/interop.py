@@ -20,7 +20,7 @@ from typing import Any
 
 from .codec import SCHEMA_DIR, TOP_LEVEL, registry
 
-#: Which topic carries each top-level record (DESIGN.md, Topics).
+#: Which topic carries each top-level record (docs/DESIGN.md, Topics).
 CARRIED_BY = {
     "metamorph.CommandEnvelope": "<ns>.commands",
     "metamorph.EventEnvelope": "<ns>.events",

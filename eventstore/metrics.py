@@ -1,4 +1,4 @@
-"""Prometheus metrics of every Metamorph process (DESIGN.md "Metrics"), defined once.
+"""Prometheus metrics of every Metamorph process (docs/DESIGN.md "Metrics"), defined once.
 
 Names carry the ``metamorph_`` prefix and their unit; labels stay low-cardinality (workflow type, activity
 name, queue, partition, outcome — never workflow ids). Each process exposes whichever of these it updates

@@ -21,7 +21,7 @@ import re
 import uuid
 from typing import Any, Protocol
 
-#: Largest encoded payload accepted (``METAMORPH_MAX_PAYLOAD``, bytes); API.md section 11.
+#: Largest encoded payload accepted (``METAMORPH_MAX_PAYLOAD``, bytes); docs/API.md section 11.
 DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
 #: Largest encoded record we hand to Kafka. A record carries up to three user payloads (a start with its
 #: arguments, a start signal's and a start update's) of up to ``METAMORPH_MAX_PAYLOAD`` (2 MiB) each plus

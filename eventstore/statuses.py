@@ -19,7 +19,7 @@ class Status(StrEnum):
     RUNNING = "running"  # code running, or activities/children in flight
     WAITING = "waiting"  # blocked only on a timer, signal or condition
     BLOCKED = "blocked"  # waiting for code: a replay mismatch, or a type no node here knows
-    PAUSED = "paused"  # an operator paused it: takes no step until resumed (API.md §7)
+    PAUSED = "paused"  # an operator paused it: takes no step until resumed (docs/API.md §7)
     COMPLETED = "completed"
     FAILED = "failed"
     CONTINUED = "continued"  # ended by continue-as-new: terminal for the run, not for the workflow

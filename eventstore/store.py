@@ -194,7 +194,7 @@ class PartitionStore:
     def heartbeat(self, beats: Iterable[tuple]) -> None:
         """Push heartbeat deadlines of attempts in flight: ``(wid, run, activity_id, attempt, at[, waiting])``.
 
-        ``waiting``: the attempt has not started, it waits in a worker for a queue slot (API.md §9). Such
+        ``waiting``: the attempt has not started, it waits in a worker for a queue slot (docs/API.md §9). Such
         a wait is not part of the attempt, so its start-to-close deadline moves to ``at`` + timeout too."""
         with self._lock:
             for wid, run, aid, attempt, at, *waiting in beats:

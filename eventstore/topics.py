@@ -1,4 +1,4 @@
-"""The namespace's topics (DESIGN.md) and the one partitioning rule everything relies on.
+"""The namespace's topics (docs/DESIGN.md) and the one partitioning rule everything relies on.
 
 A workflow's commands and events must land in the same partition number of both topics, so that the node
 owning command partition p is the only writer of event partition p. We compute that partition ourselves

@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing (API.md §12), optional: ``pip install 'metamorph[otel]'``.
+"""OpenTelemetry tracing (docs/API.md §12), optional: ``pip install 'metamorph[otel]'``.
 
 Off unless configured, and then free: every hook checks one module global (``_tracer``) and does nothing
 else, and ``opentelemetry`` is imported only by :func:`configure`. Turn it on per process with

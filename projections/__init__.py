@@ -1,4 +1,4 @@
-"""Projections: the event log turned into queryable PostgreSQL views (DESIGN.md "Projections").
+"""Projections: the event log turned into queryable PostgreSQL views (docs/DESIGN.md "Projections").
 
 ``projections`` knows events (it imports ``eventstore``) and nothing of actors: the dependency points one
 way, so the read side can be used by clients and the HTTP API without loading the engine.

@@ -1,4 +1,4 @@
-"""``actors.AsyncClient`` (API.md §12) end to end inside an asyncio app: real Kafka, a node, the projector and
+"""``actors.AsyncClient`` (docs/API.md §12) end to end inside an asyncio app: real Kafka, a node, the projector and
 PostgreSQL; every call awaited on one event loop, which must never stall while the client waits."""
 
 from __future__ import annotations

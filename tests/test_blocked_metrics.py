@@ -1,4 +1,4 @@
-"""A blocked workflow (API.md §14, issue 11 item 6) is an operator's to-do: the node logs it once at WARNING
+"""A blocked workflow (docs/API.md §14, issue 11 item 6) is an operator's to-do: the node logs it once at WARNING
 and counts it by reason, and a gauge of the blocked workflows feeds MetamorphWorkflowsStillBlocked
 (ops/alerts.yml). Real Kafka, a node and the projector."""
 

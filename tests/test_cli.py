@@ -218,7 +218,7 @@ def test_failure_cancel_terminate_retry_and_exit_codes(capsys, engine) -> None:
 
 
 def test_acting_on_an_ended_workflow_is_refused_and_a_bogus_status_is_a_usage_error(capsys, engine) -> None:
-    """API.md §14: exit status 6 (refused) when the command could do nothing; 2 for an unknown status."""
+    """docs/API.md §14: exit status 6 (refused) when the command could do nothing; 2 for an unknown status."""
     ended = f"order-{uuid.uuid4().hex[:6]}"
     run(capsys, "start", "cli.Order", "E", "--id", ended, *engine)
     wait_for_status(capsys, engine, ended, "waiting")

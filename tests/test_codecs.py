@@ -1,4 +1,4 @@
-"""Payload encryption (API.md section 11): AES-256-GCM codec, key rotation, and no plaintext at rest.
+"""Payload encryption (docs/API.md section 11): AES-256-GCM codec, key rotation, and no plaintext at rest.
 
 The unit tests pin the codec's contract (round trip, rotation, tampering, unknown keys, the environment
 variable). The stack test runs a workflow on real Kafka and PostgreSQL with the codec installed through

@@ -1,4 +1,4 @@
-"""workflow.signal_external / cancel_external (API.md §6-§7 issue 11) end to end on real Kafka.
+"""workflow.signal_external / cancel_external (docs/API.md §6-§7 issue 11) end to end on real Kafka.
 
 What only the real stack shows: the command goes through ``<ns>.commands`` to the target's partition (the
 two ids live on different partitions here), the target's owner answers through Kafka, and the awaiting

@@ -1,4 +1,4 @@
-"""Flow control for activities (API.md §9) with three real worker processes and a node that runs none.
+"""Flow control for activities (docs/API.md §9) with three real worker processes and a node that runs none.
 
 Limits hold across the workers together (each takes its share by the partitions it owns), keyed tasks
 never overlap and run in order, and waiting tasks start lowest priority first without their wait counting

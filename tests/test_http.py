@@ -186,7 +186,7 @@ def test_list_is_paginated_and_filtered(api: TestClient) -> None:
     assert rest["next_offset"] is None and len(rest["workflows"]) == 1
     assert {w["id"] for w in first["workflows"] + rest["workflows"]} == ids
     assert all(w["type"] == kind for w in first["workflows"])
-    # API.md §14 (was: answered with an empty list): an unknown status is refused
+    # docs/API.md §14 (was: answered with an empty list): an unknown status is refused
     for bad in ({"status": "no-such-status"}, {"limit": "x"}, {"limit": 0}, {"limit": 100000}, {"offset": -1}):
         r = api.get("/workflows", params=bad)
         assert r.status_code == 400 and error_of(r) == "BadRequest"
@@ -258,7 +258,7 @@ def test_cancel_terminate_and_retry(api: TestClient) -> None:
 
 
 def test_acting_on_an_ended_workflow_is_409_and_an_unknown_status_is_400(api: TestClient) -> None:
-    """API.md §14: an operation that did nothing says so."""
+    """docs/API.md §14: an operation that did nothing says so."""
     wid = api.post("/workflows", json={"type": "http.Order", "args": ["E"]}).json()["id"]
     wait_status(api, wid, "waiting")
     assert api.post(f"/workflows/{wid}/terminate", json={}).status_code == 202

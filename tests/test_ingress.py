@@ -1,4 +1,4 @@
-"""Interop (API.md §12): JSON commands on ``<ns>.ingress`` from any producer, and the exported Avro schemas.
+"""Interop (docs/API.md §12): JSON commands on ``<ns>.ingress`` from any producer, and the exported Avro schemas.
 
 The end-to-end tests use a plain kafka-python ``KafkaProducer`` writing only the documented JSON, as a
 producer in another language would: no Metamorph code on the producing side.

@@ -1,4 +1,4 @@
-"""WorkflowNotRunning / WorkflowNotFound for signal, cancel, terminate, pause, resume (API.md §14) are the
+"""WorkflowNotRunning / WorkflowNotFound for signal, cancel, terminate, pause, resume (docs/API.md §14) are the
 owning node's decision, not the projection's (issue 11).
 
 The projections can lag: a workflow another process started may have no row yet, and one a retry, a reset

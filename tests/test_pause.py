@@ -1,4 +1,4 @@
-"""Pause/resume and reset (API.md §7) through ``WorkflowEnvironment``: the owner's logic, fast.
+"""Pause/resume and reset (docs/API.md §7) through ``WorkflowEnvironment``: the owner's logic, fast.
 
 The environment runs the very ``WorkflowInstance`` a node runs, with a virtual clock, so "the timer's
 time passes and nothing happens" is checked exactly; ``test_pause_runtime.py`` checks the same through

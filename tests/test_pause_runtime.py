@@ -1,4 +1,4 @@
-"""Pause/resume and reset (API.md §7) end to end: real Kafka, a node, the projector, PostgreSQL, CLI, HTTP.
+"""Pause/resume and reset (docs/API.md §7) end to end: real Kafka, a node, the projector, PostgreSQL, CLI, HTTP.
 
 What only the real stack shows: the node's durable timer fires while the workflow is paused and its
 FireTimer is kept (CommandDeferred) rather than lost with the committed offset; the projections show

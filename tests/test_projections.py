@@ -307,7 +307,7 @@ def test_projects_a_workflow_lifecycle(writer: Writer, projector: Projector, kaf
                             "cancel-4": "cancelled", "term-5": "terminated", "loop-6": "completed"}
         stuck = read.get_workflow(conn, "stuck-3")
         assert stuck is not None and stuck["error_type"] == "NondeterminismError"
-        # API.md §14: a rejected signal and a block are listed by exceptions(), with no activity
+        # docs/API.md §14: a rejected signal and a block are listed by exceptions(), with no activity
         assert [(e["activity"], e["error_type"], e["message"]) for e in read.exceptions(conn, "stuck-3")] == [
             (None, "NondeterminismError", "seq 2 differs")
         ]

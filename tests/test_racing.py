@@ -1,4 +1,4 @@
-"""Racing awaitables in workflow code (API.md §10) and cancelling what lost, without a broker.
+"""Racing awaitables in workflow code (docs/API.md §10) and cancelling what lost, without a broker.
 
 ``WorkflowEnvironment(activity_durations=...)`` makes an activity take virtual time, so a timer can beat
 it or lose to it. Every scenario is replayed from its recorded history: the rebuilt run must take the same
@@ -183,7 +183,7 @@ class AsyncioRaces(Workflow):
         if mode == "wait_for-timeout":
             try:
                 await asyncio.wait_for(workflow.activity(slow, "w"), timeout=5)
-            except asyncio.TimeoutError:  # noqa: UP041 - the name API.md §10 promises
+            except asyncio.TimeoutError:  # noqa: UP041 - the name docs/API.md §10 promises
                 return ["timeout"]
         if mode == "wait_for-ok":
             return [await asyncio.wait_for(workflow.activity(slow, "w"), 120)]

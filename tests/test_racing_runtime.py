@@ -1,4 +1,4 @@
-"""Cancellation reaching running activities on a real broker (API.md §9, §10): a lost ``workflow.first``
+"""Cancellation reaching running activities on a real broker (docs/API.md §9, §10): a lost ``workflow.first``
 race and a cancelled workflow make the activity's next ``heartbeat()`` raise ``ActivityCancelled``, both
 when the node runs it itself (eager dispatch) and when a separate ``metamorph worker`` process does."""
 

@@ -613,7 +613,7 @@ def test_activity_info_and_workflow_info():
 def test_unknown_type_blocks_and_wrong_arguments_and_unknown_activity_fail_clearly():
     env = WorkflowEnvironment()
     wid = env.start("t.DoesNotExist")
-    # API.md §14 (was: failed with UnknownWorkflowType): blocked, with the reason recorded, not terminal.
+    # docs/API.md §14 (was: failed with UnknownWorkflowType): blocked, with the reason recorded, not terminal.
     assert env.status(wid) == "blocked"
     blocked = env.history(wid)[-1]
     assert blocked["type"] == "WorkflowBlocked" and blocked["error_type"] == "UnknownWorkflowType"
@@ -729,9 +729,9 @@ def test_closing_a_parent_closes_its_open_children(close, child_status):
     assert CALLS.get(close, []) == (["child cleanup"] * 2 if close == "cancel" else [])
 
 
-# -- API.md §14: semantics tightened ---------------------------------------------------------------------
+# -- docs/API.md §14: semantics tightened ---------------------------------------------------------------------
 class CancellableSaga(Workflow):
-    """The saga of API.md §14: one except clause compensates both a failed step and a cancel."""
+    """The saga of docs/API.md §14: one except clause compensates both a failed step and a cancel."""
 
     name = "t.CancellableSaga"
 

@@ -1,4 +1,4 @@
-"""Replay testing (API.md §11): recorded histories checked against new code before a deploy.
+"""Replay testing (docs/API.md §11): recorded histories checked against new code before a deploy.
 
 The unit tests record a history with ``WorkflowEnvironment`` (no broker) and replay it against changed
 code; the CLI test records one on real Kafka and PostgreSQL, exports it with ``history --json`` and

@@ -150,7 +150,7 @@ def test_bad_input_is_reported_and_nothing_else_is_lost(rt, kafka_server):
     unknown = client.start("rt.NoSuchWorkflow", 1)
     wrong_args = client.start(app.Hello, "a", "b", "c")
     assert good.result(timeout=20) == "hello after-junk"
-    # API.md §14 (was: failed with UnknownWorkflowType): a type no node knows blocks, reason in exceptions()
+    # docs/API.md §14 (was: failed with UnknownWorkflowType): a type no node knows blocks, reason in exceptions()
     _wait_status(unknown, "blocked", 20)
     assert unknown.status() == "blocked" and unknown.running()
     assert [(e["error_type"], "rt.NoSuchWorkflow" in e["message"]) for e in unknown.exceptions()] == [
@@ -249,7 +249,7 @@ def test_activities_run_eagerly_on_the_node_that_scheduled_them(rt, kafka_server
 
 
 def test_acting_on_an_ended_workflow_raises_workflow_not_running(rt):
-    """API.md §14: an operation that did nothing says so."""
+    """docs/API.md §14: an operation that did nothing says so."""
     client, _ = rt
     done = client.start(app.Signalled, "ended")
     _wait_waiting([done], 10)

@@ -1,4 +1,4 @@
-"""Schedules (API.md §8) on the time-skipping WorkflowEnvironment: the very workflow a node runs, with a
+"""Schedules (docs/API.md §8) on the time-skipping WorkflowEnvironment: the very workflow a node runs, with a
 virtual clock, so a day of firings takes milliseconds. The real-Kafka tests are in test_schedules_kafka.py."""
 
 from __future__ import annotations

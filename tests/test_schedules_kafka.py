@@ -1,4 +1,4 @@
-"""Schedules (API.md §8) on a real broker: firings, pause/resume/trigger, overlap, and a node SIGKILL during
+"""Schedules (docs/API.md §8) on a real broker: firings, pause/resume/trigger, overlap, and a node SIGKILL during
 firings (no fire time runs twice, none within the catch-up window is missed)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Search attributes and memo (API.md §6, §10) in workflow code, and the checks of list/count/batch inputs
-(API.md §7): fast, no broker or database; the end-to-end behaviour is in test_search_runtime.py."""
+"""Search attributes and memo (docs/API.md §6, §10) in workflow code, and the checks of list/count/batch inputs
+(docs/API.md §7): fast, no broker or database; the end-to-end behaviour is in test_search_runtime.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Search attributes, memo, filtered and paged lists, count and batch (API.md §6, §7, §10) end to end: real
+"""Search attributes, memo, filtered and paged lists, count and batch (docs/API.md §6, §7, §10) end to end: real
 Kafka, a node, the projector, PostgreSQL, and the CLI and HTTP surfaces over the same client."""
 
 from __future__ import annotations

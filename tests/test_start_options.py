@@ -1,4 +1,4 @@
-"""Start options (API.md §6) through ``WorkflowEnvironment``: the owner's decisions, without a broker.
+"""Start options (docs/API.md §6) through ``WorkflowEnvironment``: the owner's decisions, without a broker.
 
 The environment runs the same ``WorkflowInstance`` code a node runs, with a virtual clock, so the policy
 decisions, signal-with-start, the start delay and the execution timeout are checked here exactly and fast;

@@ -1,4 +1,4 @@
-"""Start options (API.md §6) end to end: real Kafka, a node, the projector, PostgreSQL, the CLI and HTTP API.
+"""Start options (docs/API.md §6) end to end: real Kafka, a node, the projector, PostgreSQL, the CLI and HTTP API.
 
 The node owning the id's partition decides, and a client that asked for a non-default policy learns the
 decision on ``<ns>.replies``; these tests check that concurrent starts have exactly one winner, that a

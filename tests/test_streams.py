@@ -1,4 +1,4 @@
-"""Workflow streams (API.md §10) end to end on real Kafka and PostgreSQL: ``workflow.stream`` in the code,
+"""Workflow streams (docs/API.md §10) end to end on real Kafka and PostgreSQL: ``workflow.stream`` in the code,
 ``handle.stream()`` (sync and async) and ``GET /workflows/{id}/stream`` (SSE) reading live, resuming from a
 position and across continue-as-new; and the one payload limit (§11) at every place a payload is made."""
 

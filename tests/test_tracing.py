@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing (API.md §12, issue 13 item 6) on real Kafka, with the SDK's in-memory exporter.
+"""OpenTelemetry tracing (docs/API.md §12, issue 13 item 6) on real Kafka, with the SDK's in-memory exporter.
 
 One trace covers start → step → activity attempt → step → completion, with the parent/child links of the
 causal chain, whether the activity runs inside the node (eager dispatch) or in a worker reached through the

@@ -2,7 +2,7 @@
 partition loudly instead of writing after, or projecting, records that are not the ones they had read.
 
 The tests shrink the log the way an operator can on any Kafka: delete the namespace's topics and create
-them again (offsets restart at 0). noida-db does the same by itself after a kill -9 (DESIGN.md).
+them again (offsets restart at 0). noida-db does the same by itself after a kill -9 (docs/DESIGN.md).
 """
 
 from __future__ import annotations

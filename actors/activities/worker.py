@@ -490,7 +490,7 @@ _DEFAULT_PRIORITY = 5
 
 
 class _Gate:
-    """Flow control of one queue worker (API.md §9): cluster-wide queue limits, per-key exclusion, priority.
+    """Flow control of one queue worker (docs/API.md §9): cluster-wide queue limits, per-key exclusion, priority.
 
     The queue's limits are split by partition (``definitions.share``): this worker may run ``concurrency``
     share attempts at once and start at most ``rate`` share attempts in any window of the rate's unit
@@ -715,7 +715,7 @@ class ActivityWorker:
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="metamorph-activities-loop", daemon=True)
         self._threads: list[_QueueWorker] = []
         self._by_queue: dict[str, _QueueWorker] = {}
-        # Cancellation (API.md §9): contexts of the attempts running here, and the recently cancelled keys
+        # Cancellation (docs/API.md §9): contexts of the attempts running here, and the recently cancelled keys
         # (bounded) so that a task read after its cancel is dropped instead of run.
         self._cancel_lock = threading.Lock()
         self._running: dict[tuple[str, str, int], list[_Context]] = {}
@@ -755,7 +755,7 @@ class ActivityWorker:
         if worker is None or not worker.started.is_set():
             return False
         if task.get("key") or queue_limits(task["queue"]) is not None:
-            # Flow control is the partition owner's (API.md §9): a limited queue's or a keyed task goes
+            # Flow control is the partition owner's (docs/API.md §9): a limited queue's or a keyed task goes
             # through the topic, so the worker that owns its partition counts it against its share.
             return False
         return worker.submit_local(task, sink)

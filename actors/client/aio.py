@@ -283,7 +283,7 @@ class AsyncClient:
         timeout: float | timedelta | None = None, search: dict[str, Any] | None = None,
         memo: dict[str, Any] | None = None, decision_timeout: float = 30.0, priority: int | None = None,
     ) -> AsyncWorkflowHandle:
-        """``Client.start``: returns once the start command is durably in Kafka (API.md §3, §6)."""
+        """``Client.start``: returns once the start command is durably in Kafka (docs/API.md §3, §6)."""
         options = _c._start_options(if_running, if_closed, start_signal, start_signal_args, start_delay, timeout, priority)
         with tracing.span(f"metamorph.start {workflow_type_name(wf)}", kind="producer",
                           attributes={"metamorph.workflow.type": workflow_type_name(wf), "metamorph.workflow.id": id}):
@@ -379,7 +379,7 @@ class AsyncClient:
         search: dict[str, Any] | None = None, started_after: datetime | str | None = None,
         started_before: datetime | str | None = None, cursor: str | None = None,
     ) -> _c.WorkflowPage:
-        """``Client.list``: one page, newest first, keyset ``.next_cursor`` (API.md §7)."""
+        """``Client.list``: one page, newest first, keyset ``.next_cursor`` (docs/API.md §7)."""
         filters = _c._filters(status, type, search, started_after, started_before, None)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a positive integer, not {limit!r}")
@@ -427,7 +427,7 @@ class AsyncClient:
                 return sent
             after = (datetime.fromisoformat(rows[-1]["created_at"]), rows[-1]["id"])
 
-    # -- schedules (API.md §8; validation and specs are actors.schedules') ------------------------------
+    # -- schedules (docs/API.md §8; validation and specs are actors.schedules') ------------------------------
     async def schedule(
         self, schedule_id: str, wf: type | str, *args: Any, cron: str | None = None,
         every: float | timedelta | None = None, timezone: str = "UTC", overlap: str = "skip",

@@ -1,4 +1,4 @@
-"""Reading workflow streams (API.md §10): ``handle.stream()``, its async twin and the SSE endpoint.
+"""Reading workflow streams (docs/API.md §10): ``handle.stream()``, its async twin and the SSE endpoint.
 
 What a reader sees: the items ``workflow.stream(value)`` appended, numbered per workflow id from 1 (the
 projector numbers them in log order, across every run of the id, so a reader following an id keeps

@@ -100,7 +100,7 @@ class WorkflowPage(list):  # noqa: FURB189 - a list that also carries the cursor
         super().__init__(items)
         self.next_cursor = next_cursor
 
-#: Batch actions (API.md §7).
+#: Batch actions (docs/API.md §7).
 BATCH_ACTIONS = ("cancel", "terminate", "signal", "pause", "resume")
 
 
@@ -321,7 +321,7 @@ class Client:
     def _send_checked(self, kind: str, workflow_id: str, operation: str, **body: Any) -> None:
         """Send a signal/cancel/terminate/pause/resume; WorkflowNotRunning / WorkflowNotFound if it can do nothing.
 
-        The refusal is the owning node's (API.md §14): when the projections doubt, the command carries a
+        The refusal is the owning node's (docs/API.md §14): when the projections doubt, the command carries a
         request id, the node answers before applying it, and only its answer refuses — so a projection that
         lags never refuses a workflow that is running. ``continued`` is not refused: the command goes to
         the run that continues it.
@@ -370,14 +370,14 @@ class Client:
         decision_timeout: float = 30.0,
         priority: int | None = None,
     ) -> WorkflowHandle:
-        """Start a workflow; returns once the start command is durably in Kafka (API.md §3, §6).
+        """Start a workflow; returns once the start command is durably in Kafka (docs/API.md §3, §6).
 
         With a policy other than the defaults, the owning node decides (the one place that knows the id's
         state, so concurrent starts have one winner) and this waits for its answer on ``<ns>.replies`` (up
         to ``decision_timeout`` seconds): ``WorkflowAlreadyStarted`` when refused. ``start_signal`` travels
         in the same command (signal-with-start, atomic); ``start_delay`` and ``timeout`` become durable
         timers of the owner. ``priority`` (0 first .. 9; default 5) orders the run's activity tasks against
-        others waiting on the same queue (API.md §6, §9). ``search`` (indexed attributes: str, int, float,
+        others waiting on the same queue (docs/API.md §6, §9). ``search`` (indexed attributes: str, int, float,
         bool, ISO datetime string; a ValueError naming the key otherwise) and ``memo`` (any JSON object)
         are recorded in WorkflowStarted.
         """
@@ -473,7 +473,7 @@ class Client:
         **start_options: Any,
     ) -> tuple[WorkflowHandle, Any]:
         """Start (under ``start_options``' policies) and run the update ``update`` on the open or new run,
-        in one command; returns the handle and the update's result (API.md §6)."""
+        in one command; returns the handle and the update's result (docs/API.md §6)."""
         if not isinstance(update, str) or not update:
             raise ValueError("update must be an update handler name (a non-empty string)")
         if isinstance(update_args, str | bytes) or not isinstance(update_args, list | tuple):
@@ -490,13 +490,13 @@ class Client:
         """A handle by id; ``result_type`` converts ``result()`` (typed payloads, e.g. a dataclass)."""
         return WorkflowHandle(self, id, result_type=result_type)
 
-    # -- schedules (API.md §8; the logic lives in schedules.py) -------------------------------------------
+    # -- schedules (docs/API.md §8; the logic lives in schedules.py) -------------------------------------------
     def schedule(
         self, schedule_id: str, wf: type | str, *args: Any, cron: str | None = None, every: float | timedelta | None = None,
         timezone: str = "UTC", overlap: str = "skip", catchup_window: float | timedelta = 3600.0,
         jitter: float | timedelta = 0, start_at: datetime | None = None, end_at: datetime | None = None, paused: bool = False,
     ) -> ScheduleHandle:
-        """Create (or, for an existing id, update) a schedule (API.md §8): exactly one of ``cron`` (5 fields,
+        """Create (or, for an existing id, update) a schedule (docs/API.md §8): exactly one of ``cron`` (5 fields,
         in ``timezone``) or ``every`` (seconds). Bad input raises ValueError before anything is sent."""
         from actors.schedules import create
 
@@ -525,7 +525,7 @@ class Client:
         started_before: datetime | str | None = None,
         cursor: str | None = None,
     ) -> WorkflowPage:
-        """One page of workflows, newest first (API.md §7); ``.next_cursor`` fetches the next, None on the last.
+        """One page of workflows, newest first (docs/API.md §7); ``.next_cursor`` fetches the next, None on the last.
 
         Keyset pagination on (created_at, id): a page does not shift when new workflows arrive. Filters:
         ``search={"customer": "c-7", "amount": (">", 100)}`` (operators ``=``, ``!=``, ``<``, ``<=``,

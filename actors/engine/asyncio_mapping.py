@@ -32,7 +32,7 @@ def _sleep(delay: float, result: Any = None) -> Any:
 
 def _wait(fs: Any, *, timeout: float | None = None, return_when: str = asyncio.ALL_COMPLETED) -> Any:
     """In workflow code: ``(done, pending)``; FIRST_COMPLETED races like ``workflow.first`` and cancels the
-    pending ones (API.md §10), a timeout is a durable timer."""
+    pending ones (docs/API.md §10), a timeout is a durable timer."""
     if in_workflow():
         return current().wait_set(fs, timeout, return_when)
     return _original_wait(fs, timeout=timeout, return_when=return_when)

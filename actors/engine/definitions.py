@@ -31,7 +31,7 @@ class ActivityOptions:
     heartbeat_timeout: float | timedelta | None = None
     non_retryable: tuple[type[BaseException] | str, ...] | None = None
     #: Tasks with the same key never run at the same time anywhere, and run in the order they were
-    #: scheduled (API.md §9): the key is the task's Kafka key, so one partition owner serialises it.
+    #: scheduled (docs/API.md §9): the key is the task's Kafka key, so one partition owner serialises it.
     key: str | None = None
     #: 0 (first) .. 9 among tasks waiting in a worker; None = the workflow's priority (default 5).
     priority: int | None = None
@@ -99,7 +99,7 @@ _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 @dataclasses.dataclass(frozen=True)
 class QueueLimits:
-    """Cluster-wide limits of one activity queue (API.md §9), split among its workers by partition."""
+    """Cluster-wide limits of one activity queue (docs/API.md §9), split among its workers by partition."""
 
     name: str
     concurrency: int | None = None
@@ -229,7 +229,7 @@ update = _handler("update")
 class Workflow:
     """Base class of workflows: subclass it and write ``async def execute(self, *args)``."""
 
-    #: The type name (API.md §2); ``__init_subclass__`` sets it on every subclass that leaves it unset, so a
+    #: The type name (docs/API.md §2); ``__init_subclass__`` sets it on every subclass that leaves it unset, so a
     #: workflow class always has one (only this base class has None).
     name: str = None  # type: ignore[assignment]
     queue: str | None = None
@@ -263,7 +263,7 @@ class Workflow:
         self.__dict__["_compensations"] = []
         if steps and runtime.in_workflow():
             # Recorded (SagaCompensated): a retry of this run would redo steps that were undone, so
-            # ``retry`` refuses without ``force`` (API.md §7).
+            # ``retry`` refuses without ``force`` (docs/API.md §7).
             runtime.current().mark_compensated(len(steps))
         if self.parallel_compensation:
             results = await runtime.current().all([_call(step) for step in steps], self.continue_with_error)

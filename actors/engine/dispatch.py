@@ -45,7 +45,7 @@ def task_message(
     priority: int | None = None,
 ) -> Message:
     """One attempt's task. Its Kafka key is the activity's ``key`` when it has one (one partition, so one
-    owner serialises the key, API.md §9), else the workflow id; ``priority`` is the run's (from its start),
+    owner serialises the key, docs/API.md §9), else the workflow id; ``priority`` is the run's (from its start),
     which the activity's own overrides. Tasks of a queue with limits and no key are keyed by activity, so a
     workflow's fan-out spreads over the partitions (and so over every worker's share of the limits)."""
     key = scheduled.get("key")

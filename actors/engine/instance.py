@@ -27,14 +27,14 @@ from eventstore.statuses import BY_TERMINAL_EVENT, UNSUCCESSFUL
 
 log = logging.getLogger(__name__)
 
-#: Start policies (API.md §6); the first of each is the default and today's behaviour.
+#: Start policies (docs/API.md §6); the first of each is the default and today's behaviour.
 IF_RUNNING = ("use_existing", "fail", "terminate")
 IF_CLOSED = ("use_existing", "fail", "allow", "allow_failed")
 #: Runs begun in one step by a chain of runs that continue as new at once (a workflow that continues
 #: without waiting for anything); the rest of such a chain goes through ``<ns>.commands``, one step per
 #: command, so one batch cannot spin for ever.
 MAX_INLINE_CONTINUATIONS = 20
-#: Commands a paused run keeps for its resume (API.md §7): each would make the code take a step. Queries,
+#: Commands a paused run keeps for its resume (docs/API.md §7): each would make the code take a step. Queries,
 #: heartbeats, terminate, the execution deadline and starts are not steps and are handled as ever.
 DEFERRED_WHILE_PAUSED = frozenset(
     {"SignalWorkflow", "UpdateWorkflow", "CancelWorkflow", "CompleteActivity", "FailActivity", "ResolveChild", "FireTimer", "ResolveExternal"}
@@ -180,7 +180,7 @@ class WorkflowInstance:
             self._attempts.pop(event["activity_id"], None)
             self._awaiting_retry.pop(event["activity_id"], None)
         elif kind == "CancelRequested":
-            self._attempts.clear()  # a cancelled workflow cancels every activity in flight (API.md §9)
+            self._attempts.clear()  # a cancelled workflow cancels every activity in flight (docs/API.md §9)
             self._awaiting_retry.clear()
         elif kind == "TimerStarted":
             self._open_timers[event["seq"]] = None
@@ -360,7 +360,7 @@ class WorkflowInstance:
             self._begin_run(start, at, out, payloads.decode(start["input"]) or [])  # our own encoding
 
     def _cmd_StartWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
-        """Start a run, or decide what a start of an id that has runs means (API.md §6).
+        """Start a run, or decide what a start of an id that has runs means (docs/API.md §6).
 
         The decision is taken here, by the owner of the id's partition, which is the one place that knows
         the id's state: concurrent starts from many clients are serialised by the partition, so exactly one

@@ -451,7 +451,7 @@ class WorkflowRun:
         if self._main is not None:
             # WorkflowCancelled is an asyncio.CancelledError too: code catching either sees the cancel.
             self._main.interrupt(WorkflowCancelled(self.workflow_id, event.get("reason")))
-        # Activities in flight are cancelled with the workflow (API.md §9): the owner tells their workers
+        # Activities in flight are cancelled with the workflow (docs/API.md §9): the owner tells their workers
         # (dispatch.py, from this same event, so no decision is recorded and histories written before this
         # existed replay unchanged) and ignores their late results; code awaiting one sees CancelledError.
         for key in sorted(k for k in self._pending if k[0] == "activity"):
@@ -851,7 +851,7 @@ class WorkflowRun:
     def wait_set(self, items: Iterable[Any], timeout: float | timedelta | None, return_when: str) -> WFuture:
         """``asyncio.wait`` in workflow code: settles with ``(done, pending)`` sets of futures.
 
-        With ``FIRST_COMPLETED`` it is ``first()``'s machinery: the pending ones are cancelled (API.md §10),
+        With ``FIRST_COMPLETED`` it is ``first()``'s machinery: the pending ones are cancelled (docs/API.md §10),
         so a lost race stops its timers, activities and children. ``ALL_COMPLETED`` / ``FIRST_EXCEPTION``
         leave pending futures alone, as asyncio does; a ``timeout`` is a durable timer, stopped if not needed.
         """

@@ -674,7 +674,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
-    """``metamorph schedule create|describe|list|pause|resume|trigger|backfill|delete`` (API.md §8)."""
+    """``metamorph schedule create|describe|list|pause|resume|trigger|backfill|delete`` (docs/API.md §8)."""
     action = args.schedule_command
     if action == "create":
         from actors.schedules import check_schedule_id, make_spec

@@ -13,7 +13,7 @@ that acts, 404 unknown workflow, schedule or route, 409 refused (query/update fa
 ended, already started, retry of a workflow that has not failed), 413 payload too large, 503 Kafka or
 PostgreSQL unreachable, 504 no answer in time.
 
-Security (DESIGN.md, "Security"): with ``METAMORPH_API_TOKENS`` set, every route except the UI shell and its
+Security (docs/DESIGN.md, "Security"): with ``METAMORPH_API_TOKENS`` set, every route except the UI shell and its
 assets, ``/healthz``, ``/openapi.json`` and the webhooks (which have their own credentials) needs
 ``Authorization: Bearer <token>``. Request bodies are bounded (``METAMORPH_HTTP_MAX_BODY``) before any
 credential is looked at, so an anonymous caller cannot make the server buffer megabytes; the guard
@@ -351,7 +351,7 @@ def _supports(fn: Callable[..., Any], parameter: str) -> bool:
 
 # -- the routes ------------------------------------------------------------------------------------------
 def _add_workflow_routes(app: FastAPI, client: Client) -> None:
-    """The ``/workflows`` routes (API.md §3, §6, §7, §11), typed; plain ``def``: FastAPI runs them in its
+    """The ``/workflows`` routes (docs/API.md §3, §6, §7, §11), typed; plain ``def``: FastAPI runs them in its
     thread pool, as the Client blocks (Kafka producer, psycopg)."""
     Q = Query  # noqa: N806 - short alias, many uses
     status_q = Q(None, description="Only this status")
@@ -387,7 +387,7 @@ def _add_workflow_routes(app: FastAPI, client: Client) -> None:
     @app.post("/workflows", status_code=201, response_model=Started, dependencies=ACTS, tags=["workflows"],
               operation_id="startWorkflow", responses=_errors(400, 401, 403, 409, 413, 503, 504))
     def start(body: StartRequest, response: Response) -> dict:
-        """Start a workflow with the options of API.md §6 (an existing id is not started twice unless a
+        """Start a workflow with the options of docs/API.md §6 (an existing id is not started twice unless a
         policy says so; a policy makes this wait for the owning node's decision)."""
         options = body.model_dump(exclude_none=True, exclude={"type", "args", "id"})
         handle = client.start(body.type, *body.args, id=body.id, **options)
@@ -397,7 +397,7 @@ def _add_workflow_routes(app: FastAPI, client: Client) -> None:
     @app.post("/workflows/update-with-start", response_model=CallResult, dependencies=ACTS, tags=["workflows"],
               operation_id="updateWithStart", responses=_errors(400, 401, 403, 409, 413, 503, 504))
     def update_with_start(body: UpdateWithStartRequest, response: Response) -> dict:
-        """Start (under the §6 policies) and run an update on the open or new run, in one command (API.md §6);
+        """Start (under the §6 policies) and run an update on the open or new run, in one command (docs/API.md §6);
         answers the update's result. The execution ``timeout`` is not available here (the Client's
         update_with_start takes ``timeout`` as the update's)."""
         if body.timeout is not None:
@@ -477,7 +477,7 @@ def _add_workflow_routes(app: FastAPI, client: Client) -> None:
               lambda h, b: h.cancel(), NoBody)
     requested("terminate", "terminateWorkflow", "Terminate at once (no cleanup code runs).",
               lambda h, b: h.terminate(b.reason))
-    requested("pause", "pauseWorkflow", "Take no step until resumed (API.md §7).", lambda h, b: h.pause(b.reason))
+    requested("pause", "pauseWorkflow", "Take no step until resumed (docs/API.md §7).", lambda h, b: h.pause(b.reason))
     requested("resume", "resumeWorkflow", "End a pause.", lambda h, b: h.resume(), NoBody)
 
     @app.post("/workflows/{id}/retry", status_code=202, response_model=Requested, dependencies=ACTS,
@@ -504,7 +504,7 @@ def _add_workflow_routes(app: FastAPI, client: Client) -> None:
     @app.post("/workflows/{id}/reset", status_code=202, response_model=ResetRequested, dependencies=ACTS,
               tags=["workflows"], operation_id="resetWorkflow", responses=act_errors)
     def reset(body: ResetRequest, id: str = WID) -> dict:  # noqa: A002
-        """A new run replaying the history up to and including ``seq``, then live (API.md §7)."""
+        """A new run replaying the history up to and including ``seq``, then live (docs/API.md §7)."""
         client.get(id).reset(body.seq)
         return {"id": id, "requested": "reset", "seq": body.seq}
 
@@ -522,7 +522,7 @@ def _add_workflow_routes(app: FastAPI, client: Client) -> None:
     def replay(body: list[dict[str, Any]] | RecordedHistory = Body(
             description="A history as `metamorph history ID --json` or GET /workflows/{id}/history writes it")) -> dict:
         """Replay a recorded history against the workflow code this server imported (``serve --app``) and
-        report the first non-determinism (API.md §11); nothing is started or changed."""
+        report the first non-determinism (docs/API.md §11); nothing is started or changed."""
         return replay_report(body.model_dump() if isinstance(body, RecordedHistory) else body)
 
 
@@ -648,7 +648,7 @@ _SSE = {"description": "Server-Sent Events: `id:` the position, `data:` the item
 RAW_ROUTE_DOCS: dict[tuple[str, str], dict[str, Any]] = {
     ("/workflows/{id}/stream", "GET"): {
         "operationId": "streamWorkflow", "tags": ["workflows"],
-        "summary": "The items the workflow streams, live (Server-Sent Events, resumable; API.md §10)",
+        "summary": "The items the workflow streams, live (Server-Sent Events, resumable; docs/API.md §10)",
         "parameters": [
             {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
              "description": "Workflow id, percent-encoded"},
@@ -792,7 +792,7 @@ def create_app(
     app = FastAPI(
         title="Metamorph",
         version="0.1.0",
-        description="Start, steer and inspect durable workflows (API.md §6–§11). Errors are `{error, message}` "
+        description="Start, steer and inspect durable workflows (docs/API.md §6–§11). Errors are `{error, message}` "
         "objects; ids may hold any character (percent-encode them, '/' as %2F).",
         openapi_url=None, docs_url=None, redoc_url=None,  # /openapi.json is a documented route; no CDN pages
         strict_content_type=False,  # a body without Content-Type is JSON (as before); another type is refused

@@ -103,7 +103,7 @@ class History(_Response):
 
 
 class StartRequest(_Request):
-    """A start with the options of API.md §6."""
+    """A start with the options of docs/API.md §6."""
 
     type: str = Field(min_length=1, description="Workflow type name")
     args: list[Any] = Field(default_factory=list, description="Positional arguments of execute()")
@@ -124,7 +124,7 @@ class StartRequest(_Request):
 
 
 class UpdateWithStartRequest(StartRequest):
-    """Update-with-start (API.md §6): the start options plus the update to run on the open or new run."""
+    """Update-with-start (docs/API.md §6): the start options plus the update to run on the open or new run."""
 
     id: str = Field(min_length=1, description="Workflow id (required: the update needs to know its target)")  # type: ignore[assignment]
     update: str = Field(min_length=1, description="Update handler name")
@@ -208,7 +208,7 @@ class ReplayReport(_Response):
 
 # -- schedules -------------------------------------------------------------------------------------------
 class ScheduleRequest(_Request):
-    """Create (or, for an existing id, update) a schedule (API.md §8): exactly one of cron or every."""
+    """Create (or, for an existing id, update) a schedule (docs/API.md §8): exactly one of cron or every."""
 
     id: str = Field(min_length=1)
     type: str = Field(min_length=1)

@@ -1,4 +1,4 @@
-"""The ``/schedules`` routes of the HTTP API (API.md §8, §13), kept apart from ``http.py``.
+"""The ``/schedules`` routes of the HTTP API (docs/API.md §8, §13), kept apart from ``http.py``.
 
 Reads declare the ``reading`` permission; everything that changes a schedule (POST, DELETE) ``acting``, so
 a read-only token gets 403. Schedule ids, like workflow ids, may hold any character (percent-encoded).

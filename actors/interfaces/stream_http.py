@@ -1,4 +1,4 @@
-"""``GET /workflows/{id}/stream``: a workflow's stream as Server-Sent Events (API.md §10, §13).
+"""``GET /workflows/{id}/stream``: a workflow's stream as Server-Sent Events (docs/API.md §10, §13).
 
 Each item is one event whose ``id:`` is its position (1, 2, ... per workflow id, across continue-as-new)
 and whose ``data:`` is the item as JSON. A browser's ``EventSource`` sends the last id it got as

@@ -1,6 +1,6 @@
 // The Metamorph dashboard: a client of the JSON API served next to it.
 //
-// Safety rules (see DESIGN.md, "Security"): data from the API (ids, types, payloads, errors) only ever
+// Safety rules (see docs/DESIGN.md, "Security"): data from the API (ids, types, payloads, errors) only ever
 // reaches the page as text (textContent / text nodes), never as HTML, and handlers are attached with
 // addEventListener, never built from strings. The API token lives in sessionStorage and travels in the
 // Authorization header, never in a cookie, so another site cannot make the browser act (no CSRF). For the

@@ -41,7 +41,7 @@ from eventstore.topics import Topics, leave_group, partition_for
 
 log = logging.getLogger(__name__)
 
-#: The start options of ``Client.start`` (API.md §6) a JSON start may carry, with the same names and checks.
+#: The start options of ``Client.start`` (docs/API.md §6) a JSON start may carry, with the same names and checks.
 START_OPTIONS = ("if_running", "if_closed", "start_signal", "start_signal_args", "start_delay", "timeout", "search",
                  "memo", "priority")
 #: The fields each kind of ingress command may have, and which of them are required.

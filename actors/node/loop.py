@@ -1,6 +1,6 @@
 """A node: owns command partitions, hosts workflow actors, appends their events, fires their timers.
 
-The life of a command batch (DESIGN.md): poll a batch from the owned ``commands`` partitions, hand each
+The life of a command batch (docs/DESIGN.md): poll a batch from the owned ``commands`` partitions, hand each
 workflow's commands to its actor, append all resulting events with one flush, then send the messages those
 events oblige (activity tasks, child starts, replies) with one flush, then write the partition stores'
 checkpoints, then commit the command offsets once. A crash anywhere re-delivers commands, and every handler
@@ -582,7 +582,7 @@ class Node:
         from eventstore.topics import partition_for
 
         if m.topic.startswith(self._activity_prefix):
-            # A queue with limits uses only as many partitions as each limit can give one unit to (API.md §9).
+            # A queue with limits uses only as many partitions as each limit can give one unit to (docs/API.md §9).
             limits = queue_limits(m.topic.removeprefix(self._activity_prefix))
             return partition_for(m.key, limits.routed_partitions(self.partitions) if limits else self.partitions)
         if m.topic in (self.topics.commands, self.topics.replies):

@@ -1,4 +1,4 @@
-"""Workflows and activities for the flow-control tests (API.md §9), run by real worker processes.
+"""Workflows and activities for the flow-control tests (docs/API.md §9), run by real worker processes.
 
 Every execution appends ``start``/``end`` lines with a wall-clock time to one marks file per queue, so a
 test can check, across processes, how many ran at once, how many started in any window, and in what order.

@@ -1,4 +1,4 @@
-"""Workflows for the pause/resume and reset tests (API.md §7)."""
+"""Workflows for the pause/resume and reset tests (docs/API.md §7)."""
 
 from __future__ import annotations
 

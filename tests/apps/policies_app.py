@@ -1,4 +1,4 @@
-"""Workflows for the start-option tests (API.md §6): policies, signal-with-start, start delay, timeouts."""
+"""Workflows for the start-option tests (docs/API.md §6): policies, signal-with-start, start delay, timeouts."""
 
 from __future__ import annotations
 

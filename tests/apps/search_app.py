@@ -1,4 +1,4 @@
-"""Workflows for the search-attribute tests (API.md §6, §7, §10): attributes set at start and by the code."""
+"""Workflows for the search-attribute tests (docs/API.md §6, §7, §10): attributes set at start and by the code."""
 
 from __future__ import annotations
 

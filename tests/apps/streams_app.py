@@ -1,4 +1,4 @@
-"""Workflows for the stream tests (API.md §10): items appended by the code, live, across continue-as-new."""
+"""Workflows for the stream tests (docs/API.md §10): items appended by the code, live, across continue-as-new."""
 
 from __future__ import annotations
 
