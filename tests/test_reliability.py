@@ -42,6 +42,9 @@ def test_start_and_signal_need_only_kafka(kafka_server, pg_server, tmp_path):
         assert second_seconds < bound, f"a second start took {second_seconds:.2f}s with PostgreSQL down (Kafka only: {kafka_only:.2f}s)"
         assert handle.result(timeout=60) == "hello pg-down/later"
         assert other.result(timeout=60) == "hello second"
+        # result() may come from <ns>.replies before the projector has written the end; this client reads
+        # its own results (it waits for the projection), and from then on every client sees them.
+        assert handle.describe()["status"] == "completed" and other.status() == "completed"
         with Client(kafka_server.bootstrap, client.postgres, client.namespace) as reader:  # visible to everyone
             assert reader.get(handle.id).describe()["status"] == "completed"
             assert reader.get(other.id).status() == "completed"

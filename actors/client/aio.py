@@ -78,7 +78,7 @@ class AsyncClient:
         self._stream_listener: _AsyncTerminals | None = None
         self._replies: _c._Replies | None = None
         self._replies_failed_until = 0.0
-        self._unsettled: OrderedDict[str, float] = OrderedDict()  # as Client._unsettled
+        self._unsettled: OrderedDict[str, tuple[float, str | None]] = OrderedDict()  # as Client._unsettled
         self._setup = asyncio.Lock()
         self._started: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._pg_unanswered_until = 0.0
@@ -134,6 +134,8 @@ class AsyncClient:
 
         from projections import aread
 
+        if self._unsettled and fn_name != "get_workflow" and args and args[0] in self._unsettled:
+            await self._settle([args[0]])  # a read about an id whose result came from <ns>.replies
         fn = getattr(aread, fn_name)
         for attempt in (1, 2):
             pool = await self._pool()
@@ -207,26 +209,28 @@ class AsyncClient:
             raise TimeoutError(f"no answer to {kind} {name!r} of {workflow_id} within {timeout}s")
         return _c._reply_value(workflow_id, kind, name, reply)
 
-    def _unsettle(self, workflow_id: str) -> None:
+    def _unsettle(self, workflow_id: str, run_id: str | None = None) -> None:
         """``Client._unsettle``."""
-        self._unsettled[workflow_id] = time.monotonic() + _c._SETTLE_S
+        self._unsettled[workflow_id] = (time.monotonic() + _c._SETTLE_S, run_id)
         self._unsettled.move_to_end(workflow_id)
         while len(self._unsettled) > _c._RECENT_RESULTS:
             self._unsettled.popitem(last=False)
 
     async def _settle(self, ids: list[str] | None = None) -> None:
         """``Client._settle`` on asyncio: reads after a result() from ``<ns>.replies`` wait (up to
-        ``_SETTLE_S``) until the projection has that outcome."""
+        ``_SETTLE_S``) until the projection has that run's outcome."""
+        if not self._unsettled:
+            return
         pending = [(w, d) for w, d in self._unsettled.items() if ids is None or w in ids]
         if not pending:
             return
         terminals = await self._terminals()
-        for workflow_id, deadline in pending:
+        for workflow_id, (deadline, run_id) in pending:
             while time.monotonic() < deadline:
                 wake = terminals.expect(workflow_id)
                 try:
                     row = await self._read("get_workflow", workflow_id)
-                    if row is not None and row["status"] in statuses.FINAL:
+                    if row is not None and row["status"] in statuses.FINAL and run_id in (None, row.get("run_id")):
                         break
                     await _event(wake, max(0.0, min(0.5, deadline - time.monotonic())))
                 finally:
@@ -266,6 +270,7 @@ class AsyncClient:
         _c._refusal(workflow_id, operation, reply)
 
     async def _require(self, workflow_id: str, _timeout: float | None = None) -> dict:
+        await self._settle([workflow_id])
         row = await self._read("get_workflow", workflow_id, _timeout=_timeout)
         if row is not None:
             self._started.pop(workflow_id, None)
@@ -555,7 +560,7 @@ class AsyncWorkflowHandle:
             try:
                 if box:
                     self._final = _c._result_row(box[0])
-                    self._client._unsettle(self.id)
+                    self._client._unsettle(self.id, self._final.get("run_id"))
                     return _c.typed_output(self.id, _c._outcome(self.id, self._final), result_type or self.result_type)
                 try:
                     row = await self.describe()
@@ -573,7 +578,7 @@ class AsyncWorkflowHandle:
                 await _event(wake, 5.0 if remaining is None else min(remaining, 5.0))
                 if box:
                     self._final = _c._result_row(box[0])
-                    self._client._unsettle(self.id)
+                    self._client._unsettle(self.id, self._final.get("run_id"))
                     return _c.typed_output(self.id, _c._outcome(self.id, self._final), result_type or self.result_type)
             finally:
                 if replies is not None:
@@ -661,8 +666,7 @@ class AsyncWorkflowHandle:
 
     async def _settle(self) -> None:
         """``WorkflowHandle._settle``: reads after a result() from ``<ns>.replies`` (``AsyncClient._settle``)."""
-        if self._final is not None:
-            await self._client._settle([self.id])
+        await self._client._settle([self.id])
 
 
 class AsyncScheduleHandle:

@@ -127,7 +127,7 @@ class Client:
         self._pending = PendingWriter(self._record_pending)
         self._replies_failed_until = 0.0
         #: Ids whose outcome result() took from <ns>.replies, with until when reads wait for the projection.
-        self._unsettled: OrderedDict[str, float] = OrderedDict()
+        self._unsettled: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _kafka(self) -> Any:
@@ -209,6 +209,8 @@ class Client:
     def _read(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
         from projections import read
 
+        if self._unsettled and fn_name != "get_workflow" and args and args[0] in self._unsettled:
+            self._settle([args[0]])  # a read about an id whose result came from <ns>.replies
         return self._with_conn(getattr(read, fn_name), *args, **kwargs)
 
     def _reply_listener(self) -> _Replies:
@@ -252,29 +254,33 @@ class Client:
                 self._terminal_listener = _Terminals(self.postgres, self.namespace)
             return self._terminal_listener
 
-    def _unsettle(self, workflow_id: str) -> None:
-        """result() gave ``workflow_id``'s outcome from ``<ns>.replies``, maybe before the projection has it."""
+    def _unsettle(self, workflow_id: str, run_id: str | None = None) -> None:
+        """result() gave ``workflow_id``'s outcome (of ``run_id``) from ``<ns>.replies``, maybe before the
+        projection has it: this client's reads of that id wait for the projection (read your results)."""
         with self._lock:
-            self._unsettled[workflow_id] = time.monotonic() + _SETTLE_S
+            self._unsettled[workflow_id] = (time.monotonic() + _SETTLE_S, run_id)
             self._unsettled.move_to_end(workflow_id)
             while len(self._unsettled) > _RECENT_RESULTS:
                 self._unsettled.popitem(last=False)
 
     def _settle(self, ids: list[str] | None = None) -> None:
         """Wait (on the projector's NOTIFY, up to ``_SETTLE_S`` after each result) until the projection has
-        the outcomes result() took from ``<ns>.replies`` (``ids``, or all): what result() said, the reads
-        after it (describe, history, list, the checks before a command) agree."""
+        the outcomes result() took from ``<ns>.replies`` (``ids``, or all) -- that run's, not an earlier
+        run's of a reused id: what result() said and the reads after it (describe, history, list, runs,
+        the checks before a command) agree. Free when nothing is unsettled."""
+        if not self._unsettled:
+            return
         with self._lock:
             pending = [(w, d) for w, d in self._unsettled.items() if ids is None or w in ids]
         if not pending:
             return
         terminals = self._terminals()
-        for workflow_id, deadline in pending:
+        for workflow_id, (deadline, run_id) in pending:
             while time.monotonic() < deadline:
                 wake = terminals.expect(workflow_id)
                 try:
                     row = self._read("get_workflow", workflow_id)
-                    if row is not None and row["status"] in statuses.FINAL:
+                    if row is not None and row["status"] in statuses.FINAL and run_id in (None, row.get("run_id")):
                         break
                     wake.wait(max(0.0, min(0.5, deadline - time.monotonic())))
                 finally:
@@ -342,6 +348,7 @@ class Client:
         _refusal(workflow_id, operation, reply)
 
     def _require(self, workflow_id: str, _timeout: float | None = None) -> dict:
+        self._settle([workflow_id])
         row = self._read("get_workflow", workflow_id, _timeout=_timeout)
         if row is not None:
             with self._lock:
@@ -707,7 +714,7 @@ class WorkflowHandle:
             try:
                 if box:
                     self._final = _result_row(box[0])
-                    self._client._unsettle(self.id)
+                    self._client._unsettle(self.id, self._final.get("run_id"))
                     return typed_output(self.id, _outcome(self.id, self._final), result_type or self.result_type)
                 try:
                     row = self.describe()
@@ -726,7 +733,7 @@ class WorkflowHandle:
                 wake.wait(5.0 if remaining is None else min(remaining, 5.0))
                 if box:
                     self._final = _result_row(box[0])
-                    self._client._unsettle(self.id)
+                    self._client._unsettle(self.id, self._final.get("run_id"))
                     return typed_output(self.id, _outcome(self.id, self._final), result_type or self.result_type)
             finally:
                 if replies is not None:
@@ -821,8 +828,7 @@ class WorkflowHandle:
 
     def _settle(self) -> None:
         """Reads through this handle after its result() came from ``<ns>.replies`` (``Client._settle``)."""
-        if self._final is not None:
-            self._client._settle([self.id])
+        self._client._settle([self.id])
 
 
 def command_record(kind: str, workflow_id: str, command_id: str | None = None, **body: Any) -> bytes:
