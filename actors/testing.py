@@ -318,7 +318,9 @@ class WorkflowEnvironment:
         definition = activities().get(task["name"])
         if fn is None and definition is not None:
             fn = definition.fn
-        info = ActivityInfo(task["workflow_id"], task["run_id"], task["workflow_type"], task["activity_id"], task["attempt"], task["name"], task["queue"])
+        info = ActivityInfo(
+            task["workflow_id"], task["run_id"], task["workflow_type"], task["activity_id"], task["attempt"], task["name"], task["queue"]
+        )
         token = _context.set(_Context(info, _Beats(), task.get("heartbeat_timeout")))  # type: ignore[arg-type]
         try:
             if fn is None:

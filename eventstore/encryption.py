@@ -23,6 +23,8 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from eventstore import settings
+
 from .payloads import ENCRYPTED_MAGIC as MAGIC
 from .payloads import PayloadError
 
@@ -149,4 +151,4 @@ def parse_keys(text: str) -> EncryptionCodec | None:
 
 def from_env() -> EncryptionCodec | None:
     """The codec ``METAMORPH_ENCRYPTION_KEYS`` describes, None when unset (ValueError when malformed)."""
-    return parse_keys(os.environ.get(ENV, ""))
+    return parse_keys(settings.get(ENV))

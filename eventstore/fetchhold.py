@@ -22,18 +22,23 @@ breaks it. If the seam is missing the consumer is left as it is (busy, but corre
 from __future__ import annotations
 
 import logging
-import os
 import time
 import types
 from typing import Any
 
+from eventstore import settings
+
 log = logging.getLogger(__name__)
 
-#: Hold for consumers on a workflow's latency path (node commands, activity tasks, client replies).
-LATENCY_HOLD_MS = float(os.environ.get("METAMORPH_FETCH_HOLD_MS", "2"))
-#: Hold for background readers whose records are not waited on by a caller (cancellations, ingress, the
-#: projector's event log once results travel on the replies topic).
-BACKGROUND_HOLD_MS = float(os.environ.get("METAMORPH_BACKGROUND_FETCH_HOLD_MS", "25"))
+def latency_hold_ms() -> float:
+    """Hold for consumers on a workflow's latency path (node commands, activity tasks, client replies)."""
+    return float(settings.get("METAMORPH_FETCH_HOLD_MS"))
+
+
+def background_hold_ms() -> float:
+    """Hold for background readers whose records are not waited on by a caller (cancellations, ingress, the
+    projector's event log once results travel on the replies topic)."""
+    return float(settings.get("METAMORPH_BACKGROUND_FETCH_HOLD_MS"))
 
 
 def _empty(response: Any) -> bool:

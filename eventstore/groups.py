@@ -30,11 +30,12 @@ round trip to finish inside one call.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
 from kafka import KafkaConsumer
+
+from eventstore import settings
 
 from . import fetchhold
 from .fetchhold import hold_empty_fetches
@@ -47,11 +48,7 @@ DEFAULT_SESSION_TIMEOUT = 10.0
 def session_timeout(seconds: float | None = None) -> float:
     """The session timeout in seconds: ``seconds`` if given, else ``METAMORPH_SESSION_TIMEOUT``, else 10."""
     if seconds is None:
-        raw = os.environ.get("METAMORPH_SESSION_TIMEOUT", "").strip()
-        try:
-            seconds = float(raw) if raw else DEFAULT_SESSION_TIMEOUT
-        except ValueError:
-            raise ValueError(f"METAMORPH_SESSION_TIMEOUT={raw!r} is not a number of seconds") from None
+        seconds = float(settings.get("METAMORPH_SESSION_TIMEOUT", DEFAULT_SESSION_TIMEOUT))
     if not 1.0 <= seconds <= 1800.0:
         raise ValueError(f"session timeout {seconds} s is outside 1..1800 s")
     return seconds
@@ -91,7 +88,7 @@ def member(
     config.update(overrides)
     consumer = KafkaConsumer(**config)
     # A broker that answers empty fetches at once (noida-db) would make this consumer spin while idle.
-    hold_empty_fetches(consumer, fetchhold.LATENCY_HOLD_MS if fetch_hold_ms is None else fetch_hold_ms)
+    hold_empty_fetches(consumer, fetchhold.latency_hold_ms() if fetch_hold_ms is None else fetch_hold_ms)
     return consumer
 
 #: The kafka-python release the private reaches below (``_coordinator``, ``_join_task``) were checked

@@ -9,11 +9,12 @@ names, and ``tests/test_ops.py`` checks that every name used there is defined he
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from eventstore import settings
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 #: Whole workflows run from milliseconds to days.
@@ -167,7 +168,7 @@ def serve(port: int, addr: str | None = None) -> int:
     """
     if not port:
         return 0
-    addr = addr or os.environ.get("METAMORPH_METRICS_ADDR") or "127.0.0.1"
+    addr = addr or settings.get("METAMORPH_METRICS_ADDR")
     with _serve_lock:
         if (addr, port) not in _served:
             start_http_server(port, addr=addr)

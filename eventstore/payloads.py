@@ -16,10 +16,11 @@ import datetime
 import decimal
 import enum
 import json
-import os
 import re
 import uuid
 from typing import Any, Protocol
+
+from eventstore import settings
 
 #: Largest encoded payload accepted (``METAMORPH_MAX_PAYLOAD``, bytes); docs/API.md section 11.
 DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
@@ -64,11 +65,7 @@ def max_depth() -> int:
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number of bytes") from None
+    return int(settings.get(name, default))
 
 
 class JsonConverter:

@@ -18,9 +18,10 @@ same trace: one trace shows a workflow end to end. Commands carry their context 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from eventstore import settings
 
 #: The configured tracer (None: tracing off, every hook returns at once).
 _tracer: Any = None
@@ -58,7 +59,7 @@ def configure_from_env() -> None:
     if _env_checked:
         return
     _env_checked = True
-    if _tracer is None and os.environ.get("METAMORPH_TRACING", "").strip().lower() in ("1", "true", "yes", "on"):
+    if _tracer is None and settings.get("METAMORPH_TRACING"):
         configure()
 
 

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from actors import Client
 from eventstore.topics import ensure_topics
@@ -28,13 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.apps.runtime_app"
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> None:
-    """Poll ``predicate`` until it is truthy; AssertionError naming ``what`` after ``timeout`` seconds."""
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it is truthy and return that value; AssertionError naming ``what`` after
+    ``timeout`` seconds. The one wait helper of the suite."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (result := predicate()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+    return result
 
 
 class Processes:

@@ -165,7 +165,8 @@ def test_activity_retries_and_failed_attempts_are_counted(stack):
     client, _node, _ns = stack
     before = scrape()
     assert client.start(app.Timeouts, "fails").result(timeout=20) == "RuntimeError after 3"
-    after = wait_for(lambda s: value(s, "metamorph_activity_retries_total", activity="rt.fails") - value(before, "metamorph_activity_retries_total", activity="rt.fails") >= 2, 5)
+    retries = "metamorph_activity_retries_total"
+    after = wait_for(lambda s: value(s, retries, activity="rt.fails") - value(before, retries, activity="rt.fails") >= 2, 5)
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -199,7 +200,8 @@ def test_consumer_lag_per_partition_for_node_workers_and_projector(stack):
     want = {"node": topics.commands, "worker": topics.activities("default"), "projector": topics.events}
 
     def reported(s: Samples) -> bool:
-        return all({ls["partition"] for ls in series(s, "metamorph_consumer_lag_records", component=c, topic=t)} == {"0", "1"} for c, t in want.items())
+        lag = "metamorph_consumer_lag_records"
+        return all({ls["partition"] for ls in series(s, lag, component=c, topic=t)} == {"0", "1"} for c, t in want.items())
 
     samples = wait_for(reported, 10)
     for component, topic in want.items():

@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 import eventstore.metrics as metrics_module
 from tests import test_metrics as tm
 from tests.apps import runtime_app as app
+from tests.processes import wait_until
 from tests.stack import running_stack
 
 OPS = Path(__file__).resolve().parent.parent / "ops"
@@ -344,15 +345,6 @@ def prometheus(tmp_path: Path, metrics_port: int) -> Iterator[Prometheus]:
         log.close()
 
 
-def wait_until(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-
 
 def test_real_prometheus_scrapes_a_node_and_evaluates_every_expression(kafka_server, pg_server, tmp_path):
     tool("prometheus")  # fail fast, before starting a node, when it is not installed
@@ -367,7 +359,8 @@ def test_real_prometheus_scrapes_a_node_and_evaluates_every_expression(kafka_ser
             wait_until(lambda: prom.scalar(counter) >= before + 3, 30, f"{counter} to rise by 3 in Prometheus")
             assert prom.scalar('sum(metamorph_workflows_started_total{workflow_type="rt.Hello"})') >= 3
             # rate() needs two samples of a series: wait for one more scrape of the new series
-            wait_until(lambda: prom.scalar('min(count_over_time(metamorph_workflows_started_total{workflow_type="rt.Hello"}[1m]))') >= 2, 10, "a second sample")
+            query = 'min(count_over_time(metamorph_workflows_started_total{workflow_type="rt.Hello"}[1m]))'
+            wait_until(lambda: prom.scalar(query) >= 2, 10, "a second sample")
 
             # Every dashboard and alert expression is valid PromQL for this Prometheus and runs on real data.
             errors = {}

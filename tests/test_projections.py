@@ -40,6 +40,7 @@ from projections import (
     schema_name,
 )
 from projections.migrate import available
+from tests.processes import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 PARTITIONS = 2
@@ -189,12 +190,6 @@ def drain(projector: Projector, kafka: str, url: str, namespace: str, timeout: f
             return
         assert time.monotonic() < deadline, f"projector stuck at {stored}, log ends at {ends}"
 
-
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def dump(url: str, namespace: str) -> dict[str, list[str]]:
@@ -486,6 +481,8 @@ import logging, sys, threading
 sys.path.insert(0, {repo!r})
 logging.basicConfig(level=logging.WARNING)
 from projections import Projector
+
+from tests.processes import wait_until
 # Static membership (a stable group.instance.id, standard Kafka since 2.3): the restarted process takes over
 # the killed one's place in the group at once instead of waiting for its session to expire.
 options = {{"group_instance_id": "projector-1", "session_timeout_ms": 6000, "heartbeat_interval_ms": 500}}

@@ -470,7 +470,9 @@ def test_side_effects_and_deterministic_helpers_survive_replay():
     fresh = WorkflowInstance(wid)
     history = [e for e in env.history(wid) if e["type"] != "WorkflowCompleted"]
     fresh.load(history)
-    fresh.handle([{"type": "FireTimer", "command_id": "again", "run_id": fresh.run_id, "timer_id": history[-1]["timer_id"] if history[-1]["type"] == "TimerStarted" else history[-1]["seq"], "kind": "timer", "attempt": 0}], now=history[-1]["at"] + timedelta(seconds=5))
+    timer_id = history[-1]["timer_id"] if history[-1]["type"] == "TimerStarted" else history[-1]["seq"]
+    fire = {"type": "FireTimer", "command_id": "again", "run_id": fresh.run_id, "timer_id": timer_id, "kind": "timer", "attempt": 0}
+    fresh.handle([fire], now=history[-1]["at"] + timedelta(seconds=5))
     assert CALLS["side-effect"] == 1  # not called again on replay
 
 

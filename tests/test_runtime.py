@@ -26,7 +26,8 @@ from tests.stack import running_stack
 
 @pytest.fixture(scope="module")
 def rt(kafka_server, pg_server, tmp_path_factory):
-    with running_stack(kafka_server.bootstrap, pg_server, tmp_path_factory.mktemp("node"), max_live_workflows=50, prefix="rt", partitions=4) as (client, node, _ns):
+    node_dir = tmp_path_factory.mktemp("node")
+    with running_stack(kafka_server.bootstrap, pg_server, node_dir, max_live_workflows=50, prefix="rt", partitions=4) as (client, node, _ns):
         yield client, node
 
 

@@ -41,7 +41,7 @@ from actors.engine.definitions import (
 )
 from actors.engine.instance import utcnow
 from actors.errors import ActivityCancelled, NonRetryableError, PayloadTooLarge, limited_payload
-from eventstore import codec, fetchhold, groups, metrics, payloads
+from eventstore import codec, fetchhold, groups, metrics, payloads, settings
 from eventstore import events as ev
 from eventstore.backoff import Backoff
 from eventstore.deadletter import DeadLetters
@@ -51,9 +51,6 @@ from eventstore.topics import Topics, leave_group, partition_for
 
 log = logging.getLogger(__name__)
 
-#: How long the broker may hold an empty fetch. Short, because not every broker answers a held fetch
-#: as soon as data arrives; an idle node pays a few cheap polls per second for low latency.
-_FETCH_WAIT_MS = int(__import__("os").environ.get("METAMORPH_FETCH_WAIT_MS", "100"))
 
 
 @dataclass(frozen=True)
@@ -178,7 +175,10 @@ async def _run_async_untraced(definition: ActivityDefinition, task: dict, ctx: _
         timeout = task.get("timeout")
         _succeed(out, await (asyncio.wait_for(coro, timeout) if timeout else coro))
     except TimeoutError:
-        out.error = ("ActivityTimeout", f"attempt {task['attempt']} of {task['name']} exceeded its start-to-close timeout of {task['timeout']}s", "", False)
+        out.error = (
+            "ActivityTimeout",
+            f"attempt {task['attempt']} of {task['name']} exceeded its start-to-close timeout of {task['timeout']}s", "", False,
+        )
     except BaseException as exc:
         _fail(out, exc)
     finally:
@@ -258,6 +258,7 @@ class _QueueWorker(threading.Thread):
         self._local_lock = threading.Lock()
         self.local_idle: list[pykka.ActorRef] = []
         self.gate = _Gate(self, queue_limits(queue_name))
+        self.max_held = int(settings.get("METAMORPH_MAX_HELD_TASKS"))  # tasks held while they wait for a slot
 
     def send_command(self, workflow_id: str, kind: str, command_id: str, _trace: dict[str, str] | None = None, **body: Any) -> None:
         envelope = ev.command(kind, workflow_id, command_id, utcnow(), **body)
@@ -289,7 +290,7 @@ class _QueueWorker(threading.Thread):
             self.instance_id,
             session_timeout_s=self.worker.session_timeout,
             max_poll_records=self.worker.concurrency,
-            fetch_max_wait_ms=_FETCH_WAIT_MS,
+            fetch_max_wait_ms=settings.get("METAMORPH_FETCH_WAIT_MS"),
         )
         consumer.subscribe([self.topics.activities(self.queue_name)], listener=_Rebalance(self))
         self.pending.clear()
@@ -298,7 +299,7 @@ class _QueueWorker(threading.Thread):
             while not self.worker.stopping.is_set():
                 # Tasks held by the gate are not running: they must not stop us from reading the tasks of
                 # other keys and priorities behind them (up to a bound on what is held in memory).
-                full = self.in_flight - self.gate.held >= self.worker.concurrency or self.gate.held >= _MAX_HELD
+                full = self.in_flight - self.gate.held >= self.worker.concurrency or self.gate.held >= self.max_held
                 assigned = consumer.assignment()
                 if full:
                     consumer.pause(*assigned)
@@ -367,7 +368,10 @@ class _QueueWorker(threading.Thread):
         definition = activities().get(task["name"])
         if definition is None:
             known = ", ".join(sorted(n for n, d in activities().items() if d.queue == self.queue_name)) or "none"
-            out.error = ("ActivityNotRegistered", f"no activity named {task['name']!r} on queue {self.queue_name!r} (this worker has: {known})", "", True)
+            out.error = (
+                "ActivityNotRegistered",
+                f"no activity named {task['name']!r} on queue {self.queue_name!r} (this worker has: {known})", "", True,
+            )
             self.report(out)
             if out.tp is not None:
                 self.done.put((out, None))
@@ -376,7 +380,9 @@ class _QueueWorker(threading.Thread):
         if self.worker.was_cancelled(key):
             self._drop(out, local_actor)
             return
-        info = ActivityInfo(task["workflow_id"], task["run_id"], task["workflow_type"], task["activity_id"], task["attempt"], task["name"], task["queue"])
+        info = ActivityInfo(
+            task["workflow_id"], task["run_id"], task["workflow_type"], task["activity_id"], task["attempt"], task["name"], task["queue"]
+        )
         ctx = _Context(info, self, task.get("heartbeat_timeout"))
         self.worker.running(key, ctx)
         if definition.is_async:
@@ -485,7 +491,6 @@ class _QueueWorker(threading.Thread):
 #: How many tasks one queue worker holds in memory while they wait for a slot or their key; beyond it the
 #: consumer pauses and further tasks wait in the topic (where, as for any unread task, the owner's
 #: start-to-close timer already runs).
-_MAX_HELD = int(os.environ.get("METAMORPH_MAX_HELD_TASKS", "10000"))
 _DEFAULT_PRIORITY = 5
 
 
@@ -801,10 +806,10 @@ class ActivityWorker:
             try:
                 consumer = KafkaConsumer(
                     bootstrap_servers=self.kafka, enable_auto_commit=False, client_id=f"metamorph-cancels-{self.name}",
-                    fetch_max_wait_ms=_FETCH_WAIT_MS,
+                    fetch_max_wait_ms=settings.get("METAMORPH_FETCH_WAIT_MS"),
                 )
                 # Off the latency path: a long hold, so an idle reader does not spin on noida-db.
-                fetchhold.hold_empty_fetches(consumer, fetchhold.BACKGROUND_HOLD_MS)
+                fetchhold.hold_empty_fetches(consumer, fetchhold.background_hold_ms())
                 consumer.assign([tp])
                 if position is None:
                     consumer.seek_to_end(tp)

@@ -28,7 +28,6 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import os
 import time
 import uuid
 from collections import OrderedDict
@@ -50,7 +49,7 @@ from actors.errors import (
     WorkflowNotRunning,
     check_not_compensated,
 )
-from eventstore import payloads, statuses
+from eventstore import payloads, settings, statuses
 from eventstore.backoff import Backoff
 from eventstore.topics import partition_for
 
@@ -72,7 +71,7 @@ class AsyncClient:
         self._sync = _c.Client(kafka, None, namespace)
         self._sync.postgres = None
         self.kafka, self.namespace, self.topics = self._sync.kafka, self._sync.namespace, self._sync.topics
-        self.postgres = postgres or os.environ.get("METAMORPH_POSTGRES")
+        self.postgres = postgres or settings.get("METAMORPH_POSTGRES")
         self._pg_pool: Any = None
         self._terminal_listener: _AsyncTerminals | None = None
         self._stream_listener: _AsyncTerminals | None = None

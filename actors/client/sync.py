@@ -8,7 +8,6 @@ polling loop. Queries and updates travel as commands and are answered on ``<ns>.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -40,7 +39,7 @@ from actors.errors import (
     check_not_compensated,
     limited_payload,
 )
-from eventstore import codec, fetchhold, payloads, statuses
+from eventstore import codec, fetchhold, payloads, settings, statuses
 from eventstore import events as ev
 from eventstore.backoff import Backoff
 from eventstore.fencing import MessageFence
@@ -108,9 +107,9 @@ class Client:
     """``Client(kafka=None, postgres=None, namespace=None)``; None falls back to METAMORPH_* variables."""
 
     def __init__(self, kafka: str | None = None, postgres: str | None = None, namespace: str | None = None) -> None:
-        self.kafka = kafka or os.environ.get("METAMORPH_KAFKA") or "127.0.0.1:9092"
-        self.postgres = postgres or os.environ.get("METAMORPH_POSTGRES")
-        self.namespace = namespace or os.environ.get("METAMORPH_NAMESPACE") or "default"
+        self.kafka = kafka or settings.get("METAMORPH_KAFKA")
+        self.postgres = postgres or settings.get("METAMORPH_POSTGRES")
+        self.namespace = namespace or settings.get("METAMORPH_NAMESPACE")
         self.topics = Topics(self.namespace)
         tracing.configure_from_env()
         self._producer: Any = None
@@ -1075,7 +1074,7 @@ class _Replies:
         self._consumer = KafkaConsumer(
             bootstrap_servers=kafka, enable_auto_commit=False, fetch_max_wait_ms=50, allow_auto_create_topics=False
         )
-        fetchhold.hold_empty_fetches(self._consumer, fetchhold.LATENCY_HOLD_MS)  # no spin on noida-db
+        fetchhold.hold_empty_fetches(self._consumer, fetchhold.latency_hold_ms())  # no spin on noida-db
         parts = self._consumer.partitions_for_topic(topics.replies) or {0}
         tps = [TopicPartition(topics.replies, p) for p in sorted(parts)]
         self._consumer.assign(tps)

@@ -162,7 +162,8 @@ def _owed(
         else:
             error_type = event.get("error_type") or kind.removeprefix("Workflow")
             body.update(ok=False, result=b"", error_type=error_type,
-                        message=event.get("message") or event.get("reason") or f"child workflow {workflow_id} {kind.removeprefix('Workflow').lower()}")
+                        message=event.get("message") or event.get("reason")
+                        or f"child workflow {workflow_id} {kind.removeprefix('Workflow').lower()}")
         return [_command(topics, "ResolveChild", parent, f"{workflow_id}:{run}:resolve", at, **body)]
     return []
 

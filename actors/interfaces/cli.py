@@ -41,7 +41,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-# The exit statuses live with the one error table that the HTTP API shares (re-exported for callers).
 from actors.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -50,6 +49,9 @@ from actors.errors import (
     EXIT_USAGE,
     EXIT_WORKFLOW,
 )
+
+# The exit statuses live with the one error table that the HTTP API shares (re-exported for callers).
+from eventstore import settings
 
 DEFAULT_KAFKA = "127.0.0.1:9092"
 PROBE_TIMEOUT = 3.0
@@ -1127,13 +1129,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _connection_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the connection options not given on the command line from METAMORPH_* (then the defaults)."""
-    env = os.environ
     if not hasattr(args, "kafka"):
-        args.kafka = env.get("METAMORPH_KAFKA") or None  # None: `dev` starts its own broker
+        # unset: None, not the declared default: `dev` starts its own broker then
+        args.kafka = settings.get("METAMORPH_KAFKA") if settings.is_set("METAMORPH_KAFKA") else None
     if not hasattr(args, "postgres"):
-        args.postgres = env.get("METAMORPH_POSTGRES") or None
+        args.postgres = settings.get("METAMORPH_POSTGRES")
     if not hasattr(args, "namespace"):
-        args.namespace = env.get("METAMORPH_NAMESPACE") or "default"
+        args.namespace = settings.get("METAMORPH_NAMESPACE")
     return args
 
 
@@ -1180,7 +1182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        if os.environ.get("METAMORPH_DEBUG"):
+        if settings.get("METAMORPH_DEBUG"):
             raise
         code, message = _classify(exc)
         print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)

@@ -30,7 +30,6 @@ import inspect
 import ipaddress
 import json
 import logging
-import os
 import re
 import socket
 from collections.abc import Callable
@@ -81,7 +80,7 @@ from actors.interfaces.http_models import (
     WorkflowPage,
 )
 from actors.interfaces.routing import IdAPIRoute, route_path
-from eventstore import metrics
+from eventstore import metrics, settings
 from eventstore.log import PayloadTooLargeError
 from eventstore.statuses import Status
 
@@ -175,7 +174,7 @@ class ApiTokens:
         """The argument if given, else ``METAMORPH_API_TOKENS`` (empty: no authentication)."""
         if isinstance(tokens, ApiTokens):
             return tokens
-        return cls.parse(tokens if tokens is not None else os.environ.get("METAMORPH_API_TOKENS"))
+        return cls.parse(tokens if tokens is not None else settings.get("METAMORPH_API_TOKENS"))
 
     def __bool__(self) -> bool:
         return bool(self.tokens)
@@ -788,7 +787,7 @@ def create_app(
     """
     tokens = ApiTokens.configure(api_tokens)
     if max_body is None:
-        max_body = int(os.environ.get("METAMORPH_HTTP_MAX_BODY") or MAX_BODY)
+        max_body = settings.get("METAMORPH_HTTP_MAX_BODY", MAX_BODY)
     app = FastAPI(
         title="Metamorph",
         version="0.1.0",

@@ -44,7 +44,6 @@ import hashlib
 import hmac
 import inspect
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from starlette.routing import Route
 
 from actors.engine.definitions import Workflow, handler_for, workflows
 from actors.interfaces.routing import IdRoute, route_path
+from eventstore import settings
 
 if TYPE_CHECKING:
     from actors.client.sync import Client
@@ -108,10 +108,10 @@ class WebhookAuth:
         cls, mode: str | None = None, token: str | None = None, secret: str | None = None
     ) -> WebhookAuth:
         """Arguments win over ``METAMORPH_WEBHOOK_*``; refuses a mode whose credential is missing."""
-        tolerance = int(os.environ.get("METAMORPH_WEBHOOK_TOLERANCE") or TOLERANCE)
-        token = token or os.environ.get("METAMORPH_WEBHOOK_TOKEN") or None
-        secret = secret or os.environ.get("METAMORPH_WEBHOOK_SECRET") or None
-        mode = (mode or os.environ.get("METAMORPH_WEBHOOK_AUTH") or "").strip().lower()
+        tolerance = settings.get("METAMORPH_WEBHOOK_TOLERANCE", TOLERANCE)
+        token = token or settings.get("METAMORPH_WEBHOOK_TOKEN")
+        secret = secret or settings.get("METAMORPH_WEBHOOK_SECRET")
+        mode = (mode or settings.get("METAMORPH_WEBHOOK_AUTH") or "").strip().lower()
         if not mode:
             mode = "signature" if secret else "token" if token else "none"
         if mode not in MODES:

@@ -1,7 +1,8 @@
 """The pykka actor that hosts one live workflow.
 
 Each live workflow is an actor: its suspended coroutine stays in memory between commands, so advancing
-it costs one message, not a replay. It is a ``PooledActor``: it has no thread of its own while it waits. The node creates actors on demand and stops idle ones (passivation);
+it costs one message, not a replay. It is a ``PooledActor``: it has no thread of its own while it waits.
+The node creates actors on demand and stops idle ones (passivation);
 a stopped workflow is rebuilt by replaying its history when its next command arrives.
 """
 

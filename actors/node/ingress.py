@@ -182,7 +182,7 @@ class IngressForwarder:
         consumer = groups.member(
             self.kafka, self.topics.ingress_group, self.name, session_timeout_s=self.session_timeout,
             client_id=f"metamorph-ingress-{self.name}", fetch_max_wait_ms=100, max_poll_records=500,
-            fetch_hold_ms=fetchhold.BACKGROUND_HOLD_MS,
+            fetch_hold_ms=fetchhold.background_hold_ms(),
         )  # fmt: skip
         consumer.subscribe([self.topics.ingress])
         try:

@@ -37,7 +37,7 @@ from actors.engine.definitions import queue_limits
 from actors.engine.dispatch import Message, messages_for_history, task_message
 from actors.engine.instance import utcnow
 from actors.node.actor import Result, WorkflowActor
-from eventstore import codec, groups, metrics
+from eventstore import codec, groups, metrics, settings
 from eventstore import events as ev
 from eventstore.backoff import Backoff
 from eventstore.deadletter import DeadLetters
@@ -49,9 +49,6 @@ from eventstore.topics import Topics, ensure_topics, leave_group, partition_for
 
 log = logging.getLogger(__name__)
 
-#: How long the broker may hold an empty fetch. Short, because not every broker answers a held fetch
-#: as soon as data arrives; an idle node pays a few cheap polls per second for low latency.
-_FETCH_WAIT_MS = int(__import__("os").environ.get("METAMORPH_FETCH_WAIT_MS", "100"))
 #: Events after which a workflow takes no more steps (continue-as-new goes on in the same actor).
 _FINAL_EVENTS = frozenset(kind for kind, status in BY_TERMINAL_EVENT.items() if status in FINAL)
 
@@ -205,7 +202,7 @@ class Node:
             session_timeout_s=self.session_timeout,
             client_id=f"metamorph-node-{self.name}",
             max_poll_records=self.max_poll_records,
-            fetch_max_wait_ms=_FETCH_WAIT_MS,
+            fetch_max_wait_ms=settings.get("METAMORPH_FETCH_WAIT_MS"),
             max_poll_interval_ms=300_000,
         )
         self._consumer = consumer
@@ -347,7 +344,9 @@ class Node:
                 continue
             history = histories.get(wid) or histories.setdefault(wid, store.history(wid))
             started = next((e for e in history if e["type"] == "WorkflowStarted" and e["run_id"] == run), None)
-            scheduled = next((e for e in history if e["type"] == "ActivityScheduled" and e["activity_id"] == activity_id and e["run_id"] == run), None)
+            scheduled = next(
+                (e for e in history if e["type"] == "ActivityScheduled" and e["activity_id"] == activity_id and e["run_id"] == run), None
+            )
             if started is not None and scheduled is not None:
                 task = task_message(self.topics, wid, started["workflow_type"], scheduled, attempt, now, started.get("priority"))
                 messages.append(replace(task, headers=tracing.headers_of(started.get("trace"))))
@@ -563,7 +562,10 @@ class Node:
         kafka_producer = self._log.kafka_producer
         sent = 0
         for m in messages:
-            if self._worker is not None and m.topic.startswith(self._activity_prefix) and self._worker.try_local(m.value, self._local_outcomes.put, m.headers):
+            worker = self._worker
+            if worker is not None and m.topic.startswith(self._activity_prefix) and worker.try_local(
+                m.value, self._local_outcomes.put, m.headers
+            ):
                 continue  # eager dispatch: our own worker serves this queue and has room
             if self._worker is not None and m.topic == self.topics.cancels:
                 # Our own worker may be running it (eager dispatch): tell it now; others read the topic.
