@@ -277,8 +277,12 @@ def test_acting_on_an_ended_workflow_is_409_and_an_unknown_status_is_400(api: Te
 def test_unreachable_postgres_is_503(kafka: str) -> None:
     broken = Client(kafka, "postgresql://nobody@127.0.0.1:9/nothing?connect_timeout=2", "nowhere")
     with TestClient(create_app(broken, webhook_auth="none"), raise_server_exceptions=False) as tc:
-        for r in (tc.get("/workflows"), tc.get("/workflows/x"), tc.post("/workflows/x/signal/s")):
+        for r in (tc.get("/workflows"), tc.get("/workflows/x")):
             assert r.status_code == 503 and error_of(r) == "Unavailable"
+        # The signal goes out unchecked (commands need only Kafka) and meets a namespace without topics:
+        # a setup problem, named as such rather than as an outage.
+        r = tc.post("/workflows/x/signal/s")
+        assert r.status_code == 503 and error_of(r) == "NotConfigured" and "metamorph init" in r.json()["message"]
     broken.close()
 
 

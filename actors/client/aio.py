@@ -665,7 +665,8 @@ class AsyncWorkflowHandle:
 
     async def _settle(self) -> None:
         """``WorkflowHandle._settle``: reads after a result() from ``<ns>.replies`` (``AsyncClient._settle``)."""
-        await self._client._settle([self.id])
+        if self._final is not None:
+            await self._client._settle([self.id])
 
 
 class AsyncScheduleHandle:

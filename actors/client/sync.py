@@ -827,7 +827,8 @@ class WorkflowHandle:
 
     def _settle(self) -> None:
         """Reads through this handle after its result() came from ``<ns>.replies`` (``Client._settle``)."""
-        self._client._settle([self.id])
+        if self._final is not None:
+            self._client._settle([self.id])
 
 
 def command_record(kind: str, workflow_id: str, command_id: str | None = None, **body: Any) -> bytes:

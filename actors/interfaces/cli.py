@@ -41,16 +41,18 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from actors.errors import (
+# The exit statuses live with the one error table that the HTTP API shares (re-exported for callers).
+from actors.errors import (  # noqa: F401
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_TIMEOUT,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     EXIT_WORKFLOW,
 )
-
-# The exit statuses live with the one error table that the HTTP API shares (re-exported for callers).
 from eventstore import settings
 
 DEFAULT_KAFKA = "127.0.0.1:9092"
@@ -1189,10 +1191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _recent_histories(conn: Any, workflow_type: str, last: int) -> list[Any]:
     """The ``last`` most recently started runs of ``workflow_type`` from the projections (newest first)."""
     from actors.engine import replayer
@@ -1208,3 +1206,7 @@ def _recent_histories(conn: Any, workflow_type: str, last: int) -> list[Any]:
         if events:
             out.append(replayer.load_history(events, workflow_id))
     return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
