@@ -25,6 +25,7 @@ from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from actors import Client, Workflow, activity, query, signal, workflow
 from actors.interfaces.http import bind, create_app, server
+from tests.processes import wait_until
 from tests.stack import module_stack
 
 CHROMIUM = "/usr/bin/chromium"
@@ -282,6 +283,9 @@ def test_id_search_signal_from_the_ui_and_paging(base_url: str, page: Page) -> N
         wid = f"search/{uuid.uuid4().hex[:6]}"
         http.post("/workflows", json={"type": "ui.Wait", "id": wid, "args": ["s"]})
         wait_status(http, wid, "waiting")
+        # A start needs only Kafka: its row reaches PostgreSQL a moment later (written in the background or
+        # by the projector), so the paging below waits until all 21 are listed.
+        wait_until(lambda: http.get("/workflows/count", params={"type": kind}).json()["count"] == 21, 20, "21 rows")
 
         log_in(page, base_url, RW)
         page.fill("#type", kind)
