@@ -18,7 +18,19 @@ def route_path(scope: MutableMapping[str, Any]) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
-class IdRoute(Route):
+class _AnyCharId:
+    """The matching both route kinds share: match the raw path (``%2F`` still encoded), then decode ``id``."""
+
+    def matches(self, scope: Any) -> tuple[Match, Any]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        match, child = super().matches({**scope, "path": route_path(scope), "root_path": ""})  # type: ignore[misc]
+        if match != Match.NONE:
+            child["path_params"] = {k: unquote(v) for k, v in child["path_params"].items()}
+        return match, child
+
+
+class IdRoute(_AnyCharId, Route):
     """A route whose ``{id}`` may contain ``/`` (and anything else), matched on the raw path.
 
     Why the raw path: Starlette decodes ``%2F`` before routing, so ``/workflows/a%2Fcancel`` and
@@ -32,16 +44,8 @@ class IdRoute(Route):
         super().__init__(template.replace("{id}", "{id:path}", 1), endpoint, methods=methods)
         self.path = template
 
-    def matches(self, scope: Any) -> tuple[Match, Any]:
-        if scope["type"] != "http":
-            return Match.NONE, {}
-        match, child = super().matches({**scope, "path": route_path(scope), "root_path": ""})
-        if match != Match.NONE:
-            child["path_params"] = {k: unquote(v) for k, v in child["path_params"].items()}
-        return match, child
 
-
-class IdAPIRoute(APIRoute):
+class IdAPIRoute(_AnyCharId, APIRoute):
     """:class:`IdRoute` for the typed (FastAPI) routes: ``{id}`` may hold any character, ``/`` included.
 
     ``path`` keeps the documented template (``/workflows/{id}/history``), as for ``IdRoute``; FastAPI
@@ -51,11 +55,3 @@ class IdAPIRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path.replace("{id}", "{id:path}", 1), endpoint, **kwargs)
         self.path = path
-
-    def matches(self, scope: Any) -> tuple[Match, Any]:
-        if scope["type"] != "http":
-            return Match.NONE, {}
-        match, child = super().matches({**scope, "path": route_path(scope), "root_path": ""})
-        if match != Match.NONE:
-            child["path_params"] = {k: unquote(v) for k, v in child["path_params"].items()}
-        return match, child
