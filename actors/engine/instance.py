@@ -686,15 +686,21 @@ class WorkflowInstance:
                 }
                 self._cmd_FailActivity(failure, at, out)
 
+    def _code_known(self, cmd: dict, out: Outcome) -> bool:
+        """Whether this node has the workflow's code (a retry or reset replays it); rejects ``cmd`` if not."""
+        try:
+            workflow_class(self.workflow_type or "")
+        except LookupError as exc:
+            out.rejected.append((cmd, str(exc)))
+            return False
+        return True
+
     def _cmd_RetryWorkflow(self, cmd: dict, at: datetime, out: Outcome) -> None:
         """Reset a failed run: a new run replays the history up to the failing input, then goes on."""
         if self.terminal != "WorkflowFailed" or self.run_id is None or len(self.history) < 2:
             out.rejected.append((cmd, f"only a failed workflow can be retried; {self.workflow_id} is {self.status}"))
             return
-        try:
-            workflow_class(self.workflow_type or "")
-        except LookupError as exc:
-            out.rejected.append((cmd, str(exc)))
+        if not self._code_known(cmd, out):
             return
         self._restart(_good_prefix(self.history), cmd, at, out)
 
@@ -713,10 +719,7 @@ class WorkflowInstance:
         if not isinstance(seq, int) or seq < 1 or not any(e["seq"] == seq for e in self.history):
             out.rejected.append((cmd, f"workflow {self.workflow_id} has no event {seq!r} to reset to (1..{last})"))
             return
-        try:
-            workflow_class(self.workflow_type or "")
-        except LookupError as exc:
-            out.rejected.append((cmd, str(exc)))
+        if not self._code_known(cmd, out):
             return
         keep = _prefix_to(self.history, seq)
         if self.terminal is None:
