@@ -24,6 +24,7 @@ from actors import signal as signal_handler
 from actors.interfaces import http
 from actors.interfaces.http import ApiTokens, bind, create_app, is_loopback, openapi_document, server
 from actors.interfaces.webhooks import BadArguments, WebhookAuth, arguments, sign, signed_headers, webhook
+from tests.processes import wait_until
 from tests.stack import module_stack
 
 with warnings.catch_warnings():  # Starlette 1.x nudges towards httpx2; httpx is what the project installs
@@ -175,6 +176,8 @@ def test_list_is_paginated_and_filtered(api: TestClient) -> None:
         api.post("/workflows", json={"type": kind, "args": [i], "id": f"{kind}-{i}"}).json()["id"]
         for i in range(3)
     }
+    # A start needs only Kafka: its row reaches PostgreSQL a moment later, so page once all three are there.
+    wait_until(lambda: api.get("/workflows/count", params={"type": kind}).json()["count"] == 3, 20, "3 rows")
     first = api.get("/workflows", params={"type": kind, "limit": 2}).json()
     assert (
         first["limit"] == 2
